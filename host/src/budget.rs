@@ -1,0 +1,211 @@
+//! Session budgets: the `[session]` section of a policy, enforced before
+//! the money is spent.
+//!
+//! A [`Ledger`] holds what a session has used. The agent loop asks it before
+//! every step, every model call and every tool call; it answers with the
+//! first budget that the next action would exceed, so a session stops at its
+//! limit, never after it.
+
+use std::time::Duration;
+
+use crate::policy::SessionBudgets;
+
+/// Which budget ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetKind {
+    Steps,
+    ToolCalls,
+    InputTokens,
+    OutputTokens,
+    Cost,
+    WallTime,
+}
+
+/// A budget that the next action would exceed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{kind:?} budget exhausted: {used} used of {limit}")]
+pub struct BudgetExceeded {
+    pub kind: BudgetKind,
+    /// What has been used, as text in the budget's unit.
+    pub used: String,
+    pub limit: String,
+}
+
+/// What a session has used so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    pub steps: u64,
+    pub tool_calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub wall_time: Duration,
+}
+
+/// Budgets and what has been used against them.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    budgets: SessionBudgets,
+    pub used: Usage,
+}
+
+fn check_count(kind: BudgetKind, used: u64, more: u64, limit: Option<u64>) -> Result<(), BudgetExceeded> {
+    match limit {
+        Some(limit) if used.saturating_add(more) > limit => Err(BudgetExceeded {
+            kind,
+            used: used.to_string(),
+            limit: limit.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl Ledger {
+    pub fn new(budgets: SessionBudgets) -> Self {
+        Ledger {
+            budgets,
+            used: Usage::default(),
+        }
+    }
+
+    /// May the session take one more step, given the wall time so far?
+    pub fn check_step(&self, elapsed: Duration) -> Result<(), BudgetExceeded> {
+        check_count(BudgetKind::Steps, self.used.steps, 1, self.budgets.max_steps)?;
+        if let Some(limit) = self.budgets.max_wall_time
+            && elapsed >= limit.0
+        {
+            return Err(BudgetExceeded {
+                kind: BudgetKind::WallTime,
+                used: format!("{elapsed:?}"),
+                limit: format!("{:?}", limit.0),
+            });
+        }
+        Ok(())
+    }
+
+    /// May the session call the model with a prompt of `input_tokens`,
+    /// asking for at most `max_output_tokens`, at the given prices?
+    pub fn check_model_call(
+        &self,
+        input_tokens: u64,
+        max_output_tokens: u64,
+        worst_case_cost_usd: f64,
+    ) -> Result<(), BudgetExceeded> {
+        check_count(
+            BudgetKind::InputTokens,
+            self.used.input_tokens,
+            input_tokens,
+            self.budgets.max_input_tokens,
+        )?;
+        check_count(
+            BudgetKind::OutputTokens,
+            self.used.output_tokens,
+            max_output_tokens,
+            self.budgets.max_output_tokens,
+        )?;
+        if let Some(limit) = self.budgets.max_cost_usd
+            && self.used.cost_usd + worst_case_cost_usd > limit.0
+        {
+            return Err(BudgetExceeded {
+                kind: BudgetKind::Cost,
+                used: format!("${:.4}", self.used.cost_usd),
+                limit: format!("${:.4}", limit.0),
+            });
+        }
+        Ok(())
+    }
+
+    /// May the session run one more tool call?
+    pub fn check_tool_call(&self) -> Result<(), BudgetExceeded> {
+        check_count(
+            BudgetKind::ToolCalls,
+            self.used.tool_calls,
+            1,
+            self.budgets.max_tool_calls,
+        )
+    }
+
+    pub fn record_step(&mut self) {
+        self.used.steps += 1;
+    }
+
+    pub fn record_tool_call(&mut self) {
+        self.used.tool_calls += 1;
+    }
+
+    pub fn record_model_call(&mut self, input_tokens: u64, output_tokens: u64, cost_usd: f64) {
+        self.used.input_tokens += input_tokens;
+        self.used.output_tokens += output_tokens;
+        self.used.cost_usd += cost_usd;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{HumanDuration, NonNegative};
+
+    fn ledger(budgets: SessionBudgets) -> Ledger {
+        Ledger::new(budgets)
+    }
+
+    #[test]
+    fn max_steps_allows_exactly_that_many_steps() {
+        let mut l = ledger(SessionBudgets {
+            max_steps: Some(2),
+            ..Default::default()
+        });
+        for _ in 0..2 {
+            l.check_step(Duration::ZERO).unwrap();
+            l.record_step();
+        }
+        assert_eq!(l.check_step(Duration::ZERO).unwrap_err().kind, BudgetKind::Steps);
+    }
+
+    #[test]
+    fn max_tool_calls_refuses_the_call_past_the_limit() {
+        let mut l = ledger(SessionBudgets {
+            max_tool_calls: Some(1),
+            ..Default::default()
+        });
+        l.check_tool_call().unwrap();
+        l.record_tool_call();
+        assert_eq!(l.check_tool_call().unwrap_err().kind, BudgetKind::ToolCalls);
+    }
+
+    #[test]
+    fn token_budgets_refuse_a_model_call_that_could_exceed_them() {
+        let l = ledger(SessionBudgets {
+            max_input_tokens: Some(100),
+            max_output_tokens: Some(50),
+            ..Default::default()
+        });
+        l.check_model_call(100, 50, 0.0).unwrap();
+        assert_eq!(l.check_model_call(101, 1, 0.0).unwrap_err().kind, BudgetKind::InputTokens);
+        assert_eq!(l.check_model_call(1, 51, 0.0).unwrap_err().kind, BudgetKind::OutputTokens);
+    }
+
+    #[test]
+    fn cost_budget_counts_what_was_spent_and_the_worst_case_of_the_next_call() {
+        let mut l = ledger(SessionBudgets {
+            max_cost_usd: Some(NonNegative(1.0)),
+            ..Default::default()
+        });
+        l.record_model_call(10, 10, 0.75);
+        l.check_model_call(1, 1, 0.25).unwrap();
+        assert_eq!(l.check_model_call(1, 1, 0.26).unwrap_err().kind, BudgetKind::Cost);
+    }
+
+    #[test]
+    fn wall_time_budget_stops_the_step_at_the_limit() {
+        let l = ledger(SessionBudgets {
+            max_wall_time: Some(HumanDuration(Duration::from_secs(60))),
+            ..Default::default()
+        });
+        l.check_step(Duration::from_secs(59)).unwrap();
+        assert_eq!(
+            l.check_step(Duration::from_secs(60)).unwrap_err().kind,
+            BudgetKind::WallTime
+        );
+    }
+}

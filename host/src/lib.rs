@@ -1,0 +1,18 @@
+//! The longrun host library.
+//!
+//! - [`policy`]: operators' policy files, parsed strictly.
+//! - [`budget`]: session budgets, checked before each action.
+//! - [`sandbox`]: tool components run by wasmtime, one fresh instance per
+//!   call, under a policy's mounts, network allow-list and limits.
+//! - [`netgate`]: the check every outgoing HTTP request of a tool passes.
+//! - [`tooldir`]: where the built-in tool components are found.
+
+pub mod budget;
+mod capture;
+pub mod netgate;
+pub mod policy;
+pub mod sandbox;
+pub mod tooldir;
+
+pub use policy::{Policy, PolicyError};
+pub use sandbox::{CallError, CallReport, CallRequest, Sandbox, SandboxConfig, Toolbox};

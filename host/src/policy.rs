@@ -1,0 +1,666 @@
+//! Policy files: what an operator lets a session and its tools do.
+//!
+//! A policy is TOML, parsed strictly: an unknown key, a value of the wrong
+//! type or a malformed duration, size, host or pattern is an error that names
+//! the file, the line and column, and the offending key. Everything that
+//! parses is enforced somewhere: tool patterns and approvals by
+//! [`Policy::decide`], per-call limits, mounts and the network allow-list by
+//! the sandbox, and session budgets by [`crate::budget::Ledger`].
+//!
+//! Relative mount paths are resolved against the directory of the policy
+//! file, so a policy means the same thing wherever the host is started.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+/// A policy that failed to load: where, which key, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read at all.
+    #[error("{file}: cannot read policy: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not a valid policy.
+    #[error("{file}:{line}:{column}: {}{message}", key.as_deref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+    Invalid {
+        file: String,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column (in characters) of the offending text.
+        column: usize,
+        /// The dotted path of the offending key, when one is known.
+        key: Option<String>,
+        message: String,
+    },
+}
+
+/// A parsed, validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Where the policy came from (for messages).
+    pub source: String,
+    /// The policy's text as written, for the journal and for auditors.
+    pub text: String,
+    pub session: SessionBudgets,
+    pub limits: Limits,
+    pub filesystem: Vec<Mount>,
+    pub network: NetworkPolicy,
+    pub tools: ToolRules,
+    /// Per-tool overrides of [`Limits`], by exact tool name.
+    pub overrides: BTreeMap<String, LimitOverrides>,
+}
+
+/// Budgets for a whole session; `None` means unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionBudgets {
+    pub max_steps: Option<u64>,
+    pub max_tool_calls: Option<u64>,
+    pub max_input_tokens: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub max_cost_usd: Option<NonNegative>,
+    pub max_wall_time: Option<HumanDuration>,
+}
+
+/// Limits on each tool call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Wall-clock time a call may run.
+    pub timeout: Duration,
+    /// Linear memory a call's instance may grow to, in bytes.
+    pub memory: u64,
+    /// Size of the result a call may return, in bytes.
+    pub max_output: u64,
+    /// Size of the arguments a call may be given, in bytes.
+    pub max_args: u64,
+    /// Bytes of stdout and of stderr kept as the call's log; more is dropped.
+    pub max_log: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(30),
+            memory: 256 << 20,
+            max_output: 1 << 20,
+            max_args: 256 << 10,
+            max_log: 64 << 10,
+        }
+    }
+}
+
+/// Any subset of [`Limits`], for `[limits]` and `[overrides.TOOL]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    pub timeout: Option<HumanDuration>,
+    pub memory: Option<ByteSize>,
+    pub max_output: Option<ByteSize>,
+    pub max_args: Option<ByteSize>,
+    pub max_log: Option<ByteSize>,
+}
+
+impl LimitOverrides {
+    fn apply(&self, mut limits: Limits) -> Limits {
+        if let Some(t) = self.timeout {
+            limits.timeout = t.0;
+        }
+        if let Some(m) = self.memory {
+            limits.memory = m.0;
+        }
+        if let Some(o) = self.max_output {
+            limits.max_output = o.0;
+        }
+        if let Some(a) = self.max_args {
+            limits.max_args = a.0;
+        }
+        if let Some(l) = self.max_log {
+            limits.max_log = l.0;
+        }
+        limits
+    }
+}
+
+/// A host directory that a tool sees at a guest path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Absolute (resolved against the policy file's directory).
+    pub host: PathBuf,
+    /// Where the tool sees it, e.g. `/workspace`.
+    pub guest: String,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// Which hosts and ports outgoing HTTP may reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    pub allow: Vec<HostPattern>,
+}
+
+/// One entry of `[network] allow`: `host:port`, where the host is an exact
+/// name, `*.suffix` (any subdomain, not the bare suffix), or an IP literal
+/// (`[::1]` for IPv6). Only an IP literal lets a tool reach a loopback,
+/// private or link-local address: names never resolve into those ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    pub host: HostMatch,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    Subdomains(String),
+    Ip(IpAddr),
+}
+
+impl HostPattern {
+    /// Does this entry allow `host:port`? `host` is as written in the URL
+    /// (a name, an IPv4 literal or a bracketless IPv6 literal).
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        if port != self.port {
+            return false;
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        match &self.host {
+            HostMatch::Exact(name) => host == *name,
+            HostMatch::Subdomains(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+            HostMatch::Ip(ip) => host.parse::<IpAddr>().is_ok_and(|h| h == *ip),
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            HostMatch::Exact(name) => write!(f, "{name}:{}", self.port),
+            HostMatch::Subdomains(suffix) => write!(f, "*.{suffix}:{}", self.port),
+            HostMatch::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            HostMatch::Ip(ip) => write!(f, "{ip}:{}", self.port),
+        }
+    }
+}
+
+/// Which tools may run, and which need a person's approval first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolRules {
+    pub allow: Vec<ToolPattern>,
+    pub approve: Vec<ToolPattern>,
+}
+
+/// A tool-name pattern: letters, digits, `_` and `-`, with `*` for any run
+/// of characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolPattern(String);
+
+impl ToolPattern {
+    pub fn matches(&self, name: &str) -> bool {
+        wildcard_match(self.0.as_bytes(), name.as_bytes())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `*` matches any run of bytes; everything else matches itself.
+fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// What the policy says of one proposed tool call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Allowed once a person approves; the pattern that asked for it.
+    NeedsApproval(String),
+    /// Refused, and why.
+    Deny(String),
+}
+
+impl Policy {
+    /// Read and parse a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        Policy::parse(&text, &path.display().to_string(), &base)
+    }
+
+    /// Parse a policy's text. `source` names it in errors; relative mount
+    /// paths are resolved against `base_dir`.
+    pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Policy, PolicyError> {
+        let invalid = |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
+            let (line, column) = line_column(text, span.map(|s| s.start).unwrap_or(0));
+            PolicyError::Invalid {
+                file: source.to_owned(),
+                line,
+                column,
+                key,
+                message,
+            }
+        };
+        let deserializer = toml::de::Deserializer::parse(text)
+            .map_err(|e| invalid(e.span(), None, e.message().to_owned()))?;
+        let raw: RawPolicy = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let key = (path != "." && !path.is_empty()).then_some(path);
+            let inner = e.into_inner();
+            invalid(inner.span(), key, inner.message().to_owned())
+        })?;
+
+        let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+        let mut filesystem = Vec::new();
+        let mut guests = Vec::<String>::new();
+        for (i, mount) in raw.filesystem.into_iter().enumerate() {
+            let guest = mount.guest.get_ref().clone();
+            if guests.contains(&guest) {
+                return Err(invalid(
+                    Some(mount.guest.span()),
+                    Some(format!("filesystem[{i}].guest")),
+                    format!("guest path {guest:?} is mounted twice"),
+                ));
+            }
+            guests.push(guest.clone());
+            filesystem.push(Mount {
+                host: base_dir.join(mount.host.get_ref()),
+                guest,
+                access: mount.access,
+            });
+        }
+
+        let limits = raw.limits.apply(Limits::default());
+        Ok(Policy {
+            source: source.to_owned(),
+            text: text.to_owned(),
+            session: raw.session,
+            limits,
+            filesystem,
+            network: NetworkPolicy {
+                allow: raw.network.allow,
+            },
+            tools: ToolRules {
+                allow: raw.tools.allow,
+                approve: raw.tools.approve,
+            },
+            overrides: raw.overrides,
+        })
+    }
+
+    /// The policy that denies everything: no tools, no mounts, no network.
+    pub fn deny_all() -> Policy {
+        Policy {
+            source: "<deny-all>".to_owned(),
+            text: String::new(),
+            session: SessionBudgets::default(),
+            limits: Limits::default(),
+            filesystem: Vec::new(),
+            network: NetworkPolicy::default(),
+            tools: ToolRules::default(),
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    /// May `tool` run at all, and does it need approval?
+    pub fn decide(&self, tool: &str) -> Decision {
+        if !self.tools.allow.iter().any(|p| p.matches(tool)) {
+            return Decision::Deny(format!(
+                "tool {tool:?} is not in the policy's [tools] allow list"
+            ));
+        }
+        match self.tools.approve.iter().find(|p| p.matches(tool)) {
+            Some(pattern) => Decision::NeedsApproval(pattern.as_str().to_owned()),
+            None => Decision::Allow,
+        }
+    }
+
+    /// The limits for one call of `tool`: `[limits]` with `[overrides.TOOL]`
+    /// applied on top.
+    pub fn limits_for(&self, tool: &str) -> Limits {
+        match self.overrides.get(tool) {
+            Some(o) => o.apply(self.limits),
+            None => self.limits,
+        }
+    }
+
+    /// Is `host:port` on the allow-list? Returns the entry that allows it.
+    pub fn network_entry(&self, host: &str, port: u16) -> Option<&HostPattern> {
+        self.network.allow.iter().find(|p| p.matches(host, port))
+    }
+}
+
+/// 1-based line and character column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+// ---- The file format, as serde sees it -------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    session: SessionBudgets,
+    #[serde(default)]
+    limits: LimitOverrides,
+    #[serde(default)]
+    filesystem: Vec<RawMount>,
+    #[serde(default)]
+    network: RawNetwork,
+    #[serde(default)]
+    tools: RawTools,
+    #[serde(default)]
+    overrides: BTreeMap<String, LimitOverrides>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMount {
+    host: serde_spanned::Spanned<String>,
+    guest: serde_spanned::Spanned<GuestPath>,
+    access: Access,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(default)]
+    allow: Vec<HostPattern>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTools {
+    #[serde(default)]
+    allow: Vec<ToolPattern>,
+    #[serde(default)]
+    approve: Vec<ToolPattern>,
+}
+
+/// An absolute guest path without `..`, `.` or empty segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GuestPath(String);
+
+impl std::ops::Deref for GuestPath {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for GuestPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let rest = s.strip_prefix('/').ok_or_else(|| {
+            de::Error::custom(format!("guest path {s:?} must be absolute (start with /)"))
+        })?;
+        if rest.is_empty() || rest.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
+            return Err(de::Error::custom(format!(
+                "guest path {s:?} must name a directory below / without `.`, `..` or empty segments"
+            )));
+        }
+        Ok(GuestPath(s))
+    }
+}
+
+/// A duration written as a number and a unit: `500ms`, `30s`, `5m`, `72h`, `2d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(HumanDuration).map_err(de::Error::custom)
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("invalid duration {s:?}: write a whole number and a unit (ms, s, m, h, d), e.g. \"30s\"");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let millis_per = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(err()),
+    };
+    let millis = n.checked_mul(millis_per).ok_or_else(err)?;
+    if millis == 0 {
+        return Err(format!("invalid duration {s:?}: must be greater than zero"));
+    }
+    Ok(Duration::from_millis(millis))
+}
+
+/// A size in bytes: a whole number and a unit (`B`, `KiB`, `MiB`, `GiB`,
+/// `KB`, `MB`, `GB`), or a bare integer of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as \"256MiB\" or a number of bytes")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .ok()
+                    .filter(|&v| v > 0)
+                    .map(ByteSize)
+                    .ok_or_else(|| E::custom(format!("invalid size {v}: must be greater than zero")))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                parse_size(s).map(ByteSize).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let err = || {
+        format!("invalid size {s:?}: write a whole number and a unit (B, KiB, MiB, GiB, KB, MB, GB), e.g. \"256MiB\"")
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let factor: u64 = match unit {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(err()),
+    };
+    let bytes = n.checked_mul(factor).ok_or_else(err)?;
+    if bytes == 0 {
+        return Err(format!("invalid size {s:?}: must be greater than zero"));
+    }
+    Ok(bytes)
+}
+
+/// A non-negative, finite number (a cost in dollars).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NonNegative(pub f64);
+
+impl<'de> Deserialize<'de> for NonNegative {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if v.is_finite() && v >= 0.0 {
+            Ok(NonNegative(v))
+        } else {
+            Err(de::Error::custom(format!(
+                "invalid amount {v}: must be a finite number of at least 0"
+            )))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ToolPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'*');
+        if ok {
+            Ok(ToolPattern(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "invalid tool pattern {s:?}: use letters, digits, `_`, `-` and `*` (at most 64)"
+            )))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_host_pattern(&s).map_err(de::Error::custom)
+    }
+}
+
+fn parse_host_pattern(s: &str) -> Result<HostPattern, String> {
+    let err = |why: &str| format!("invalid network entry {s:?}: {why}");
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| err("write host:port, e.g. \"api.github.com:443\""))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| err("the port must be a number from 1 to 65535"))?;
+    let host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let ip = v6
+            .parse::<std::net::Ipv6Addr>()
+            .map_err(|_| err("not an IPv6 address inside [ ]"))?;
+        HostMatch::Ip(IpAddr::V6(ip))
+    } else if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+        HostMatch::Ip(IpAddr::V4(ip))
+    } else {
+        let host = host.to_ascii_lowercase();
+        let (wild, name) = match host.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, host.clone()),
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if name.is_empty() || !name.split('.').all(label_ok) {
+            return Err(err(
+                "the host must be a DNS name, `*.` and a DNS name, an IPv4 address or [IPv6]",
+            ));
+        }
+        if wild {
+            HostMatch::Subdomains(name)
+        } else {
+            HostMatch::Exact(name)
+        }
+    };
+    Ok(HostPattern { host, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_matches_prefixes_suffixes_and_middles() {
+        let p = |s: &str| ToolPattern(s.to_owned());
+        assert!(p("fs_*").matches("fs_read"));
+        assert!(p("*").matches("anything"));
+        assert!(p("*_get").matches("http_get"));
+        assert!(p("a*c*e").matches("abcde"));
+        assert!(!p("fs_*").matches("notes_get"));
+        assert!(!p("fs_read").matches("fs_read2"));
+    }
+
+    #[test]
+    fn subdomain_patterns_do_not_match_the_bare_suffix_or_lookalikes() {
+        let p = parse_host_pattern("*.wikipedia.org:443").unwrap();
+        assert!(p.matches("en.wikipedia.org", 443));
+        assert!(!p.matches("wikipedia.org", 443));
+        assert!(!p.matches("evilwikipedia.org", 443));
+        assert!(!p.matches("en.wikipedia.org", 80));
+    }
+
+    #[test]
+    fn durations_and_sizes_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("72h"), Ok(Duration::from_secs(72 * 3600)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        assert!(parse_size("1 MiB").is_err());
+    }
+
+    #[test]
+    fn line_and_column_count_characters_from_one() {
+        assert_eq!(line_column("ab\ncdé\nx", 0), (1, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 4), (2, 2));
+        assert_eq!(line_column("ab\ncdé\nx", 9), (3, 1));
+    }
+}

@@ -1,0 +1,711 @@
+//! The tool sandbox: wasmtime running tool components under a policy.
+//!
+//! One [`Sandbox`] owns the engine (pooling allocator, epoch interruption)
+//! and the linker (WASI preview 2 and `wasi:http`, nothing else). A
+//! [`Toolbox`] is a set of loaded components and the tools they export.
+//! Every call gets a fresh instance from a pre-instantiated component, a
+//! fresh WASI context built from the policy (its mounts, its network gate,
+//! captured stdio, no environment, no arguments), and its own limits:
+//! wall-clock time, memory, argument and output sizes.
+//!
+//! Compiled components are cached on disk under a key made of the
+//! component's bytes and the engine's configuration, so a restart does not
+//! compile again; a cache entry is checked against its recorded hash before
+//! it is trusted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::capture::Capture;
+use crate::netgate::NetGate;
+use crate::policy::{Access, Decision, HostPattern, Limits, Policy};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "tool",
+        exports: { default: async },
+    });
+}
+
+use bindings::longrun::tool::types as wit;
+
+/// How often the epoch advances; timeouts are measured in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The largest linear memory any policy may grant one instance.
+const MAX_MEMORY_CEILING: u64 = 4 << 30;
+
+/// A tool name must match `^[a-zA-Z0-9_-]{1,64}$`, the function-name rule of
+/// OpenAI-compatible APIs.
+pub fn is_valid_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+/// What can go wrong outside a single call: building the engine, loading
+/// and compiling components, reading their tool lists.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot configure the wasm engine: {0}")]
+    Engine(String),
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid tool component: {reason}")]
+    InvalidComponent { path: PathBuf, reason: String },
+    #[error("tool {name:?} is exported by both {first} and {second}")]
+    DuplicateTool {
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error("no tool components (*.wasm) found in {0}")]
+    NoComponents(PathBuf),
+}
+
+/// Why a call did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("no tool named {0:?}")]
+    UnknownTool(String),
+    #[error("refused by policy: {0}")]
+    PolicyDenied(String),
+    #[error("tool {tool:?} needs a person's approval (policy pattern {pattern:?})")]
+    NeedsApproval { tool: String, pattern: String },
+    #[error("arguments are {size} bytes, over the policy's max_args of {limit}")]
+    ArgsTooLarge { size: u64, limit: u64 },
+    #[error("arguments are not a JSON value: {0}")]
+    ArgsNotJson(String),
+    #[error("arguments do not match the schema of {tool:?}: {}", errors.join("; "))]
+    SchemaViolation { tool: String, errors: Vec<String> },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("exceeded its memory limit of {limit} bytes")]
+    MemoryLimit { limit: u64 },
+    #[error("returned {size} bytes, over the policy's max_output of {limit}")]
+    OutputTooLarge { size: u64, limit: u64 },
+    #[error("tool crashed: {0}")]
+    Crashed(String),
+    #[error("tool reported invalid arguments: {0}")]
+    ToolInvalidArgs(String),
+    #[error("tool reported denied: {0}")]
+    ToolDenied(String),
+    #[error("tool reported failure: {0}")]
+    ToolFailed(String),
+    #[error("cannot set up the sandbox: {0}")]
+    Setup(String),
+}
+
+/// What a tool printed, kept up to the policy's `max_log` per stream, and
+/// what the sandbox refused it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallLog {
+    pub stdout: String,
+    pub stderr: String,
+    /// Bytes printed past `max_log` and dropped.
+    pub stdout_dropped: u64,
+    pub stderr_dropped: u64,
+    /// Outgoing requests the network gate refused, and why.
+    pub net_denials: Vec<String>,
+}
+
+/// The full account of one call.
+#[derive(Debug, Clone)]
+pub struct CallReport {
+    /// The tool's JSON result, or why there is none.
+    pub outcome: Result<String, CallError>,
+    pub log: CallLog,
+    pub elapsed: Duration,
+}
+
+/// One proposed call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallRequest<'a> {
+    pub tool: &'a str,
+    /// The arguments as JSON text.
+    pub args: &'a str,
+    /// A person has approved this call (for tools the policy lists under
+    /// `approve`).
+    pub approved: bool,
+}
+
+/// What running a tool may do to the world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effects {
+    None,
+    Reads,
+    Writes,
+    External,
+}
+
+/// A tool as its component describes it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ToolInfo {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: serde_json::Value,
+    pub effects: Effects,
+    pub idempotent: bool,
+    /// The file name of the component that exports it.
+    pub component: String,
+}
+
+/// Per-call store state: WASI, `wasi:http`, the network gate, limits.
+pub struct CallState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    gate: NetGate,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.gate,
+        }
+    }
+}
+
+/// Caps each linear memory and table, and remembers whether the cap was hit
+/// so that the resulting trap is reported as what it is.
+struct MemoryLimiter {
+    max_memory: u64,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.max_memory {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// How many calls may run at once (the size of the instance pool).
+    pub max_concurrent_calls: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            cache_dir: default_cache_dir(),
+            max_concurrent_calls: 32,
+        }
+    }
+}
+
+/// `$LONGRUN_CACHE_DIR`, else `$XDG_CACHE_HOME/longrun/components`, else
+/// `~/.cache/longrun/components`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("LONGRUN_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("longrun").join("components"))
+}
+
+/// The engine and linker shared by all calls.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<CallState>,
+    cache_dir: Option<PathBuf>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let n = config.max_concurrent_calls.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(n)
+            .total_core_instances(n * 16)
+            .max_core_instances_per_component(16)
+            .total_memories(n * 2)
+            .max_memories_per_component(2)
+            .total_tables(n * 8)
+            .max_tables_per_component(8)
+            .total_stacks(n)
+            .max_memory_size(MAX_MEMORY_CEILING as usize);
+        let mut cfg = Config::new();
+        cfg.epoch_interruption(true)
+            .allocation_strategy(pool)
+            .max_wasm_stack(1 << 20);
+        let engine = Engine::new(&cfg).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("longrun-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| SandboxError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        }
+        Ok(Sandbox {
+            engine,
+            linker,
+            cache_dir: config.cache_dir,
+            ticker_stop,
+        })
+    }
+
+    /// Load a component, from the compiled cache when it holds this exact
+    /// component for this exact engine.
+    pub fn load_component(&self, path: &Path) -> Result<Component, SandboxError> {
+        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |e: wasmtime::Error| SandboxError::InvalidComponent {
+            path: path.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let Some(cache_dir) = &self.cache_dir else {
+            return Component::new(&self.engine, &bytes).map_err(invalid);
+        };
+        let key = {
+            use std::hash::{Hash, Hasher};
+            struct Blake(blake3::Hasher);
+            impl Hasher for Blake {
+                fn finish(&self) -> u64 {
+                    0
+                }
+                fn write(&mut self, bytes: &[u8]) {
+                    self.0.update(bytes);
+                }
+            }
+            let mut h = Blake(blake3::Hasher::new());
+            self.engine.precompile_compatibility_hash().hash(&mut h);
+            env!("CARGO_PKG_VERSION").hash(&mut h);
+            h.0.update(&bytes);
+            h.0.finalize().to_hex().to_string()
+        };
+        let compiled = cache_dir.join(format!("{key}.cwasm"));
+        let checksum = cache_dir.join(format!("{key}.blake3"));
+        if let (Ok(data), Ok(sum)) = (std::fs::read(&compiled), std::fs::read_to_string(&checksum))
+            && blake3::hash(&data).to_hex().as_str() == sum.trim()
+        {
+            // SAFETY: the bytes are what this host compiled and wrote for this
+            // engine configuration, and their hash matches the one recorded
+            // beside them, so they are not truncated or altered.
+            if let Ok(component) = unsafe { Component::deserialize(&self.engine, &data) } {
+                return Ok(component);
+            }
+        }
+        let data = self.engine.precompile_component(&bytes).map_err(invalid)?;
+        if let Err(e) = write_cache_entry(cache_dir, &compiled, &checksum, &data) {
+            tracing::warn!("cannot cache the compiled component in {}: {e}", cache_dir.display());
+        }
+        // SAFETY: `data` was produced just now by this engine.
+        unsafe { Component::deserialize(&self.engine, &data) }.map_err(invalid)
+    }
+
+    fn store(&self, policy: &Policy, limits: &Limits) -> Result<(Store<CallState>, Capture, Capture, Arc<Mutex<Vec<String>>>), CallError> {
+        if limits.memory > MAX_MEMORY_CEILING {
+            return Err(CallError::Setup(format!(
+                "the policy's memory limit of {} bytes is above the host's ceiling of {MAX_MEMORY_CEILING}",
+                limits.memory
+            )));
+        }
+        let stdout = Capture::new(limits.max_log);
+        let stderr = Capture::new(limits.max_log);
+        let mut builder = WasiCtxBuilder::new();
+        builder.stdout(stdout.clone()).stderr(stderr.clone());
+        for mount in &policy.filesystem {
+            let perms = match mount.access {
+                Access::ReadOnly => FsPerms::ReadOnly,
+                Access::ReadWrite => FsPerms::ReadWrite,
+            };
+            builder
+                .preopened_dir(&mount.host, &mount.guest, perms)
+                .map_err(|e| {
+                    CallError::Setup(format!(
+                        "cannot open mount {} for {}: {e:#}",
+                        mount.host.display(),
+                        mount.guest
+                    ))
+                })?;
+        }
+        let denials = Arc::new(Mutex::new(Vec::new()));
+        let allow: Arc<Vec<HostPattern>> = Arc::new(policy.network.allow.clone());
+        let state = CallState {
+            wasi: builder.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            gate: NetGate::new(allow, denials.clone()),
+            limiter: MemoryLimiter {
+                max_memory: limits.memory,
+                hit: false,
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = limits.timeout.as_micros() / EPOCH_TICK.as_micros() + 1;
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        Ok((store, stdout, stderr, denials))
+    }
+}
+
+fn write_cache_entry(dir: &Path, compiled: &Path, checksum: &Path, data: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), blake3::hash(data).to_hex()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, compiled)?;
+    std::fs::write(checksum, blake3::hash(data).to_hex().as_str())?;
+    Ok(())
+}
+
+struct LoadedComponent {
+    file: String,
+    pre: bindings::ToolPre<CallState>,
+}
+
+struct ToolEntry {
+    info: ToolInfo,
+    component: usize,
+    validator: jsonschema::Validator,
+}
+
+/// A set of tool components and the tools they export.
+pub struct Toolbox {
+    sandbox: Arc<Sandbox>,
+    components: Vec<LoadedComponent>,
+    tools: BTreeMap<String, ToolEntry>,
+}
+
+impl Toolbox {
+    /// Load every `*.wasm` component in `dir`.
+    pub async fn load_dir(sandbox: Arc<Sandbox>, dir: &Path) -> Result<Toolbox, SandboxError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| SandboxError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(SandboxError::NoComponents(dir.to_owned()));
+        }
+        Toolbox::load(sandbox, &paths).await
+    }
+
+    /// Load the given components.
+    pub async fn load(sandbox: Arc<Sandbox>, paths: &[PathBuf]) -> Result<Toolbox, SandboxError> {
+        let mut toolbox = Toolbox {
+            sandbox,
+            components: Vec::new(),
+            tools: BTreeMap::new(),
+        };
+        for path in paths {
+            toolbox.add(path).await?;
+        }
+        Ok(toolbox)
+    }
+
+    async fn add(&mut self, path: &Path) -> Result<(), SandboxError> {
+        let invalid = |reason: String| SandboxError::InvalidComponent {
+            path: path.to_owned(),
+            reason,
+        };
+        let component = self.sandbox.load_component(path)?;
+        let pre = self
+            .sandbox
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let pre = bindings::ToolPre::new(pre).map_err(|e| invalid(format!("{e:#}")))?;
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+
+        // Ask the component for its tools, in a sandbox with nothing granted.
+        let limits = Limits::default();
+        let (mut store, _, _, _) = self
+            .sandbox
+            .store(&Policy::deny_all(), &limits)
+            .map_err(|e| invalid(e.to_string()))?;
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let specs = tokio::time::timeout(limits.timeout, instance.call_tools(&mut store))
+            .await
+            .map_err(|_| invalid("listing its tools timed out".into()))?
+            .map_err(|e| invalid(format!("listing its tools failed: {e:#}")))?;
+
+        let index = self.components.len();
+        for spec in specs {
+            if !is_valid_tool_name(&spec.name) {
+                return Err(invalid(format!(
+                    "tool name {:?} does not match ^[a-zA-Z0-9_-]{{1,64}}$",
+                    spec.name
+                )));
+            }
+            let parameters: serde_json::Value = serde_json::from_str(&spec.parameters)
+                .map_err(|e| invalid(format!("tool {:?}: schema is not JSON: {e}", spec.name)))?;
+            let validator = jsonschema::validator_for(&parameters)
+                .map_err(|e| invalid(format!("tool {:?}: invalid JSON Schema: {e}", spec.name)))?;
+            if let Some(existing) = self.tools.get(&spec.name) {
+                return Err(SandboxError::DuplicateTool {
+                    name: spec.name,
+                    first: existing.info.component.clone(),
+                    second: file,
+                });
+            }
+            let info = ToolInfo {
+                name: spec.name.clone(),
+                description: spec.description,
+                parameters,
+                effects: match spec.effects {
+                    wit::Effects::None => Effects::None,
+                    wit::Effects::Reads => Effects::Reads,
+                    wit::Effects::Writes => Effects::Writes,
+                    wit::Effects::External => Effects::External,
+                },
+                idempotent: spec.idempotent,
+                component: file.clone(),
+            };
+            self.tools.insert(
+                spec.name,
+                ToolEntry {
+                    info,
+                    component: index,
+                    validator,
+                },
+            );
+        }
+        self.components.push(LoadedComponent { file, pre });
+        Ok(())
+    }
+
+    /// All tools, by name.
+    pub fn tools(&self) -> impl Iterator<Item = &ToolInfo> {
+        self.tools.values().map(|t| &t.info)
+    }
+
+    /// One tool by name.
+    pub fn tool(&self, name: &str) -> Option<&ToolInfo> {
+        self.tools.get(name).map(|t| &t.info)
+    }
+
+    /// The file names of the loaded components.
+    pub fn component_files(&self) -> impl Iterator<Item = &str> {
+        self.components.iter().map(|c| c.file.as_str())
+    }
+
+    /// Check a proposed call against the policy and the tool's schema,
+    /// without running anything. Returns the parsed arguments.
+    pub fn admit(&self, policy: &Policy, request: &CallRequest<'_>) -> Result<(), CallError> {
+        let entry = self
+            .tools
+            .get(request.tool)
+            .ok_or_else(|| CallError::UnknownTool(request.tool.to_owned()))?;
+        match policy.decide(request.tool) {
+            Decision::Allow => {}
+            Decision::NeedsApproval(pattern) if !request.approved => {
+                return Err(CallError::NeedsApproval {
+                    tool: request.tool.to_owned(),
+                    pattern,
+                });
+            }
+            Decision::NeedsApproval(_) => {}
+            Decision::Deny(why) => return Err(CallError::PolicyDenied(why)),
+        }
+        let limits = policy.limits_for(request.tool);
+        let size = request.args.len() as u64;
+        if size > limits.max_args {
+            return Err(CallError::ArgsTooLarge {
+                size,
+                limit: limits.max_args,
+            });
+        }
+        let args: serde_json::Value =
+            serde_json::from_str(request.args).map_err(|e| CallError::ArgsNotJson(e.to_string()))?;
+        let errors: Vec<String> = entry
+            .validator
+            .iter_errors(&args)
+            .take(10)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("at {at}: {e}")
+                }
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(CallError::SchemaViolation {
+                tool: request.tool.to_owned(),
+                errors,
+            });
+        }
+        Ok(())
+    }
+
+    /// Run one call: admit it, then run it in a fresh instance under the
+    /// policy's limits.
+    pub async fn call(&self, policy: &Policy, request: &CallRequest<'_>) -> CallReport {
+        let started = Instant::now();
+        let mut log = CallLog::default();
+        let outcome = match self.admit(policy, request) {
+            Ok(()) => self.run(policy, request, &mut log).await,
+            Err(e) => Err(e),
+        };
+        CallReport {
+            outcome,
+            log,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    async fn run(
+        &self,
+        policy: &Policy,
+        request: &CallRequest<'_>,
+        log: &mut CallLog,
+    ) -> Result<String, CallError> {
+        let entry = self
+            .tools
+            .get(request.tool)
+            .ok_or_else(|| CallError::UnknownTool(request.tool.to_owned()))?;
+        let component = &self.components[entry.component];
+        let limits = policy.limits_for(request.tool);
+        let (mut store, stdout, stderr, denials) = self.sandbox.store(policy, &limits)?;
+
+        let run = async {
+            let instance = component.pre.instantiate_async(&mut store).await?;
+            instance
+                .call_call(&mut store, request.tool, request.args)
+                .await
+        };
+        // Epoch interruption stops a tool that computes too long; this
+        // timeout stops one that waits too long in a host call (a slow HTTP
+        // response, a sleep).
+        let result = tokio::time::timeout(limits.timeout, run).await;
+
+        (log.stdout, log.stdout_dropped) = stdout.take();
+        (log.stderr, log.stderr_dropped) = stderr.take();
+        log.net_denials = denials.lock().map(|d| d.clone()).unwrap_or_default();
+
+        let returned = match result {
+            Err(_elapsed) => return Err(CallError::Timeout(limits.timeout)),
+            Ok(Err(trap)) => {
+                return Err(classify_trap(&trap, &store, &limits, &log.stderr));
+            }
+            Ok(Ok(returned)) => returned,
+        };
+        match returned {
+            Ok(output) => {
+                let size = output.len() as u64;
+                if size > limits.max_output {
+                    return Err(CallError::OutputTooLarge {
+                        size,
+                        limit: limits.max_output,
+                    });
+                }
+                Ok(output)
+            }
+            Err(wit::ToolError::InvalidArgs(m)) => Err(CallError::ToolInvalidArgs(m)),
+            Err(wit::ToolError::Denied(m)) => Err(CallError::ToolDenied(m)),
+            Err(wit::ToolError::Failed(m)) => Err(CallError::ToolFailed(m)),
+        }
+    }
+}
+
+fn classify_trap(
+    error: &wasmtime::Error,
+    store: &Store<CallState>,
+    limits: &Limits,
+    stderr: &str,
+) -> CallError {
+    if store.data().limiter.hit {
+        return CallError::MemoryLimit {
+            limit: limits.memory,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Timeout(limits.timeout),
+        Some(Trap::StackOverflow) => CallError::Crashed("stack overflow".into()),
+        Some(trap) => {
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            match last {
+                Some(line) => CallError::Crashed(format!("{trap} ({line})")),
+                None => CallError::Crashed(trap.to_string()),
+            }
+        }
+        None => CallError::Crashed(format!("{error:#}")),
+    }
+}

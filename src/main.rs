@@ -1,0 +1,314 @@
+//! The `longrun` command line: a thin layer over `longrun-host`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use longrun_host::policy::{Access, Decision, Policy};
+use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
+
+#[derive(Parser)]
+#[command(name = "longrun", version, about = "A host for AI agents that work for hours or days")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check and explain policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// List and call tools.
+    #[command(subcommand)]
+    Tool(ToolCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse a policy strictly; exit non-zero with file:line:column on error.
+    Check { file: PathBuf },
+    /// Say what a policy lets each tool touch.
+    Explain {
+        file: PathBuf,
+        #[command(flatten)]
+        tools: ToolsDir,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolCommand {
+    /// List the tools and their argument schemas.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        tools: ToolsDir,
+    },
+    /// Run one tool once under a policy and print its JSON result.
+    Call {
+        name: String,
+        /// The arguments, as a JSON object.
+        args: String,
+        #[arg(long)]
+        policy: PathBuf,
+        /// Approve the call if the policy says it needs a person's approval.
+        #[arg(long)]
+        approve: bool,
+        #[command(flatten)]
+        tools: ToolsDir,
+    },
+}
+
+#[derive(clap::Args)]
+struct ToolsDir {
+    /// The directory of tool components (default: $LONGRUN_TOOLS_DIR, or the
+    /// built-in tools beside this executable).
+    #[arg(long = "tools-dir")]
+    dir: Option<PathBuf>,
+}
+
+impl ToolsDir {
+    async fn load(&self) -> Result<Toolbox> {
+        let dir = match &self.dir {
+            Some(dir) => dir.clone(),
+            None => longrun_host::tooldir::builtin_tools_dir().context(
+                "cannot find the built-in tools: run scripts/build-tools, or pass --tools-dir",
+            )?,
+        };
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
+        Ok(Toolbox::load_dir(sandbox, &dir)
+            .await
+            .with_context(|| format!("loading tools from {}", dir.display()))?)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LONGRUN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Policy(PolicyCommand::Check { file }) => {
+            let policy = Policy::load(&file)?;
+            println!("{}: ok", file.display());
+            for warning in mount_warnings(&policy) {
+                println!("warning: {warning}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Explain { file, tools }) => {
+            let policy = Policy::load(&file)?;
+            let toolbox = tools.load().await?;
+            explain(&policy, &toolbox);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tool(ToolCommand::List { json, tools }) => {
+            let toolbox = tools.load().await?;
+            if json {
+                let all: Vec<_> = toolbox.tools().collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for tool in toolbox.tools() {
+                    println!(
+                        "{:<14} {:<9} {:<14} {}",
+                        tool.name,
+                        format!("{:?}", tool.effects).to_lowercase(),
+                        if tool.idempotent { "idempotent" } else { "not-idempotent" },
+                        tool.description
+                    );
+                    println!("    args: {}", schema_summary(&tool.parameters));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tool(ToolCommand::Call {
+            name,
+            args,
+            policy,
+            approve,
+            tools,
+        }) => {
+            let policy = Policy::load(&policy)?;
+            let toolbox = tools.load().await?;
+            let approved = approve || ask_approval(&policy, &name, &args)?;
+            let report = toolbox
+                .call(
+                    &policy,
+                    &CallRequest {
+                        tool: &name,
+                        args: &args,
+                        approved,
+                    },
+                )
+                .await;
+            for line in report.log.stdout.lines() {
+                eprintln!("[{name} stdout] {line}");
+            }
+            for line in report.log.stderr.lines() {
+                eprintln!("[{name} stderr] {line}");
+            }
+            for denial in &report.log.net_denials {
+                eprintln!("[{name} network refused] {denial}");
+            }
+            match report.outcome {
+                Ok(output) => {
+                    let pretty = serde_json::from_str::<serde_json::Value>(&output)
+                        .and_then(|v| serde_json::to_string_pretty(&v))
+                        .unwrap_or(output);
+                    println!("{pretty}");
+                    eprintln!("({name} ran in {:.1?})", report.elapsed);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => bail!("{name}: {e}"),
+            }
+        }
+    }
+}
+
+/// For a tool the policy says needs approval: ask on a terminal, refuse
+/// otherwise (the caller can pass `--approve`).
+fn ask_approval(policy: &Policy, tool: &str, args: &str) -> Result<bool> {
+    let Decision::NeedsApproval(pattern) = policy.decide(tool) else {
+        return Ok(false);
+    };
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("policy pattern {pattern:?} asks a person to approve {tool}({args}). Approve? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn mount_warnings(policy: &Policy) -> Vec<String> {
+    policy
+        .filesystem
+        .iter()
+        .filter(|m| !m.host.is_dir())
+        .map(|m| {
+            format!(
+                "mount {} -> {}: the host directory does not exist yet; calls fail until it does",
+                m.host.display(),
+                m.guest
+            )
+        })
+        .collect()
+}
+
+fn explain(policy: &Policy, toolbox: &Toolbox) {
+    println!("policy {}", policy.source);
+    println!();
+    println!("Every allowed tool sees:");
+    if policy.filesystem.is_empty() {
+        println!("  files: nothing (no mounts)");
+    }
+    for m in &policy.filesystem {
+        let access = match m.access {
+            Access::ReadOnly => "read-only",
+            Access::ReadWrite => "read-write",
+        };
+        println!("  files: {} = {} ({access})", m.guest, display(&m.host));
+    }
+    if policy.network.allow.is_empty() {
+        println!("  network: nothing (no hosts allowed)");
+    }
+    for entry in &policy.network.allow {
+        println!("  network: {entry}");
+    }
+    println!("  environment, arguments, stdin: none; stdout/stderr captured");
+    println!();
+    println!("Tools:");
+    for tool in toolbox.tools() {
+        let decision = match policy.decide(&tool.name) {
+            Decision::Allow => "allowed".to_owned(),
+            Decision::NeedsApproval(p) => format!("allowed after a person approves (pattern {p:?})"),
+            Decision::Deny(_) => "denied".to_owned(),
+        };
+        let limits = policy.limits_for(&tool.name);
+        println!("  {:<14} {decision}", tool.name);
+        if !matches!(policy.decide(&tool.name), Decision::Deny(_)) {
+            println!(
+                "  {:<14} limits: timeout {:?}, memory {} MiB, output {} KiB, args {} KiB, log {} KiB",
+                "",
+                limits.timeout,
+                limits.memory >> 20,
+                limits.max_output >> 10,
+                limits.max_args >> 10,
+                limits.max_log >> 10
+            );
+        }
+    }
+    let s = &policy.session;
+    println!();
+    println!("Session budgets (unset = unlimited):");
+    println!(
+        "  steps {:?}, tool calls {:?}, input tokens {:?}, output tokens {:?}, cost ${:?}, wall time {:?}",
+        s.max_steps,
+        s.max_tool_calls,
+        s.max_input_tokens,
+        s.max_output_tokens,
+        s.max_cost_usd.map(|c| c.0),
+        s.max_wall_time.map(|t| t.0)
+    );
+    for warning in mount_warnings(policy) {
+        println!("warning: {warning}");
+    }
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// `name: type` for each property of an object schema, required ones marked.
+fn schema_summary(schema: &serde_json::Value) -> String {
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let Some(props) = schema["properties"].as_object() else {
+        return "(none)".to_owned();
+    };
+    props
+        .iter()
+        .map(|(name, prop)| {
+            let ty = match &prop["type"] {
+                serde_json::Value::String(t) => t.clone(),
+                serde_json::Value::Array(ts) => ts
+                    .iter()
+                    .filter_map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+                _ => "any".to_owned(),
+            };
+            let mark = if required.contains(&name.as_str()) { "" } else { "?" };
+            format!("{name}{mark}: {ty}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,179 @@
+//! A tool that tries to escape its sandbox, built with the SDK like any
+//! other tool. The hostile-tool suite (`tests/hostile.rs`) calls each of its
+//! tools and checks that the host refuses the attack, specifically, and
+//! stays healthy.
+//!
+//! Each attack reports what the sandbox answered (the error text) rather
+//! than hiding it, so the suite can assert the exact refusal.
+
+use longrun_sdk::http::{self, Method, Url};
+use longrun_sdk::{Effects, JsonSchema, Tool, ToolError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize, JsonSchema)]
+struct PathArgs {
+    path: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct WriteArgs {
+    path: String,
+    content: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct UrlArgs {
+    url: String,
+    /// Follow one redirect, as a careless tool would.
+    #[serde(default)]
+    follow: bool,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct AddrArgs {
+    addr: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct SizeArgs {
+    mib: usize,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct NoArgs {}
+
+#[derive(Deserialize, JsonSchema)]
+struct MillisArgs {
+    ms: u64,
+}
+
+#[derive(Serialize)]
+struct Got {
+    text: String,
+}
+
+fn got(text: impl Into<String>) -> Result<Got, ToolError> {
+    Ok(Got { text: text.into() })
+}
+
+fn read_file(args: PathArgs) -> Result<Got, ToolError> {
+    let text = std::fs::read(&args.path)?;
+    got(String::from_utf8_lossy(&text))
+}
+
+fn write_file(args: WriteArgs) -> Result<Got, ToolError> {
+    std::fs::write(&args.path, args.content)?;
+    got("written")
+}
+
+fn make_dir(args: PathArgs) -> Result<Got, ToolError> {
+    std::fs::create_dir(&args.path)?;
+    got("created")
+}
+
+fn env_vars(_: NoArgs) -> Result<Got, ToolError> {
+    let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+    let args: Vec<String> = std::env::args().collect();
+    got(format!("vars={vars:?} args={args:?}"))
+}
+
+fn http_get(args: UrlArgs) -> Result<Got, ToolError> {
+    let url = Url::parse(&args.url)?;
+    let response = http::send(Method::Get, &url, &[], None, 1 << 20)?;
+    if args.follow
+        && let Some(location) = response.header("location")
+    {
+        let next = url.join(location)?;
+        let response = http::send(Method::Get, &next, &[], None, 1 << 20)?;
+        return got(String::from_utf8_lossy(&response.body));
+    }
+    got(format!(
+        "{} {}",
+        response.status,
+        String::from_utf8_lossy(&response.body)
+    ))
+}
+
+fn tcp_connect(args: AddrArgs) -> Result<Got, ToolError> {
+    std::net::TcpStream::connect(&args.addr)?;
+    got("connected")
+}
+
+fn spin(_: NoArgs) -> Result<Got, ToolError> {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+fn sleep(args: MillisArgs) -> Result<Got, ToolError> {
+    std::thread::sleep(std::time::Duration::from_millis(args.ms));
+    got("slept")
+}
+
+fn memory_bomb(args: SizeArgs) -> Result<Got, ToolError> {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..args.mib {
+        hoard.push(vec![0xA5; 1 << 20]);
+    }
+    got(format!("held {} MiB", hoard.len()))
+}
+
+#[allow(unconditional_recursion)]
+fn dive(depth: u64, pad: [u8; 256]) -> u64 {
+    let pad = std::hint::black_box(pad);
+    dive(depth + 1, pad) + u64::from(pad[0])
+}
+
+fn recurse(_: NoArgs) -> Result<Got, ToolError> {
+    got(dive(0, [1; 256]).to_string())
+}
+
+fn flood_stdout(args: SizeArgs) -> Result<Got, ToolError> {
+    let line = "x".repeat(1023);
+    for _ in 0..args.mib * 1024 {
+        println!("{line}");
+    }
+    got("flooded")
+}
+
+fn huge_output(args: SizeArgs) -> Result<Got, ToolError> {
+    got("y".repeat(args.mib << 20))
+}
+
+fn panic(_: NoArgs) -> Result<Got, ToolError> {
+    panic!("hostile tool panicked on purpose");
+}
+
+fn trap(_: NoArgs) -> Result<Got, ToolError> {
+    core::arch::wasm32::unreachable()
+}
+
+/// A tool with a strict schema, to show schema violations never reach it.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct StrictArgs {
+    count: u8,
+}
+
+fn strict(args: StrictArgs) -> Result<Got, ToolError> {
+    got(args.count.to_string())
+}
+
+longrun_sdk::export_tools! {
+    Tool::new("evil_read", "read any path", read_file).effects(Effects::Reads),
+    Tool::new("evil_write", "write any path", write_file).effects(Effects::Writes),
+    Tool::new("evil_mkdir", "create a directory", make_dir).effects(Effects::Writes),
+    Tool::new("evil_env", "dump environment and arguments", env_vars),
+    Tool::new("evil_http", "fetch any URL", http_get).effects(Effects::External),
+    Tool::new("evil_tcp", "open a raw TCP connection", tcp_connect).effects(Effects::External),
+    Tool::new("evil_spin", "loop forever", spin),
+    Tool::new("evil_sleep", "block in a host call", sleep),
+    Tool::new("evil_alloc", "allocate without end", memory_bomb),
+    Tool::new("evil_recurse", "recurse without end", recurse),
+    Tool::new("evil_flood", "print without end", flood_stdout),
+    Tool::new("evil_output", "return a huge result", huge_output),
+    Tool::new("evil_panic", "panic", panic),
+    Tool::new("evil_trap", "execute unreachable", trap),
+    Tool::new("evil_strict", "accept only {count: u8}", strict),
+}
