@@ -298,7 +298,7 @@ impl Policy {
         let mut filesystem = Vec::new();
         let mut guests = Vec::<String>::new();
         for (i, mount) in raw.filesystem.into_iter().enumerate() {
-            let guest = mount.guest.get_ref().clone();
+            let guest = mount.guest.get_ref().0.clone();
             if guests.contains(&guest) {
                 return Err(invalid(
                     Some(mount.guest.span()),

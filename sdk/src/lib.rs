@@ -234,6 +234,6 @@ macro_rules! export_tools {
             }
         }
 
-        $crate::export_tool_world!(__LongrunToolbox with_types_in $crate::bindings);
+        $crate::bindings::export_tool_world!(__LongrunToolbox with_types_in $crate::bindings);
     };
 }

@@ -1,0 +1,123 @@
+//! Shared set-up for the system tests: where the tool components are, a
+//! host to run them in, and a small HTTP server on loopback.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use longrun_host::policy::Policy;
+use longrun_host::sandbox::{CallReport, CallRequest, Sandbox, SandboxConfig, Toolbox};
+
+/// `target/longrun-tools`, as `scripts/build-tools` lays it out.
+pub fn builtin_tools_dir() -> PathBuf {
+    longrun_host::tooldir::builtin_tools_dir()
+        .expect("built-in tool components not found: run scripts/build-tools first")
+}
+
+/// `target/longrun-test-tools` (the hostile tool).
+pub fn test_tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LONGRUN_TEST_TOOLS_DIR") {
+        return PathBuf::from(dir);
+    }
+    builtin_tools_dir()
+        .parent()
+        .expect("tools dir has a parent")
+        .join("longrun-test-tools")
+}
+
+fn components_in(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// A toolbox with the built-in tools, and the hostile tool if asked.
+pub async fn toolbox(with_hostile: bool) -> Toolbox {
+    let mut paths = components_in(&builtin_tools_dir());
+    if with_hostile {
+        paths.extend(components_in(&test_tools_dir()));
+    }
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).expect("engine"));
+    Toolbox::load(sandbox, &paths).await.expect("tools load")
+}
+
+pub fn policy(text: &str) -> Policy {
+    Policy::parse(text, "test-policy.toml", Path::new("/")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub async fn call(toolbox: &Toolbox, policy: &Policy, tool: &str, args: &str) -> CallReport {
+    toolbox
+        .call(
+            policy,
+            &CallRequest {
+                tool,
+                args,
+                approved: false,
+            },
+        )
+        .await
+}
+
+/// A loopback HTTP server (hyper) answering:
+/// `/ok` → 200 "fine"; `/redirect?to=URL` → 302 to URL; `/echo` → the
+/// request's method and body. Returns its address; it runs until the test's
+/// runtime ends.
+pub async fn http_server() -> SocketAddr {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(handle);
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    use http_body_util::BodyExt;
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let method = req.method().to_string();
+    let response = match path.as_str() {
+        "/ok" => Response::new(Full::new(Bytes::from_static(b"fine"))),
+        "/redirect" => {
+            let to = query.strip_prefix("to=").unwrap_or("/ok").to_owned();
+            Response::builder()
+                .status(302)
+                .header("location", to)
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        }
+        "/echo" => {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let mut text = format!("{method} ").into_bytes();
+            text.extend_from_slice(&body);
+            Response::new(Full::new(Bytes::from(text)))
+        }
+        _ => Response::builder()
+            .status(404)
+            .body(Full::new(Bytes::from_static(b"not found")))
+            .unwrap(),
+    };
+    Ok(response)
+}
