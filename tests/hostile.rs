@@ -129,14 +129,14 @@ async fn absolute_host_path_outside_every_mount_is_not_found() {
     let report = f
         .attack("evil_read", &format!(r#"{{"path":"{}"}}"#, path.display()))
         .await;
-    assert_fs_refusal(&report, &["failed to find a pre-opened file descriptor"]);
+    assert_fs_refusal(&report, &["reported failure: No such file or directory"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_etc_passwd_is_not_found() {
     let f = Fixture::new().await;
     let report = f.attack("evil_read", r#"{"path":"/etc/passwd"}"#).await;
-    assert_fs_refusal(&report, &["failed to find a pre-opened file descriptor"]);
+    assert_fs_refusal(&report, &["reported failure: No such file or directory"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,14 +175,14 @@ async fn creating_a_directory_in_a_read_only_mount_is_denied() {
 async fn proc_self_environ_is_not_reachable() {
     let f = Fixture::new().await;
     let report = f.attack("evil_read", r#"{"path":"/proc/self/environ"}"#).await;
-    assert_fs_refusal(&report, &["failed to find a pre-opened file descriptor"]);
+    assert_fs_refusal(&report, &["reported failure: No such file or directory"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_devices_are_not_reachable() {
     let f = Fixture::new().await;
     let report = f.attack("evil_read", r#"{"path":"/dev/urandom"}"#).await;
-    assert_fs_refusal(&report, &["failed to find a pre-opened file descriptor"]);
+    assert_fs_refusal(&report, &["reported failure: No such file or directory"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,9 +313,21 @@ async fn a_memory_bomb_hits_the_memory_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unbounded_recursion_is_a_stack_overflow() {
+async fn unbounded_recursion_on_the_shadow_stack_runs_out_of_memory_bounds() {
+    // Rust keeps large frames in linear memory, below its data; overflowing
+    // that stack walks off address 0, which wasm refuses.
     let f = Fixture::new().await;
     let report = f.attack("evil_recurse", "{}").await;
+    assert_eq!(
+        report.outcome,
+        Err(CallError::Crashed("wasm trap: out of bounds memory access".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_recursion_on_the_wasm_stack_is_a_stack_overflow() {
+    let f = Fixture::new().await;
+    let report = f.attack("evil_recurse_native", "{}").await;
     assert_eq!(report.outcome, Err(CallError::Crashed("stack overflow".into())));
 }
 

@@ -10,8 +10,8 @@ use longrun_host::policy::{Decision, Policy, PolicyError};
 
 /// (policy text, line, column, key, words the message must contain)
 const BAD_POLICIES: &[(&str, usize, usize, Option<&str>, &str)] = &[
-    ("[sesion]\nmax_steps = 1\n", 1, 2, None, "unknown field `sesion`"),
-    ("[session]\nmax_step = 5\n", 2, 1, Some("session"), "unknown field `max_step`"),
+    ("[sesion]\nmax_steps = 1\n", 1, 2, Some("sesion"), "unknown field `sesion`"),
+    ("[session]\nmax_step = 5\n", 2, 1, Some("session.max_step"), "unknown field `max_step`"),
     ("[session]\nmax_steps = \"many\"\n", 2, 13, Some("session.max_steps"), "invalid type"),
     ("[session]\nmax_steps = -1\n", 2, 13, Some("session.max_steps"), "invalid value"),
     ("[session]\nmax_cost_usd = -5.0\n", 2, 16, Some("session.max_cost_usd"), "must be a finite number of at least 0"),
@@ -20,7 +20,7 @@ const BAD_POLICIES: &[(&str, usize, usize, Option<&str>, &str)] = &[
     ("[limits]\ntimeout = \"0s\"\n", 2, 11, Some("limits.timeout"), "must be greater than zero"),
     ("[limits]\nmemory = \"lots\"\n", 2, 10, Some("limits.memory"), "invalid size"),
     ("[limits]\nmax_output = \"0MiB\"\n", 2, 14, Some("limits.max_output"), "must be greater than zero"),
-    ("[limits]\ntimeout = \"1s\"\nfuel = 100\n", 3, 1, Some("limits"), "unknown field `fuel`"),
+    ("[limits]\ntimeout = \"1s\"\nfuel = 100\n", 3, 1, Some("limits.fuel"), "unknown field `fuel`"),
     (
         "[[filesystem]]\nhost = \"a\"\nguest = \"/a\"\naccess = \"write-only\"\n",
         4,
@@ -60,10 +60,10 @@ const BAD_POLICIES: &[(&str, usize, usize, Option<&str>, &str)] = &[
     ("[network]\nallow = [\"ok.org:443\", \"example.com:99999\"]\n", 2, 24, Some("network.allow[1]"), "port must be a number"),
     ("[network]\nallow = [\"a.*.com:443\"]\n", 2, 10, Some("network.allow[0]"), "must be a DNS name"),
     ("[network]\nallow = [\"[::zz]:443\"]\n", 2, 10, Some("network.allow[0]"), "not an IPv6 address"),
-    ("[network]\ndeny = []\n", 2, 1, Some("network"), "unknown field `deny`"),
+    ("[network]\ndeny = []\n", 2, 1, Some("network.deny"), "unknown field `deny`"),
     ("[tools]\nallow = [\"fs.read\"]\n", 2, 10, Some("tools.allow[0]"), "invalid tool pattern"),
     ("[tools]\nallow = [\"fs_*\"]\napprove = \"fs_write\"\n", 3, 11, Some("tools.approve"), "invalid type"),
-    ("[overrides.fs_read]\ntimout = \"1s\"\n", 2, 1, Some("overrides.fs_read"), "unknown field `timout`"),
+    ("[overrides.fs_read]\ntimout = \"1s\"\n", 2, 1, Some("overrides.fs_read.timout"), "unknown field `timout`"),
     ("[session\nmax_steps = 1\n", 1, 9, None, "unclosed table"),
     ("[session]\nmax_steps = 1\nmax_steps = 2\n", 3, 1, None, "duplicate key"),
 ];

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
+use serde_spanned::Spanned;
 
 /// A policy that failed to load: where, which key, and why.
 #[derive(Debug, thiserror::Error)]
@@ -295,24 +296,44 @@ impl Policy {
         })?;
 
         let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
-        let mut filesystem = Vec::new();
-        let mut guests = Vec::<String>::new();
+        let mut filesystem: Vec<Mount> = Vec::new();
         for (i, mount) in raw.filesystem.into_iter().enumerate() {
-            let guest = mount.guest.get_ref().0.clone();
-            if guests.contains(&guest) {
+            let key = format!("filesystem[{i}].guest");
+            let guest = mount.guest.get_ref().clone();
+            check_guest_path(&guest)
+                .map_err(|why| invalid(Some(mount.guest.span()), Some(key.clone()), why))?;
+            if filesystem.iter().any(|m| m.guest == guest) {
                 return Err(invalid(
                     Some(mount.guest.span()),
-                    Some(format!("filesystem[{i}].guest")),
+                    Some(key),
                     format!("guest path {guest:?} is mounted twice"),
                 ));
             }
-            guests.push(guest.clone());
             filesystem.push(Mount {
                 host: base_dir.join(mount.host.get_ref()),
                 guest,
                 access: mount.access,
             });
         }
+        // Validates each list entry on its own, so an error points at the
+        // entry rather than at the list.
+        fn each<T>(
+            entries: Vec<Spanned<String>>,
+            key: &str,
+            parse: fn(&str) -> Result<T, String>,
+            invalid: &dyn Fn(Option<std::ops::Range<usize>>, Option<String>, String) -> PolicyError,
+        ) -> Result<Vec<T>, PolicyError> {
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    parse(e.get_ref()).map_err(|why| invalid(Some(e.span()), Some(format!("{key}[{i}]")), why))
+                })
+                .collect()
+        }
+        let network_allow = each(raw.network.allow, "network.allow", parse_host_pattern, &invalid)?;
+        let tools_allow = each(raw.tools.allow, "tools.allow", parse_tool_pattern, &invalid)?;
+        let tools_approve = each(raw.tools.approve, "tools.approve", parse_tool_pattern, &invalid)?;
 
         let limits = raw.limits.apply(Limits::default());
         Ok(Policy {
@@ -322,11 +343,11 @@ impl Policy {
             limits,
             filesystem,
             network: NetworkPolicy {
-                allow: raw.network.allow,
+                allow: network_allow,
             },
             tools: ToolRules {
-                allow: raw.tools.allow,
-                approve: raw.tools.approve,
+                allow: tools_allow,
+                approve: tools_approve,
             },
             overrides: raw.overrides,
         })
@@ -406,8 +427,8 @@ struct RawPolicy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMount {
-    host: serde_spanned::Spanned<String>,
-    guest: serde_spanned::Spanned<GuestPath>,
+    host: Spanned<String>,
+    guest: Spanned<String>,
     access: Access,
 }
 
@@ -415,43 +436,29 @@ struct RawMount {
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
     #[serde(default)]
-    allow: Vec<HostPattern>,
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTools {
     #[serde(default)]
-    allow: Vec<ToolPattern>,
+    allow: Vec<Spanned<String>>,
     #[serde(default)]
-    approve: Vec<ToolPattern>,
+    approve: Vec<Spanned<String>>,
 }
 
-/// An absolute guest path without `..`, `.` or empty segments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct GuestPath(String);
-
-impl std::ops::Deref for GuestPath {
-    type Target = String;
-    fn deref(&self) -> &String {
-        &self.0
+/// A guest path must be absolute, without `..`, `.` or empty segments.
+fn check_guest_path(s: &str) -> Result<(), String> {
+    let rest = s
+        .strip_prefix('/')
+        .ok_or_else(|| format!("guest path {s:?} must be absolute (start with /)"))?;
+    if rest.is_empty() || rest.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return Err(format!(
+            "guest path {s:?} must name a directory below / without `.`, `..` or empty segments"
+        ));
     }
-}
-
-impl<'de> Deserialize<'de> for GuestPath {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let rest = s.strip_prefix('/').ok_or_else(|| {
-            de::Error::custom(format!("guest path {s:?} must be absolute (start with /)"))
-        })?;
-        if rest.is_empty() || rest.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
-        {
-            return Err(de::Error::custom(format!(
-                "guest path {s:?} must name a directory below / without `.`, `..` or empty segments"
-            )));
-        }
-        Ok(GuestPath(s))
-    }
+    Ok(())
 }
 
 /// A duration written as a number and a unit: `500ms`, `30s`, `5m`, `72h`, `2d`.
@@ -554,27 +561,17 @@ impl<'de> Deserialize<'de> for NonNegative {
     }
 }
 
-impl<'de> Deserialize<'de> for ToolPattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'*');
-        if ok {
-            Ok(ToolPattern(s))
-        } else {
-            Err(de::Error::custom(format!(
-                "invalid tool pattern {s:?}: use letters, digits, `_`, `-` and `*` (at most 64)"
-            )))
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for HostPattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_host_pattern(&s).map_err(de::Error::custom)
+fn parse_tool_pattern(s: &str) -> Result<ToolPattern, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'*');
+    if ok {
+        Ok(ToolPattern(s.to_owned()))
+    } else {
+        Err(format!(
+            "invalid tool pattern {s:?}: use letters, digits, `_`, `-` and `*` (at most 64)"
+        ))
     }
 }
 

@@ -125,8 +125,23 @@ fn dive(depth: u64, pad: [u8; 256]) -> u64 {
     dive(depth + 1, pad) + u64::from(pad[0])
 }
 
+/// Recursion whose frames live in linear memory (Rust's shadow stack):
+/// it runs off the bottom of memory.
 fn recurse(_: NoArgs) -> Result<Got, ToolError> {
     got(dive(0, [1; 256]).to_string())
+}
+
+/// Recursion whose frames live on the wasm stack itself: it hits the
+/// engine's stack limit.
+fn plunge(n: u64) -> u64 {
+    if std::hint::black_box(n) == u64::MAX {
+        return 0;
+    }
+    std::hint::black_box(plunge(n + 1)) + 1
+}
+
+fn recurse_native(_: NoArgs) -> Result<Got, ToolError> {
+    got(plunge(0).to_string())
 }
 
 fn flood_stdout(args: SizeArgs) -> Result<Got, ToolError> {
@@ -170,7 +185,8 @@ longrun_sdk::export_tools! {
     Tool::new("evil_spin", "loop forever", spin),
     Tool::new("evil_sleep", "block in a host call", sleep),
     Tool::new("evil_alloc", "allocate without end", memory_bomb),
-    Tool::new("evil_recurse", "recurse without end", recurse),
+    Tool::new("evil_recurse", "recurse without end in linear memory", recurse),
+    Tool::new("evil_recurse_native", "recurse without end on the wasm stack", recurse_native),
     Tool::new("evil_flood", "print without end", flood_stdout),
     Tool::new("evil_output", "return a huge result", huge_output),
     Tool::new("evil_panic", "panic", panic),
