@@ -48,7 +48,8 @@ fn tool_call(c: &mut Criterion) {
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).expect("engine"));
         Toolbox::load_dir(sandbox, &tools_dir).await.expect("tools")
     });
-    let policy_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/locked-down.toml");
+    let policy_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/locked-down.toml");
     let policy = Policy::load(&policy_path).expect("policy");
     let request = CallRequest {
         tool: "echo",

@@ -11,7 +11,11 @@ use longrun_host::policy::{Access, Decision, Policy};
 use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
 
 #[derive(Parser)]
-#[command(name = "longrun", version, about = "A host for AI agents that work for hours or days")]
+#[command(
+    name = "longrun",
+    version,
+    about = "A host for AI agents that work for hours or days"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,9 +85,9 @@ impl ToolsDir {
             )?,
         };
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
-        Ok(Toolbox::load_dir(sandbox, &dir)
+        Toolbox::load_dir(sandbox, &dir)
             .await
-            .with_context(|| format!("loading tools from {}", dir.display()))?)
+            .with_context(|| format!("loading tools from {}", dir.display()))
     }
 }
 
@@ -139,7 +143,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         "{:<14} {:<9} {:<14} {}",
                         tool.name,
                         format!("{:?}", tool.effects).to_lowercase(),
-                        if tool.idempotent { "idempotent" } else { "not-idempotent" },
+                        if tool.idempotent {
+                            "idempotent"
+                        } else {
+                            "not-idempotent"
+                        },
                         tool.description
                     );
                     println!("    args: {}", schema_summary(&tool.parameters));
@@ -247,7 +255,9 @@ fn explain(policy: &Policy, toolbox: &Toolbox) {
     for tool in toolbox.tools() {
         let decision = match policy.decide(&tool.name) {
             Decision::Allow => "allowed".to_owned(),
-            Decision::NeedsApproval(p) => format!("allowed after a person approves (pattern {p:?})"),
+            Decision::NeedsApproval(p) => {
+                format!("allowed after a person approves (pattern {p:?})")
+            }
             Decision::Deny(_) => "denied".to_owned(),
         };
         let limits = policy.limits_for(&tool.name);
@@ -306,7 +316,11 @@ fn schema_summary(schema: &serde_json::Value) -> String {
                     .join("|"),
                 _ => "any".to_owned(),
             };
-            let mark = if required.contains(&name.as_str()) { "" } else { "?" };
+            let mark = if required.contains(&name.as_str()) {
+                ""
+            } else {
+                "?"
+            };
             format!("{name}{mark}: {ty}")
         })
         .collect::<Vec<_>>()

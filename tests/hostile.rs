@@ -42,7 +42,8 @@ impl Fixture {
         std::fs::write(root.join("readonly/data.txt"), "read me").unwrap();
         std::fs::write(root.join("secret.txt"), SECRET).unwrap();
         std::os::unix::fs::symlink("../secret.txt", root.join("workspace/link_out")).unwrap();
-        std::os::unix::fs::symlink(root.join("secret.txt"), root.join("workspace/link_abs")).unwrap();
+        std::os::unix::fs::symlink(root.join("secret.txt"), root.join("workspace/link_abs"))
+            .unwrap();
         let server = common::http_server().await;
         let port = server.port();
         let text = format!(
@@ -88,7 +89,13 @@ approve = ["word_count"]
 
     /// The same host runs a well-behaved tool right after the attack.
     async fn assert_healthy(&self) {
-        let report = common::call(host().await, &self.policy, "echo", r#"{"text":"still here"}"#).await;
+        let report = common::call(
+            host().await,
+            &self.policy,
+            "echo",
+            r#"{"text":"still here"}"#,
+        )
+        .await;
         assert_eq!(report.outcome, Ok(r#"{"text":"still here"}"#.to_owned()));
     }
 
@@ -118,7 +125,9 @@ fn assert_fs_refusal(report: &CallReport, expected: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dotdot_traversal_out_of_a_mount_is_refused() {
     let f = Fixture::new().await;
-    let report = f.attack("evil_read", r#"{"path":"/workspace/../secret.txt"}"#).await;
+    let report = f
+        .attack("evil_read", r#"{"path":"/workspace/../secret.txt"}"#)
+        .await;
     assert_fs_refusal(&report, &["denied: Operation not permitted"]);
 }
 
@@ -142,14 +151,18 @@ async fn reading_etc_passwd_is_not_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relative_symlink_out_of_a_mount_is_refused() {
     let f = Fixture::new().await;
-    let report = f.attack("evil_read", r#"{"path":"/workspace/link_out"}"#).await;
+    let report = f
+        .attack("evil_read", r#"{"path":"/workspace/link_out"}"#)
+        .await;
     assert_fs_refusal(&report, &["denied: Operation not permitted"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_symlink_out_of_a_mount_is_refused() {
     let f = Fixture::new().await;
-    let report = f.attack("evil_read", r#"{"path":"/workspace/link_abs"}"#).await;
+    let report = f
+        .attack("evil_read", r#"{"path":"/workspace/link_abs"}"#)
+        .await;
     assert_fs_refusal(&report, &["denied: Operation not permitted"]);
 }
 
@@ -157,16 +170,24 @@ async fn absolute_symlink_out_of_a_mount_is_refused() {
 async fn writing_into_a_read_only_mount_is_denied() {
     let f = Fixture::new().await;
     let report = f
-        .attack("evil_write", r#"{"path":"/readonly/data.txt","content":"overwritten"}"#)
+        .attack(
+            "evil_write",
+            r#"{"path":"/readonly/data.txt","content":"overwritten"}"#,
+        )
         .await;
     assert_fs_refusal(&report, &["denied:"]);
-    assert_eq!(std::fs::read_to_string(f.root().join("readonly/data.txt")).unwrap(), "read me");
+    assert_eq!(
+        std::fs::read_to_string(f.root().join("readonly/data.txt")).unwrap(),
+        "read me"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creating_a_directory_in_a_read_only_mount_is_denied() {
     let f = Fixture::new().await;
-    let report = f.attack("evil_mkdir", r#"{"path":"/readonly/newdir"}"#).await;
+    let report = f
+        .attack("evil_mkdir", r#"{"path":"/readonly/newdir"}"#)
+        .await;
     assert_fs_refusal(&report, &["denied:"]);
     assert!(!f.root().join("readonly/newdir").exists());
 }
@@ -174,7 +195,9 @@ async fn creating_a_directory_in_a_read_only_mount_is_denied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proc_self_environ_is_not_reachable() {
     let f = Fixture::new().await;
-    let report = f.attack("evil_read", r#"{"path":"/proc/self/environ"}"#).await;
+    let report = f
+        .attack("evil_read", r#"{"path":"/proc/self/environ"}"#)
+        .await;
     assert_fs_refusal(&report, &["reported failure: No such file or directory"]);
 }
 
@@ -192,13 +215,18 @@ async fn environment_variables_and_arguments_are_empty() {
     unsafe { std::env::set_var("LONGRUN_TEST_HOST_SECRET", SECRET) };
     let f = Fixture::new().await;
     let report = f.attack("evil_env", "{}").await;
-    assert_eq!(report.outcome, Ok(r#"{"text":"vars=[] args=[]"}"#.to_owned()));
+    assert_eq!(
+        report.outcome,
+        Ok(r#"{"text":"vars=[] args=[]"}"#.to_owned())
+    );
 }
 
 /// An HTTP attack, refused by the network gate with `code`; the gate's own
 /// record names why.
 async fn assert_http_refused(f: &Fixture, url: &str, code: &str, why: &str) {
-    let report = f.attack("evil_http", &format!(r#"{{"url":"{url}"}}"#)).await;
+    let report = f
+        .attack("evil_http", &format!(r#"{{"url":"{url}"}}"#))
+        .await;
     let error = refused(&report).to_string();
     assert!(error.contains(code), "expected {code}, got: {error}");
     assert!(
@@ -211,7 +239,13 @@ async fn assert_http_refused(f: &Fixture, url: &str, code: &str, why: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_to_a_host_not_on_the_allow_list_is_denied() {
     let f = Fixture::new().await;
-    assert_http_refused(&f, "https://example.com/", "HttpRequestDenied", "example.com:443 is not in").await;
+    assert_http_refused(
+        &f,
+        "https://example.com/",
+        "HttpRequestDenied",
+        "example.com:443 is not in",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +286,13 @@ async fn an_allowed_name_that_resolves_to_loopback_is_prohibited() {
     // loopback addresses: only the IP literal entry could.
     let f = Fixture::new().await;
     let url = format!("http://localhost:{}/ok", f.server.port());
-    assert_http_refused(&f, &url, "DestinationIpProhibited", "loopback, private or link-local").await;
+    assert_http_refused(
+        &f,
+        &url,
+        "DestinationIpProhibited",
+        "loopback, private or link-local",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,7 +301,9 @@ async fn the_allowed_loopback_literal_is_reachable() {
     // allow-list entry that names it works.
     let f = Fixture::new().await;
     let url = format!("http://127.0.0.1:{}/ok", f.server.port());
-    let report = f.attack("evil_http", &format!(r#"{{"url":"{url}"}}"#)).await;
+    let report = f
+        .attack("evil_http", &format!(r#"{{"url":"{url}"}}"#))
+        .await;
     assert_eq!(report.outcome, Ok(r#"{"text":"200 fine"}"#.to_owned()));
 }
 
@@ -276,7 +318,12 @@ async fn a_redirect_to_a_forbidden_host_is_denied_at_the_redirect() {
         .await;
     let error = refused(&report).to_string();
     assert!(error.contains("HttpRequestDenied"), "got: {error}");
-    assert_eq!(report.log.net_denials.len(), 1, "{:?}", report.log.net_denials);
+    assert_eq!(
+        report.log.net_denials.len(),
+        1,
+        "{:?}",
+        report.log.net_denials
+    );
     assert!(report.log.net_denials[0].contains(&format!("127.0.0.2:{port}")));
 }
 
@@ -294,7 +341,10 @@ async fn raw_tcp_sockets_are_refused() {
 async fn an_infinite_loop_is_stopped_at_the_timeout() {
     let f = Fixture::new().await;
     let report = f.attack("evil_spin", "{}").await;
-    assert_eq!(report.outcome, Err(CallError::Timeout(std::time::Duration::from_secs(2))));
+    assert_eq!(
+        report.outcome,
+        Err(CallError::Timeout(std::time::Duration::from_secs(2)))
+    );
     assert!(report.elapsed < std::time::Duration::from_secs(10));
 }
 
@@ -302,14 +352,20 @@ async fn an_infinite_loop_is_stopped_at_the_timeout() {
 async fn blocking_in_a_host_call_is_stopped_at_the_timeout() {
     let f = Fixture::new().await;
     let report = f.attack("evil_sleep", r#"{"ms":600000}"#).await;
-    assert_eq!(report.outcome, Err(CallError::Timeout(std::time::Duration::from_secs(2))));
+    assert_eq!(
+        report.outcome,
+        Err(CallError::Timeout(std::time::Duration::from_secs(2)))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_hits_the_memory_limit() {
     let f = Fixture::new().await;
     let report = f.attack("evil_alloc", r#"{"mib":1024}"#).await;
-    assert_eq!(report.outcome, Err(CallError::MemoryLimit { limit: 64 << 20 }));
+    assert_eq!(
+        report.outcome,
+        Err(CallError::MemoryLimit { limit: 64 << 20 })
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,7 +376,9 @@ async fn unbounded_recursion_on_the_shadow_stack_runs_out_of_memory_bounds() {
     let report = f.attack("evil_recurse", "{}").await;
     assert_eq!(
         report.outcome,
-        Err(CallError::Crashed("wasm trap: out of bounds memory access".into()))
+        Err(CallError::Crashed(
+            "wasm trap: out of bounds memory access".into()
+        ))
     );
 }
 
@@ -328,7 +386,10 @@ async fn unbounded_recursion_on_the_shadow_stack_runs_out_of_memory_bounds() {
 async fn unbounded_recursion_on_the_wasm_stack_is_a_stack_overflow() {
     let f = Fixture::new().await;
     let report = f.attack("evil_recurse_native", "{}").await;
-    assert_eq!(report.outcome, Err(CallError::Crashed("stack overflow".into())));
+    assert_eq!(
+        report.outcome,
+        Err(CallError::Crashed("stack overflow".into()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +420,12 @@ async fn a_panic_is_reported_as_a_crash_with_its_message() {
     let report = f.attack("evil_panic", "{}").await;
     let error = refused(&report).to_string();
     assert!(error.starts_with("tool crashed:"), "got: {error}");
-    assert!(report.log.stderr.contains("hostile tool panicked on purpose"));
+    assert!(
+        report
+            .log
+            .stderr
+            .contains("hostile tool panicked on purpose")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,7 +433,10 @@ async fn a_trap_is_reported_as_a_crash() {
     let f = Fixture::new().await;
     let report = f.attack("evil_trap", "{}").await;
     let error = refused(&report).to_string();
-    assert!(error.contains("wasm `unreachable` instruction executed"), "got: {error}");
+    assert!(
+        error.contains("wasm `unreachable` instruction executed"),
+        "got: {error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,13 +446,19 @@ async fn arguments_that_violate_the_schema_never_reach_the_tool() {
         (r#"{"count":300}"#, "at /count"),
         (r#"{"count":"many"}"#, "at /count"),
         (r#"{}"#, "\"count\" is a required property"),
-        (r#"{"count":1,"extra":true}"#, "Additional properties are not allowed"),
+        (
+            r#"{"count":1,"extra":true}"#,
+            "Additional properties are not allowed",
+        ),
     ] {
         let report = f.attack("evil_strict", args).await;
         match refused(&report) {
             CallError::SchemaViolation { tool, errors } => {
                 assert_eq!(tool, "evil_strict");
-                assert!(errors.iter().any(|e| e.contains(expected)), "{args}: {errors:?}");
+                assert!(
+                    errors.iter().any(|e| e.contains(expected)),
+                    "{args}: {errors:?}"
+                );
             }
             other => panic!("{args}: expected a schema violation, got {other}"),
         }
@@ -441,7 +516,10 @@ async fn a_tool_that_needs_approval_does_not_run_without_it() {
             },
         )
         .await;
-    assert_eq!(approved.outcome, Ok(r#"{"words":2,"lines":1,"chars":3}"#.to_owned()));
+    assert_eq!(
+        approved.outcome,
+        Ok(r#"{"words":2,"lines":1,"chars":3}"#.to_owned())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,17 +10,83 @@ use longrun_host::policy::{Decision, Policy, PolicyError};
 
 /// (policy text, line, column, key, words the message must contain)
 const BAD_POLICIES: &[(&str, usize, usize, Option<&str>, &str)] = &[
-    ("[sesion]\nmax_steps = 1\n", 1, 2, Some("sesion"), "unknown field `sesion`"),
-    ("[session]\nmax_step = 5\n", 2, 1, Some("session.max_step"), "unknown field `max_step`"),
-    ("[session]\nmax_steps = \"many\"\n", 2, 13, Some("session.max_steps"), "invalid type"),
-    ("[session]\nmax_steps = -1\n", 2, 13, Some("session.max_steps"), "invalid value"),
-    ("[session]\nmax_cost_usd = -5.0\n", 2, 16, Some("session.max_cost_usd"), "must be a finite number of at least 0"),
-    ("[session]\nmax_wall_time = \"3 days\"\n", 2, 17, Some("session.max_wall_time"), "invalid duration"),
-    ("[limits]\ntimeout = \"30 seconds\"\n", 2, 11, Some("limits.timeout"), "invalid duration"),
-    ("[limits]\ntimeout = \"0s\"\n", 2, 11, Some("limits.timeout"), "must be greater than zero"),
-    ("[limits]\nmemory = \"lots\"\n", 2, 10, Some("limits.memory"), "invalid size"),
-    ("[limits]\nmax_output = \"0MiB\"\n", 2, 14, Some("limits.max_output"), "must be greater than zero"),
-    ("[limits]\ntimeout = \"1s\"\nfuel = 100\n", 3, 1, Some("limits.fuel"), "unknown field `fuel`"),
+    (
+        "[sesion]\nmax_steps = 1\n",
+        1,
+        2,
+        Some("sesion"),
+        "unknown field `sesion`",
+    ),
+    (
+        "[session]\nmax_step = 5\n",
+        2,
+        1,
+        Some("session.max_step"),
+        "unknown field `max_step`",
+    ),
+    (
+        "[session]\nmax_steps = \"many\"\n",
+        2,
+        13,
+        Some("session.max_steps"),
+        "invalid type",
+    ),
+    (
+        "[session]\nmax_steps = -1\n",
+        2,
+        13,
+        Some("session.max_steps"),
+        "invalid value",
+    ),
+    (
+        "[session]\nmax_cost_usd = -5.0\n",
+        2,
+        16,
+        Some("session.max_cost_usd"),
+        "must be a finite number of at least 0",
+    ),
+    (
+        "[session]\nmax_wall_time = \"3 days\"\n",
+        2,
+        17,
+        Some("session.max_wall_time"),
+        "invalid duration",
+    ),
+    (
+        "[limits]\ntimeout = \"30 seconds\"\n",
+        2,
+        11,
+        Some("limits.timeout"),
+        "invalid duration",
+    ),
+    (
+        "[limits]\ntimeout = \"0s\"\n",
+        2,
+        11,
+        Some("limits.timeout"),
+        "must be greater than zero",
+    ),
+    (
+        "[limits]\nmemory = \"lots\"\n",
+        2,
+        10,
+        Some("limits.memory"),
+        "invalid size",
+    ),
+    (
+        "[limits]\nmax_output = \"0MiB\"\n",
+        2,
+        14,
+        Some("limits.max_output"),
+        "must be greater than zero",
+    ),
+    (
+        "[limits]\ntimeout = \"1s\"\nfuel = 100\n",
+        3,
+        1,
+        Some("limits.fuel"),
+        "unknown field `fuel`",
+    ),
     (
         "[[filesystem]]\nhost = \"a\"\nguest = \"/a\"\naccess = \"write-only\"\n",
         4,
@@ -56,16 +122,70 @@ const BAD_POLICIES: &[(&str, usize, usize, Option<&str>, &str)] = &[
         Some("filesystem[1].guest"),
         "mounted twice",
     ),
-    ("[network]\nallow = [\"example.com\"]\n", 2, 10, Some("network.allow[0]"), "write host:port"),
-    ("[network]\nallow = [\"ok.org:443\", \"example.com:99999\"]\n", 2, 24, Some("network.allow[1]"), "port must be a number"),
-    ("[network]\nallow = [\"a.*.com:443\"]\n", 2, 10, Some("network.allow[0]"), "must be a DNS name"),
-    ("[network]\nallow = [\"[::zz]:443\"]\n", 2, 10, Some("network.allow[0]"), "not an IPv6 address"),
-    ("[network]\ndeny = []\n", 2, 1, Some("network.deny"), "unknown field `deny`"),
-    ("[tools]\nallow = [\"fs.read\"]\n", 2, 10, Some("tools.allow[0]"), "invalid tool pattern"),
-    ("[tools]\nallow = [\"fs_*\"]\napprove = \"fs_write\"\n", 3, 11, Some("tools.approve"), "invalid type"),
-    ("[overrides.fs_read]\ntimout = \"1s\"\n", 2, 1, Some("overrides.fs_read.timout"), "unknown field `timout`"),
+    (
+        "[network]\nallow = [\"example.com\"]\n",
+        2,
+        10,
+        Some("network.allow[0]"),
+        "write host:port",
+    ),
+    (
+        "[network]\nallow = [\"ok.org:443\", \"example.com:99999\"]\n",
+        2,
+        24,
+        Some("network.allow[1]"),
+        "port must be a number",
+    ),
+    (
+        "[network]\nallow = [\"a.*.com:443\"]\n",
+        2,
+        10,
+        Some("network.allow[0]"),
+        "must be a DNS name",
+    ),
+    (
+        "[network]\nallow = [\"[::zz]:443\"]\n",
+        2,
+        10,
+        Some("network.allow[0]"),
+        "not an IPv6 address",
+    ),
+    (
+        "[network]\ndeny = []\n",
+        2,
+        1,
+        Some("network.deny"),
+        "unknown field `deny`",
+    ),
+    (
+        "[tools]\nallow = [\"fs.read\"]\n",
+        2,
+        10,
+        Some("tools.allow[0]"),
+        "invalid tool pattern",
+    ),
+    (
+        "[tools]\nallow = [\"fs_*\"]\napprove = \"fs_write\"\n",
+        3,
+        11,
+        Some("tools.approve"),
+        "invalid type",
+    ),
+    (
+        "[overrides.fs_read]\ntimout = \"1s\"\n",
+        2,
+        1,
+        Some("overrides.fs_read.timout"),
+        "unknown field `timout`",
+    ),
     ("[session\nmax_steps = 1\n", 1, 9, None, "unclosed table"),
-    ("[session]\nmax_steps = 1\nmax_steps = 2\n", 3, 1, None, "duplicate key"),
+    (
+        "[session]\nmax_steps = 1\nmax_steps = 2\n",
+        3,
+        1,
+        None,
+        "duplicate key",
+    ),
 ];
 
 #[test]
@@ -97,9 +217,13 @@ fn every_malformed_policy_is_refused_with_file_line_column_and_key() {
 
 #[test]
 fn the_error_message_reads_file_line_column_key_and_reason() {
-    let err = Policy::parse("[limits]\nmemory = \"lots\"\n", "ops/agent.toml", Path::new("/"))
-        .unwrap_err()
-        .to_string();
+    let err = Policy::parse(
+        "[limits]\nmemory = \"lots\"\n",
+        "ops/agent.toml",
+        Path::new("/"),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.starts_with("ops/agent.toml:2:10: `limits.memory`: invalid size \"lots\""),
         "{err}"
@@ -109,7 +233,10 @@ fn the_error_message_reads_file_line_column_key_and_reason() {
 #[test]
 fn a_missing_policy_file_is_an_error_naming_the_file() {
     let err = Policy::load(Path::new("/nonexistent/policy.toml")).unwrap_err();
-    assert!(err.to_string().starts_with("/nonexistent/policy.toml: cannot read policy"));
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/policy.toml: cannot read policy")
+    );
 }
 
 #[test]
@@ -121,20 +248,32 @@ fn every_example_policy_loads_and_its_mounts_resolve_beside_it() {
         if path.extension().is_some_and(|x| x == "toml") {
             let policy = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
             for mount in &policy.filesystem {
-                assert!(mount.host.is_dir(), "{}: {} is missing", path.display(), mount.host.display());
+                assert!(
+                    mount.host.is_dir(),
+                    "{}: {} is missing",
+                    path.display(),
+                    mount.host.display()
+                );
             }
             seen += 1;
         }
     }
-    assert!(seen >= 3, "expected at least three example policies, found {seen}");
+    assert!(
+        seen >= 3,
+        "expected at least three example policies, found {seen}"
+    );
 }
 
 #[test]
 fn tool_rules_allow_by_pattern_and_ask_approval_by_pattern() {
-    let policy = common::policy("[tools]\nallow = [\"fs_*\", \"echo\"]\napprove = [\"fs_write\"]\n");
+    let policy =
+        common::policy("[tools]\nallow = [\"fs_*\", \"echo\"]\napprove = [\"fs_write\"]\n");
     assert_eq!(policy.decide("fs_read"), Decision::Allow);
     assert_eq!(policy.decide("echo"), Decision::Allow);
-    assert_eq!(policy.decide("fs_write"), Decision::NeedsApproval("fs_write".into()));
+    assert_eq!(
+        policy.decide("fs_write"),
+        Decision::NeedsApproval("fs_write".into())
+    );
     assert!(matches!(policy.decide("http_get"), Decision::Deny(_)));
 }
 
@@ -152,5 +291,8 @@ fn overrides_replace_only_the_limits_they_name() {
     let slow = policy.limits_for("slow");
     assert_eq!(slow.timeout, std::time::Duration::from_secs(60));
     assert_eq!(slow.memory, 32 << 20);
-    assert_eq!(policy.limits_for("other").timeout, std::time::Duration::from_secs(5));
+    assert_eq!(
+        policy.limits_for("other").timeout,
+        std::time::Duration::from_secs(5)
+    );
 }

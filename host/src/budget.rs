@@ -49,7 +49,12 @@ pub struct Ledger {
     pub used: Usage,
 }
 
-fn check_count(kind: BudgetKind, used: u64, more: u64, limit: Option<u64>) -> Result<(), BudgetExceeded> {
+fn check_count(
+    kind: BudgetKind,
+    used: u64,
+    more: u64,
+    limit: Option<u64>,
+) -> Result<(), BudgetExceeded> {
     match limit {
         Some(limit) if used.saturating_add(more) > limit => Err(BudgetExceeded {
             kind,
@@ -70,7 +75,12 @@ impl Ledger {
 
     /// May the session take one more step, given the wall time so far?
     pub fn check_step(&self, elapsed: Duration) -> Result<(), BudgetExceeded> {
-        check_count(BudgetKind::Steps, self.used.steps, 1, self.budgets.max_steps)?;
+        check_count(
+            BudgetKind::Steps,
+            self.used.steps,
+            1,
+            self.budgets.max_steps,
+        )?;
         if let Some(limit) = self.budgets.max_wall_time
             && elapsed >= limit.0
         {
@@ -159,7 +169,10 @@ mod tests {
             l.check_step(Duration::ZERO).unwrap();
             l.record_step();
         }
-        assert_eq!(l.check_step(Duration::ZERO).unwrap_err().kind, BudgetKind::Steps);
+        assert_eq!(
+            l.check_step(Duration::ZERO).unwrap_err().kind,
+            BudgetKind::Steps
+        );
     }
 
     #[test]
@@ -181,8 +194,14 @@ mod tests {
             ..Default::default()
         });
         l.check_model_call(100, 50, 0.0).unwrap();
-        assert_eq!(l.check_model_call(101, 1, 0.0).unwrap_err().kind, BudgetKind::InputTokens);
-        assert_eq!(l.check_model_call(1, 51, 0.0).unwrap_err().kind, BudgetKind::OutputTokens);
+        assert_eq!(
+            l.check_model_call(101, 1, 0.0).unwrap_err().kind,
+            BudgetKind::InputTokens
+        );
+        assert_eq!(
+            l.check_model_call(1, 51, 0.0).unwrap_err().kind,
+            BudgetKind::OutputTokens
+        );
     }
 
     #[test]
@@ -193,7 +212,10 @@ mod tests {
         });
         l.record_model_call(10, 10, 0.75);
         l.check_model_call(1, 1, 0.25).unwrap();
-        assert_eq!(l.check_model_call(1, 1, 0.26).unwrap_err().kind, BudgetKind::Cost);
+        assert_eq!(
+            l.check_model_call(1, 1, 0.26).unwrap_err().kind,
+            BudgetKind::Cost
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl WasiHttpHooks for NetGate {
                 Ok(Some(pinned)) => pin_authority(&mut request, pinned)?,
                 Ok(None) => {}
                 Err((error, why)) => {
-                    tracing::warn!(uri = %request.uri(), "outgoing request refused: {why}");
+                    tracing::info!(uri = %request.uri(), "outgoing request refused: {why}");
                     if let Ok(mut d) = denials.lock() {
                         d.push(why);
                     }
@@ -116,7 +116,9 @@ async fn check(
         .host()
         .ok_or_else(|| denied(format!("request to {uri} names no host")))?;
     let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(if scheme == Scheme::HTTP { 80 } else { 443 });
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == Scheme::HTTP { 80 } else { 443 });
     let entry = allow
         .iter()
         .find(|p| p.matches(bare_host, port))
@@ -166,24 +168,24 @@ async fn check(
 
 /// Sends a plain-HTTP request to the checked address; the `Host` header
 /// (already set from the original authority) keeps the name.
-fn pin_authority(
-    request: &mut http::Request<WasiBody>,
-    addr: SocketAddr,
-) -> Result<(), HttpError> {
+fn pin_authority(request: &mut http::Request<WasiBody>, addr: SocketAddr) -> Result<(), HttpError> {
     let host = request
         .uri()
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_default();
     if !request.headers().contains_key(http::header::HOST) {
-        let value = http::HeaderValue::from_str(&host).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+        let value =
+            http::HeaderValue::from_str(&host).map_err(|_| HttpError::HttpRequestUriInvalid)?;
         request.headers_mut().insert(http::header::HOST, value);
     }
     let mut parts = request.uri().clone().into_parts();
     parts.authority = Some(
-        Authority::try_from(addr.to_string().as_str()).map_err(|_| HttpError::HttpRequestUriInvalid)?,
+        Authority::try_from(addr.to_string().as_str())
+            .map_err(|_| HttpError::HttpRequestUriInvalid)?,
     );
-    *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    *request.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
     Ok(())
 }
 
@@ -206,7 +208,10 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
         ] {
-            assert!(is_restricted(ip.parse().unwrap()), "{ip} should be restricted");
+            assert!(
+                is_restricted(ip.parse().unwrap()),
+                "{ip} should be restricted"
+            );
         }
         for ip in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
             assert!(!is_restricted(ip.parse().unwrap()), "{ip} should be public");

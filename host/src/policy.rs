@@ -276,16 +276,17 @@ impl Policy {
     /// Parse a policy's text. `source` names it in errors; relative mount
     /// paths are resolved against `base_dir`.
     pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Policy, PolicyError> {
-        let invalid = |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
-            let (line, column) = line_column(text, span.map(|s| s.start).unwrap_or(0));
-            PolicyError::Invalid {
-                file: source.to_owned(),
-                line,
-                column,
-                key,
-                message,
-            }
-        };
+        let invalid =
+            |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
+                let (line, column) = line_column(text, span.map(|s| s.start).unwrap_or(0));
+                PolicyError::Invalid {
+                    file: source.to_owned(),
+                    line,
+                    column,
+                    key,
+                    message,
+                }
+            };
         let deserializer = toml::de::Deserializer::parse(text)
             .map_err(|e| invalid(e.span(), None, e.message().to_owned()))?;
         let raw: RawPolicy = serde_path_to_error::deserialize(deserializer).map_err(|e| {
@@ -327,13 +328,24 @@ impl Policy {
                 .into_iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    parse(e.get_ref()).map_err(|why| invalid(Some(e.span()), Some(format!("{key}[{i}]")), why))
+                    parse(e.get_ref())
+                        .map_err(|why| invalid(Some(e.span()), Some(format!("{key}[{i}]")), why))
                 })
                 .collect()
         }
-        let network_allow = each(raw.network.allow, "network.allow", parse_host_pattern, &invalid)?;
+        let network_allow = each(
+            raw.network.allow,
+            "network.allow",
+            parse_host_pattern,
+            &invalid,
+        )?;
         let tools_allow = each(raw.tools.allow, "tools.allow", parse_tool_pattern, &invalid)?;
-        let tools_approve = each(raw.tools.approve, "tools.approve", parse_tool_pattern, &invalid)?;
+        let tools_approve = each(
+            raw.tools.approve,
+            "tools.approve",
+            parse_tool_pattern,
+            &invalid,
+        )?;
 
         let limits = raw.limits.apply(Limits::default());
         Ok(Policy {
@@ -401,7 +413,11 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let column = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .get(line_start..)
+        .map(|s| s.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -453,7 +469,11 @@ fn check_guest_path(s: &str) -> Result<(), String> {
     let rest = s
         .strip_prefix('/')
         .ok_or_else(|| format!("guest path {s:?} must be absolute (start with /)"))?;
-    if rest.is_empty() || rest.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if rest.is_empty()
+        || rest
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(format!(
             "guest path {s:?} must name a directory below / without `.`, `..` or empty segments"
         ));
@@ -468,12 +488,18 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(HumanDuration).map_err(de::Error::custom)
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(de::Error::custom)
     }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("invalid duration {s:?}: write a whole number and a unit (ms, s, m, h, d), e.g. \"30s\"");
+    let err = || {
+        format!(
+            "invalid duration {s:?}: write a whole number and a unit (ms, s, m, h, d), e.g. \"30s\""
+        )
+    };
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
     let (digits, unit) = s.split_at(split);
     let n: u64 = digits.parse().map_err(|_| err())?;
@@ -510,7 +536,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                     .ok()
                     .filter(|&v| v > 0)
                     .map(ByteSize)
-                    .ok_or_else(|| E::custom(format!("invalid size {v}: must be greater than zero")))
+                    .ok_or_else(|| {
+                        E::custom(format!("invalid size {v}: must be greater than zero"))
+                    })
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
                 parse_size(s).map(ByteSize).map_err(E::custom)
@@ -522,7 +550,9 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 fn parse_size(s: &str) -> Result<u64, String> {
     let err = || {
-        format!("invalid size {s:?}: write a whole number and a unit (B, KiB, MiB, GiB, KB, MB, GB), e.g. \"256MiB\"")
+        format!(
+            "invalid size {s:?}: write a whole number and a unit (B, KiB, MiB, GiB, KB, MB, GB), e.g. \"256MiB\""
+        )
     };
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
     let (digits, unit) = s.split_at(split);

@@ -371,13 +371,16 @@ impl Sandbox {
         }
         let data = self.engine.precompile_component(&bytes).map_err(invalid)?;
         if let Err(e) = write_cache_entry(cache_dir, &compiled, &checksum, &data) {
-            tracing::warn!("cannot cache the compiled component in {}: {e}", cache_dir.display());
+            tracing::warn!(
+                "cannot cache the compiled component in {}: {e}",
+                cache_dir.display()
+            );
         }
         // SAFETY: `data` was produced just now by this engine.
         unsafe { Component::deserialize(&self.engine, &data) }.map_err(invalid)
     }
 
-    fn store(&self, policy: &Policy, limits: &Limits) -> Result<(Store<CallState>, Capture, Capture, Arc<Mutex<Vec<String>>>), CallError> {
+    fn store(&self, policy: &Policy, limits: &Limits) -> Result<CallStore, CallError> {
         if limits.memory > MAX_MEMORY_CEILING {
             return Err(CallError::Setup(format!(
                 "the policy's memory limit of {} bytes is above the host's ceiling of {MAX_MEMORY_CEILING}",
@@ -420,13 +423,36 @@ impl Sandbox {
         let ticks = limits.timeout.as_micros() / EPOCH_TICK.as_micros() + 1;
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
-        Ok((store, stdout, stderr, denials))
+        Ok(CallStore {
+            store,
+            stdout,
+            stderr,
+            denials,
+        })
     }
 }
 
-fn write_cache_entry(dir: &Path, compiled: &Path, checksum: &Path, data: &[u8]) -> std::io::Result<()> {
+/// A store for one call, and the handles that outlive it: the captured
+/// streams and the network gate's refusals.
+struct CallStore {
+    store: Store<CallState>,
+    stdout: Capture,
+    stderr: Capture,
+    denials: Arc<Mutex<Vec<String>>>,
+}
+
+fn write_cache_entry(
+    dir: &Path,
+    compiled: &Path,
+    checksum: &Path,
+    data: &[u8],
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), blake3::hash(data).to_hex()));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        blake3::hash(data).to_hex()
+    ));
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, compiled)?;
     std::fs::write(checksum, blake3::hash(data).to_hex().as_str())?;
@@ -501,10 +527,11 @@ impl Toolbox {
 
         // Ask the component for its tools, in a sandbox with nothing granted.
         let limits = Limits::default();
-        let (mut store, _, _, _) = self
+        let mut store = self
             .sandbox
             .store(&Policy::deny_all(), &limits)
-            .map_err(|e| invalid(e.to_string()))?;
+            .map_err(|e| invalid(e.to_string()))?
+            .store;
         let instance = pre
             .instantiate_async(&mut store)
             .await
@@ -600,8 +627,8 @@ impl Toolbox {
                 limit: limits.max_args,
             });
         }
-        let args: serde_json::Value =
-            serde_json::from_str(request.args).map_err(|e| CallError::ArgsNotJson(e.to_string()))?;
+        let args: serde_json::Value = serde_json::from_str(request.args)
+            .map_err(|e| CallError::ArgsNotJson(e.to_string()))?;
         let errors: Vec<String> = entry
             .validator
             .iter_errors(&args)
@@ -652,7 +679,12 @@ impl Toolbox {
             .ok_or_else(|| CallError::UnknownTool(request.tool.to_owned()))?;
         let component = &self.components[entry.component];
         let limits = policy.limits_for(request.tool);
-        let (mut store, stdout, stderr, denials) = self.sandbox.store(policy, &limits)?;
+        let CallStore {
+            mut store,
+            stdout,
+            stderr,
+            denials,
+        } = self.sandbox.store(policy, &limits)?;
 
         let run = async {
             let instance = component.pre.instantiate_async(&mut store).await?;

@@ -6,7 +6,9 @@
 //! that one too.
 
 use wasi::http::outgoing_handler;
-use wasi::http::types::{ErrorCode, Fields, Method as WasiMethod, OutgoingBody, OutgoingRequest, Scheme};
+use wasi::http::types::{
+    ErrorCode, Fields, Method as WasiMethod, OutgoingBody, OutgoingRequest, Scheme,
+};
 use wasi::io::streams::StreamError;
 
 use crate::ToolError;
@@ -83,7 +85,10 @@ impl Url {
         if location.starts_with("http://") || location.starts_with("https://") {
             Url::parse(location)
         } else if let Some(rest) = location.strip_prefix("//") {
-            Url::parse(&format!("{}://{rest}", if self.https { "https" } else { "http" }))
+            Url::parse(&format!(
+                "{}://{rest}",
+                if self.https { "https" } else { "http" }
+            ))
         } else if location.starts_with('/') {
             Ok(Url {
                 path_with_query: location.to_owned(),
@@ -104,7 +109,9 @@ impl Url {
 
 fn error_code(code: ErrorCode) -> ToolError {
     match code {
-        ErrorCode::HttpRequestDenied => ToolError::denied("HttpRequestDenied: the policy does not allow this host and port"),
+        ErrorCode::HttpRequestDenied => {
+            ToolError::denied("HttpRequestDenied: the policy does not allow this host and port")
+        }
         ErrorCode::DestinationIpProhibited => ToolError::denied(
             "DestinationIpProhibited: the host resolves to an address the policy does not allow",
         ),
@@ -127,7 +134,8 @@ pub fn send(
     let fields = Fields::from_list(&fields)
         .map_err(|e| ToolError::invalid_args(format!("bad header: {e:?}")))?;
     let request = OutgoingRequest::new(fields);
-    let bad = |what: &str| ToolError::invalid_args(format!("invalid {what} in {}", url.to_url_string()));
+    let bad =
+        |what: &str| ToolError::invalid_args(format!("invalid {what} in {}", url.to_url_string()));
     request
         .set_method(match method {
             Method::Get => &WasiMethod::Get,
@@ -135,7 +143,11 @@ pub fn send(
         })
         .map_err(|()| bad("method"))?;
     request
-        .set_scheme(Some(if url.https { &Scheme::Https } else { &Scheme::Http }))
+        .set_scheme(Some(if url.https {
+            &Scheme::Https
+        } else {
+            &Scheme::Http
+        }))
         .map_err(|()| bad("scheme"))?;
     request
         .set_authority(Some(&url.authority))
@@ -147,7 +159,16 @@ pub fn send(
         .body()
         .map_err(|()| ToolError::failed("request body already taken"))?;
     let future = outgoing_handler::handle(request, None).map_err(error_code)?;
-    {
+    // When the host refuses the request, the body stream closes; the
+    // refusal itself arrives on the response future, so report that.
+    let refusal = |fallback: ToolError| {
+        future.subscribe().block();
+        match future.get() {
+            Some(Ok(Err(code))) => error_code(code),
+            _ => fallback,
+        }
+    };
+    let sent = (|| {
         let stream = outgoing
             .write()
             .map_err(|()| ToolError::failed("request body stream already taken"))?;
@@ -156,8 +177,12 @@ pub fn send(
                 .blocking_write_and_flush(chunk)
                 .map_err(|e| ToolError::failed(format!("sending the body: {e:?}")))?;
         }
+        drop(stream);
+        OutgoingBody::finish(outgoing, None).map_err(error_code)
+    })();
+    if let Err(e) = sent {
+        return Err(refusal(e));
     }
-    OutgoingBody::finish(outgoing, None).map_err(error_code)?;
 
     future.subscribe().block();
     let response = match future.get() {

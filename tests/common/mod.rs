@@ -109,7 +109,12 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
                 .unwrap()
         }
         "/echo" => {
-            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             let mut text = format!("{method} ").into_bytes();
             text.extend_from_slice(&body);
             Response::new(Full::new(Bytes::from(text)))

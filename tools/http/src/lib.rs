@@ -94,7 +94,13 @@ fn post(args: PostArgs) -> Result<Fetched, ToolError> {
     headers.push(("content-type".to_owned(), content_type));
     let url = Url::parse(&args.url)?;
     let max = args.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
-    let response = http::send(Method::Post, &url, &headers, Some(args.body.as_bytes()), max)?;
+    let response = http::send(
+        Method::Post,
+        &url,
+        &headers,
+        Some(args.body.as_bytes()),
+        max,
+    )?;
     Ok(fetched(&url, response))
 }
 

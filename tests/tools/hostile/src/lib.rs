@@ -120,15 +120,15 @@ fn memory_bomb(args: SizeArgs) -> Result<Got, ToolError> {
 }
 
 #[allow(unconditional_recursion)]
-fn dive(depth: u64, pad: [u8; 256]) -> u64 {
+fn dive(pad: [u8; 256]) -> u64 {
     let pad = std::hint::black_box(pad);
-    dive(depth + 1, pad) + u64::from(pad[0])
+    dive(pad) + u64::from(pad[0])
 }
 
 /// Recursion whose frames live in linear memory (Rust's shadow stack):
 /// it runs off the bottom of memory.
 fn recurse(_: NoArgs) -> Result<Got, ToolError> {
-    got(dive(0, [1; 256]).to_string())
+    got(dive([1; 256]).to_string())
 }
 
 /// Recursion whose frames live on the wasm stack itself: it hits the

@@ -1,0 +1,196 @@
+//! The `longrun` binary as operators and tool authors use it.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn longrun(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("longrun runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn policy_check_accepts_every_example_policy() {
+    for policy in [
+        "policies/workspace-coding.toml",
+        "policies/research-readonly.toml",
+        "policies/locked-down.toml",
+    ] {
+        let out = longrun(&["policy", "check", policy]);
+        assert!(out.status.success(), "{policy}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("{policy}: ok\n"));
+    }
+}
+
+#[test]
+fn policy_check_rejects_a_bad_policy_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[tools]\nallow = [\"echo\"]\n\n[limits]\ntimeout = \"forever\"\n",
+    )
+    .unwrap();
+    let out = longrun(&["policy", "check", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr).lines().next().unwrap(),
+        format!(
+            "error: {}:5:11: `limits.timeout`: invalid duration \"forever\": write a whole number and a unit (ms, s, m, h, d), e.g. \"30s\"",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn policy_explain_says_what_each_tool_may_touch() {
+    let out = longrun(&["policy", "explain", "policies/research-readonly.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("files: /workspace = "), "{s}");
+    assert!(s.contains("(read-only)"), "{s}");
+    assert!(s.contains("network: *.wikipedia.org:443"), "{s}");
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("  http_get") && l.ends_with("allowed")),
+        "{s}"
+    );
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("  fs_write") && l.ends_with("denied")),
+        "{s}"
+    );
+    assert!(
+        s.contains("timeout 45s"),
+        "the http_get override shows: {s}"
+    );
+}
+
+#[test]
+fn tool_list_json_gives_every_tool_with_its_schema() {
+    let out = longrun(&["tool", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tools: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fs_read = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "fs_read")
+        .unwrap();
+    assert_eq!(fs_read["effects"], "reads");
+    assert_eq!(fs_read["idempotent"], true);
+    assert_eq!(
+        fs_read["parameters"]["required"],
+        serde_json::json!(["path"])
+    );
+}
+
+#[test]
+fn tool_call_prints_the_result_as_json() {
+    let out = longrun(&[
+        "tool",
+        "call",
+        "word_count",
+        r#"{"text":"one two three"}"#,
+        "--policy",
+        "policies/locked-down.toml",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["words"], 3);
+}
+
+#[test]
+fn tool_call_reads_the_workspace_through_the_policy_mount() {
+    let out = longrun(&[
+        "tool",
+        "call",
+        "fs_read",
+        r#"{"path":"/workspace/hello.txt"}"#,
+        "--policy",
+        "policies/workspace-coding.toml",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let on_disk =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("workspace/hello.txt"))
+            .unwrap();
+    assert_eq!(result["content"], on_disk);
+}
+
+#[test]
+fn tool_call_refuses_a_call_that_needs_approval_unless_approved() {
+    let args = r#"{"url":"https://example.com/","body":"{}"}"#;
+    let out = longrun(&[
+        "tool",
+        "call",
+        "http_post",
+        args,
+        "--policy",
+        "policies/locked-down.toml",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("needs a person's approval"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Approved, it runs, and the network gate refuses the host instead.
+    let out = longrun(&[
+        "tool",
+        "call",
+        "http_post",
+        args,
+        "--policy",
+        "policies/locked-down.toml",
+        "--approve",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("HttpRequestDenied"), "{err}");
+    assert!(
+        err.contains("[http_post network refused] example.com:443 is not in"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tool_call_with_schema_violating_arguments_explains_the_violation() {
+    let out = longrun(&[
+        "tool",
+        "call",
+        "echo",
+        r#"{"text":5}"#,
+        "--policy",
+        "policies/locked-down.toml",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "arguments do not match the schema of \"echo\": at /text: 5 is not of type \"string\""
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn tool_call_of_an_unknown_tool_says_so() {
+    let out = longrun(&[
+        "tool",
+        "call",
+        "no_such_tool",
+        "{}",
+        "--policy",
+        "policies/locked-down.toml",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no tool named \"no_such_tool\""));
+}
