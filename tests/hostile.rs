@@ -523,13 +523,17 @@ async fn a_tool_that_needs_approval_does_not_run_without_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_do_not_share_state_between_instances() {
-    // Each call gets a fresh instance: a write to a global in one call is
-    // not seen by the next. The stdout capture shows it: each flood call
-    // starts from an empty log.
+async fn every_call_gets_a_fresh_instance_so_globals_do_not_survive() {
     let f = Fixture::new().await;
     for _ in 0..3 {
-        let report = f.attack("evil_flood", r#"{"mib":1}"#).await;
-        assert_eq!(report.log.stdout_dropped, (1 << 20) - (16 << 10));
+        let report = f.attack("evil_count", "{}").await;
+        assert_eq!(report.outcome, Ok(r#"{"text":"1"}"#.to_owned()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_is_empty_not_inherited() {
+    let f = Fixture::new().await;
+    let report = f.attack("evil_stdin", "{}").await;
+    assert_eq!(report.outcome, Ok(r#"{"text":"stdin=\"\""}"#.to_owned()));
 }

@@ -5,10 +5,12 @@
 //! - [`sandbox`]: tool components run by wasmtime, one fresh instance per
 //!   call, under a policy's mounts, network allow-list and limits.
 //! - [`netgate`]: the check every outgoing HTTP request of a tool passes.
+//! - [`journal`]: the hash-chained step journal on sled.
 //! - [`tooldir`]: where the built-in tool components are found.
 
 pub mod budget;
 mod capture;
+pub mod journal;
 pub mod netgate;
 pub mod policy;
 pub mod sandbox;

@@ -688,6 +688,6 @@ mod tests {
     fn line_and_column_count_characters_from_one() {
         assert_eq!(line_column("ab\ncdé\nx", 0), (1, 1));
         assert_eq!(line_column("ab\ncdé\nx", 4), (2, 2));
-        assert_eq!(line_column("ab\ncdé\nx", 9), (3, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 8), (3, 1));
     }
 }

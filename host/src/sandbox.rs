@@ -686,12 +686,16 @@ impl Toolbox {
             denials,
         } = self.sandbox.store(policy, &limits)?;
 
-        let run = async {
-            let instance = component.pre.instantiate_async(&mut store).await?;
-            instance
-                .call_call(&mut store, request.tool, request.args)
-                .await
-        };
+        // Instantiation failing is the host's problem (the instance pool
+        // is full, say), not the tool's: it is reported as a setup error.
+        let instance = component
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| {
+                CallError::Setup(format!("cannot instantiate {}: {e:#}", component.file))
+            })?;
+        let run = instance.call_call(&mut store, request.tool, request.args);
         // Epoch interruption stops a tool that computes too long; this
         // timeout stops one that waits too long in a host call (a slow HTTP
         // response, a sleep).

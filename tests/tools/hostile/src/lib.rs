@@ -99,6 +99,19 @@ fn tcp_connect(args: AddrArgs) -> Result<Got, ToolError> {
     got("connected")
 }
 
+/// Counts its calls in a global: with a fresh instance per call, the
+/// count is always 1.
+fn count(_: NoArgs) -> Result<Got, ToolError> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    got((CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1).to_string())
+}
+
+fn read_stdin(_: NoArgs) -> Result<Got, ToolError> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+    got(format!("stdin={input:?}"))
+}
+
 fn spin(_: NoArgs) -> Result<Got, ToolError> {
     let mut x: u64 = 0;
     loop {
@@ -182,6 +195,8 @@ longrun_sdk::export_tools! {
     Tool::new("evil_env", "dump environment and arguments", env_vars),
     Tool::new("evil_http", "fetch any URL", http_get).effects(Effects::External),
     Tool::new("evil_tcp", "open a raw TCP connection", tcp_connect).effects(Effects::External),
+    Tool::new("evil_count", "count calls in a global", count),
+    Tool::new("evil_stdin", "read the host's stdin", read_stdin),
     Tool::new("evil_spin", "loop forever", spin),
     Tool::new("evil_sleep", "block in a host call", sleep),
     Tool::new("evil_alloc", "allocate without end", memory_bomb),

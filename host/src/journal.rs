@@ -1,0 +1,658 @@
+//! The step journal: one append-only, hash-chained log per session, on sled.
+//!
+//! Each record carries its sequence number, a timestamp, the hash of the
+//! record before it and its own BLAKE3 hash, so a changed, deleted or
+//! reordered record is found by [`Journal::verify`], which names the first
+//! bad one. Large payloads are content-addressed blobs, stored once and
+//! referenced by hash from the record (the references are part of what the
+//! record's hash covers, and each blob is checked against its hash).
+//!
+//! Durability: [`SessionWriter::append`] puts a record in sled's memory;
+//! [`SessionWriter::append_durable`] also waits until it is on disk. Durable
+//! appends of all sessions share flushes: one background flusher writes
+//! everything pending in one `flush`, and every append that was waiting for
+//! it returns together (group commit).
+//!
+//! The record format (little-endian), which [`Journal::verify`] reads without
+//! parsing any payload:
+//!
+//! ```text
+//! version u8 | kind u8 | seq u64 | unix_millis u64 | prev_hash [32]
+//! | blob_count u16 | blob_hash [32] * blob_count | payload_len u32 | payload
+//! | hash [32] = BLAKE3(session_id u64 | everything before the hash)
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const FORMAT_VERSION: u8 = 1;
+const HASH_LEN: usize = 32;
+const FIXED_HEADER: usize = 1 + 1 + 8 + 8 + HASH_LEN + 2;
+
+/// A session's identifier, unique within one journal.
+pub type SessionId = u64;
+
+/// A BLAKE3 hash.
+pub type Hash = [u8; HASH_LEN];
+
+/// What a record is about. The payload's shape depends on the kind; the
+/// journal stores it as opaque bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RecordKind {
+    SessionCreated = 1,
+    ModelRequest = 2,
+    ModelResponse = 3,
+    ToolIntent = 4,
+    ToolResult = 5,
+    PolicyDecision = 6,
+    BudgetEvent = 7,
+    ApprovalAsked = 8,
+    ApprovalGiven = 9,
+    Compaction = 10,
+    Error = 11,
+    SessionEnded = 12,
+}
+
+impl RecordKind {
+    fn from_u8(v: u8) -> Option<RecordKind> {
+        use RecordKind::*;
+        Some(match v {
+            1 => SessionCreated,
+            2 => ModelRequest,
+            3 => ModelResponse,
+            4 => ToolIntent,
+            5 => ToolResult,
+            6 => PolicyDecision,
+            7 => BudgetEvent,
+            8 => ApprovalAsked,
+            9 => ApprovalGiven,
+            10 => Compaction,
+            11 => Error,
+            12 => SessionEnded,
+            _ => return None,
+        })
+    }
+}
+
+/// One record, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub session: SessionId,
+    pub seq: u64,
+    pub unix_millis: u64,
+    pub kind: RecordKind,
+    pub prev_hash: Hash,
+    pub blobs: Vec<Hash>,
+    pub payload: Vec<u8>,
+    pub hash: Hash,
+}
+
+/// Where a new record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("no session {0} in the journal")]
+    NoSession(SessionId),
+    #[error("session {0} already has a writer")]
+    WriterTaken(SessionId),
+    #[error("record {seq} of session {session} is unreadable: {why}")]
+    Corrupt {
+        session: SessionId,
+        seq: u64,
+        why: String,
+    },
+    #[error("the record references blob {} that is not stored", hex(.0))]
+    MissingBlob(Hash),
+    #[error("the journal's flusher has stopped")]
+    FlusherGone,
+}
+
+/// Why verification failed: the first bad record and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("session {session}: record {seq} is bad: {why}")]
+pub struct VerifyError {
+    pub session: SessionId,
+    /// The sequence number at which the chain first breaks.
+    pub seq: u64,
+    pub why: String,
+}
+
+/// A journal: sled trees for records, blobs and session heads.
+pub struct Journal {
+    db: sled::Db,
+    records: sled::Tree,
+    blobs: sled::Tree,
+    writers: Mutex<HashMap<SessionId, ()>>,
+    flusher: Arc<Flusher>,
+    flush_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Journal {
+    /// Open (or create) the journal in `dir`.
+    pub fn open(dir: &Path) -> Result<Arc<Journal>, JournalError> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability comes from explicit flushes, never from a timer.
+            .flush_every_ms(None)
+            .open()?;
+        let records = db.open_tree("records")?;
+        let blobs = db.open_tree("blobs")?;
+        let flusher = Flusher::new();
+        let flush_thread = {
+            let (flusher, db) = (flusher.clone(), db.clone());
+            std::thread::Builder::new()
+                .name("longrun-journal-flush".into())
+                .spawn(move || flusher.run(&db))
+                .map_err(sled::Error::Io)?
+        };
+        Ok(Arc::new(Journal {
+            db,
+            records,
+            blobs,
+            writers: Mutex::new(HashMap::new()),
+            flusher,
+            flush_thread: Some(flush_thread),
+        }))
+    }
+
+    /// A new session; its writer appends its first record.
+    pub fn create_session(self: &Arc<Self>) -> Result<SessionWriter, JournalError> {
+        let session = self.db.generate_id()?;
+        self.writer(session, None)
+    }
+
+    /// The writer of an existing session, to go on appending (after a
+    /// restart, say). Only one writer per session exists at a time.
+    pub fn open_session(
+        self: &Arc<Self>,
+        session: SessionId,
+    ) -> Result<SessionWriter, JournalError> {
+        let last = self
+            .records
+            .scan_prefix(session.to_be_bytes())
+            .next_back()
+            .transpose()?
+            .ok_or(JournalError::NoSession(session))?;
+        let record = decode(session, &last.1).map_err(|why| JournalError::Corrupt {
+            session,
+            seq: key_seq(&last.0),
+            why,
+        })?;
+        self.writer(session, Some((record.seq + 1, record.hash)))
+    }
+
+    fn writer(
+        self: &Arc<Self>,
+        session: SessionId,
+        head: Option<(u64, Hash)>,
+    ) -> Result<SessionWriter, JournalError> {
+        let mut writers = self.writers.lock().map_err(|_| JournalError::FlusherGone)?;
+        if writers.insert(session, ()).is_some() {
+            return Err(JournalError::WriterTaken(session));
+        }
+        let (next_seq, prev_hash) = head.unwrap_or((0, genesis(session)));
+        Ok(SessionWriter {
+            journal: self.clone(),
+            session,
+            next_seq,
+            prev_hash,
+        })
+    }
+
+    /// The sessions in the journal, in creation order.
+    pub fn sessions(&self) -> Result<Vec<SessionId>, JournalError> {
+        let mut out = Vec::new();
+        let mut from = 0u64;
+        // Jump from session to session instead of reading every record.
+        while let Some(kv) = self.records.range(from.to_be_bytes()..).next() {
+            let (key, _) = kv?;
+            let session = key_session(&key);
+            out.push(session);
+            match session.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every record of a session, in order.
+    pub fn records(
+        &self,
+        session: SessionId,
+    ) -> impl Iterator<Item = Result<Record, JournalError>> + '_ {
+        self.records
+            .scan_prefix(session.to_be_bytes())
+            .map(move |kv| {
+                let (key, value) = kv?;
+                decode(session, &value).map_err(|why| JournalError::Corrupt {
+                    session,
+                    seq: key_seq(&key),
+                    why,
+                })
+            })
+    }
+
+    /// A blob's bytes, checked against its hash.
+    pub fn blob(&self, hash: &Hash) -> Result<Vec<u8>, JournalError> {
+        let bytes = self
+            .blobs
+            .get(hash)?
+            .ok_or(JournalError::MissingBlob(*hash))?;
+        if blake3::hash(&bytes).as_bytes() != hash {
+            return Err(JournalError::MissingBlob(*hash));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Store a blob once, by its hash; returns the hash.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Hash, JournalError> {
+        let hash = *blake3::hash(bytes).as_bytes();
+        if !self.blobs.contains_key(hash)? {
+            self.blobs.insert(hash, bytes)?;
+        }
+        Ok(hash)
+    }
+
+    /// Wait until everything appended so far is on disk (a group commit).
+    pub async fn sync(&self) -> Result<(), JournalError> {
+        self.flusher.wait(self.flusher.request()?).await
+    }
+
+    /// Check a session's hash chain and blobs. Returns the number of
+    /// records verified, or the first bad record.
+    pub fn verify(&self, session: SessionId) -> Result<u64, VerifyError> {
+        let bad = |seq: u64, why: String| VerifyError { session, seq, why };
+        let mut expected_seq = 0u64;
+        let mut prev = genesis(session);
+        let mut checked_blobs: std::collections::HashSet<Hash> = Default::default();
+        for kv in self.records.scan_prefix(session.to_be_bytes()) {
+            let (key, value) = kv.map_err(|e| bad(expected_seq, format!("unreadable: {e}")))?;
+            let key_seq = key_seq(&key);
+            if key_seq != expected_seq {
+                return Err(bad(
+                    expected_seq,
+                    format!("missing: the next record stored is {key_seq}"),
+                ));
+            }
+            let record = decode_unchecked(&value).map_err(|why| bad(expected_seq, why))?;
+            if record.seq != expected_seq {
+                return Err(bad(
+                    expected_seq,
+                    format!("out of place: it says it is record {}", record.seq),
+                ));
+            }
+            let body = &value[..value.len() - HASH_LEN];
+            if hash_record(session, body) != record.hash {
+                return Err(bad(
+                    expected_seq,
+                    "its contents do not match its hash".into(),
+                ));
+            }
+            if record.prev_hash != prev {
+                return Err(bad(
+                    expected_seq,
+                    "its previous-hash does not match the record before it".into(),
+                ));
+            }
+            for blob in &record.blobs {
+                if checked_blobs.insert(*blob) {
+                    match self.blobs.get(blob) {
+                        Ok(Some(bytes)) if blake3::hash(&bytes).as_bytes() == blob => {}
+                        Ok(Some(_)) => {
+                            return Err(bad(
+                                expected_seq,
+                                format!("blob {} does not match its hash", hex(blob)),
+                            ));
+                        }
+                        Ok(None) => {
+                            return Err(bad(expected_seq, format!("blob {} is missing", hex(blob))));
+                        }
+                        Err(e) => {
+                            return Err(bad(
+                                expected_seq,
+                                format!("blob {} unreadable: {e}", hex(blob)),
+                            ));
+                        }
+                    }
+                }
+            }
+            prev = record.hash;
+            expected_seq += 1;
+        }
+        Ok(expected_seq)
+    }
+
+    /// Flush now, on this thread, without grouping with anyone (the
+    /// baseline that group commit is measured against).
+    pub fn flush_now(&self) -> Result<(), JournalError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// How many group-commit flushes have run since the journal was opened.
+    pub fn flush_count(&self) -> u64 {
+        self.flusher
+            .flushes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes the journal takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, JournalError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// The one writer of a session.
+pub struct SessionWriter {
+    journal: Arc<Journal>,
+    session: SessionId,
+    next_seq: u64,
+    prev_hash: Hash,
+}
+
+impl Drop for SessionWriter {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.journal.writers.lock() {
+            w.remove(&self.session);
+        }
+    }
+}
+
+impl SessionWriter {
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// The sequence number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Append a record (in memory; see [`Self::append_durable`]). Every blob
+    /// it references must already be stored with [`Journal::put_blob`].
+    pub fn append(
+        &mut self,
+        kind: RecordKind,
+        payload: &[u8],
+        blobs: &[Hash],
+    ) -> Result<Appended, JournalError> {
+        for blob in blobs {
+            if !self.journal.blobs.contains_key(blob)? {
+                return Err(JournalError::MissingBlob(*blob));
+            }
+        }
+        let unix_millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let seq = self.next_seq;
+        let mut bytes = Vec::with_capacity(
+            FIXED_HEADER + blobs.len() * HASH_LEN + 4 + payload.len() + HASH_LEN,
+        );
+        bytes.push(FORMAT_VERSION);
+        bytes.push(kind as u8);
+        bytes.extend_from_slice(&seq.to_le_bytes());
+        bytes.extend_from_slice(&unix_millis.to_le_bytes());
+        bytes.extend_from_slice(&self.prev_hash);
+        let blob_count = u16::try_from(blobs.len()).map_err(|_| JournalError::Corrupt {
+            session: self.session,
+            seq,
+            why: "more than 65535 blobs in one record".into(),
+        })?;
+        bytes.extend_from_slice(&blob_count.to_le_bytes());
+        for blob in blobs {
+            bytes.extend_from_slice(blob);
+        }
+        let payload_len = u32::try_from(payload.len()).map_err(|_| JournalError::Corrupt {
+            session: self.session,
+            seq,
+            why: "payload over 4 GiB: store it as a blob".into(),
+        })?;
+        bytes.extend_from_slice(&payload_len.to_le_bytes());
+        bytes.extend_from_slice(payload);
+        let hash = hash_record(self.session, &bytes);
+        bytes.extend_from_slice(&hash);
+        self.journal
+            .records
+            .insert(record_key(self.session, seq), bytes)?;
+        self.next_seq += 1;
+        self.prev_hash = hash;
+        Ok(Appended { seq, hash })
+    }
+
+    /// Append a record and wait until it is on disk. Concurrent durable
+    /// appends of all sessions share flushes.
+    pub async fn append_durable(
+        &mut self,
+        kind: RecordKind,
+        payload: &[u8],
+        blobs: &[Hash],
+    ) -> Result<Appended, JournalError> {
+        let appended = self.append(kind, payload, blobs)?;
+        self.journal.sync().await?;
+        Ok(appended)
+    }
+}
+
+fn genesis(session: SessionId) -> Hash {
+    *blake3::hash(
+        &[
+            b"longrun-journal-genesis".as_slice(),
+            &session.to_le_bytes(),
+        ]
+        .concat(),
+    )
+    .as_bytes()
+}
+
+fn hash_record(session: SessionId, body: &[u8]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(&session.to_le_bytes());
+    h.update(body);
+    *h.finalize().as_bytes()
+}
+
+fn record_key(session: SessionId, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&session.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn key_session(key: &[u8]) -> SessionId {
+    key.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(u64::MAX)
+}
+
+fn key_seq(key: &[u8]) -> u64 {
+    key.get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(u64::MAX)
+}
+
+fn hex(hash: &Hash) -> String {
+    blake3::Hash::from_bytes(*hash).to_hex().to_string()
+}
+
+/// Decode and check a record's own hash.
+fn decode(session: SessionId, bytes: &[u8]) -> Result<Record, String> {
+    let mut record = decode_unchecked(bytes)?;
+    record.session = session;
+    if hash_record(session, &bytes[..bytes.len() - HASH_LEN]) != record.hash {
+        return Err("its contents do not match its hash".into());
+    }
+    Ok(record)
+}
+
+/// Decode a record's fields without checking its hash.
+fn decode_unchecked(bytes: &[u8]) -> Result<Record, String> {
+    let short = || format!("truncated ({} bytes)", bytes.len());
+    if bytes.len() < FIXED_HEADER + 4 + HASH_LEN {
+        return Err(short());
+    }
+    if bytes[0] != FORMAT_VERSION {
+        return Err(format!("unknown format version {}", bytes[0]));
+    }
+    let kind =
+        RecordKind::from_u8(bytes[1]).ok_or_else(|| format!("unknown record kind {}", bytes[1]))?;
+    let u64_at = |at: usize| -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let seq = u64_at(2);
+    let unix_millis = u64_at(10);
+    let mut prev_hash = [0u8; HASH_LEN];
+    prev_hash.copy_from_slice(&bytes[18..18 + HASH_LEN]);
+    let blob_count = u16::from_le_bytes([bytes[50], bytes[51]]) as usize;
+    let mut at = FIXED_HEADER;
+    let blobs_end = at + blob_count * HASH_LEN;
+    if bytes.len() < blobs_end + 4 + HASH_LEN {
+        return Err(short());
+    }
+    let blobs = bytes[at..blobs_end]
+        .chunks_exact(HASH_LEN)
+        .map(|c| {
+            let mut h = [0u8; HASH_LEN];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect();
+    at = blobs_end;
+    let payload_len =
+        u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+    at += 4;
+    if bytes.len() != at + payload_len + HASH_LEN {
+        return Err(format!(
+            "its length {} does not match its payload length {payload_len}",
+            bytes.len()
+        ));
+    }
+    let payload = bytes[at..at + payload_len].to_vec();
+    let mut hash = [0u8; HASH_LEN];
+    hash.copy_from_slice(&bytes[at + payload_len..]);
+    Ok(Record {
+        session: 0,
+        seq,
+        unix_millis,
+        kind,
+        prev_hash,
+        blobs,
+        payload,
+        hash,
+    })
+}
+
+/// The group-commit flusher: a thread that flushes sled whenever someone is
+/// waiting, covering every append made before the flush began.
+struct Flusher {
+    flushes: std::sync::atomic::AtomicU64,
+    state: Mutex<FlushState>,
+    wake: Condvar,
+    done: tokio::sync::watch::Sender<u64>,
+}
+
+struct FlushState {
+    requested: u64,
+    stop: bool,
+    failed: Option<String>,
+}
+
+impl Flusher {
+    fn new() -> Arc<Flusher> {
+        let (done, _) = tokio::sync::watch::channel(0u64);
+        Arc::new(Flusher {
+            flushes: std::sync::atomic::AtomicU64::new(0),
+            state: Mutex::new(FlushState {
+                requested: 0,
+                stop: false,
+                failed: None,
+            }),
+            wake: Condvar::new(),
+            done,
+        })
+    }
+
+    /// The flusher thread: sleeps until someone waits, flushes once for all
+    /// of them, and tells them.
+    fn run(&self, db: &sled::Db) {
+        let mut completed = 0u64;
+        loop {
+            let target = {
+                let Ok(mut state) = self.state.lock() else {
+                    return;
+                };
+                while state.requested == completed && !state.stop {
+                    match self.wake.wait(state) {
+                        Ok(s) => state = s,
+                        Err(_) => return,
+                    }
+                }
+                if state.stop && state.requested == completed {
+                    return;
+                }
+                state.requested
+            };
+            if let Err(e) = db.flush()
+                && let Ok(mut state) = self.state.lock()
+            {
+                state.failed = Some(e.to_string());
+            }
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            completed = target;
+            self.done.send_replace(completed);
+        }
+    }
+
+    /// A ticket: the flush that covers everything appended before now.
+    fn request(&self) -> Result<u64, JournalError> {
+        let mut state = self.state.lock().map_err(|_| JournalError::FlusherGone)?;
+        state.requested += 1;
+        self.wake.notify_one();
+        Ok(state.requested)
+    }
+
+    async fn wait(&self, ticket: u64) -> Result<(), JournalError> {
+        let mut rx = self.done.subscribe();
+        rx.wait_for(|done| *done >= ticket)
+            .await
+            .map_err(|_| JournalError::FlusherGone)?;
+        match self.state.lock() {
+            Ok(state) => match &state.failed {
+                Some(e) => Err(JournalError::Storage(sled::Error::ReportableBug(e.clone()))),
+                None => Ok(()),
+            },
+            Err(_) => Err(JournalError::FlusherGone),
+        }
+    }
+}
+
+impl Drop for Journal {
+    /// Flushes what is pending and stops the flusher, so the journal can be
+    /// opened again as soon as this returns.
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.flusher.state.lock() {
+            state.stop = true;
+        }
+        self.flusher.wake.notify_all();
+        if let Some(thread) = self.flush_thread.take() {
+            let _ = thread.join();
+        }
+        let _ = self.db.flush();
+    }
+}
