@@ -224,6 +224,14 @@ async fn environment_variables_and_arguments_are_empty() {
 /// An HTTP attack, refused by the network gate with `code`; the gate's own
 /// record names why.
 async fn assert_http_refused(f: &Fixture, url: &str, code: &str, why: &str) {
+    // Never let a broken gate send traffic off this machine: ask the gate
+    // first, and only let the tool try what the gate refuses.
+    let uri: hyper::Uri = url.parse().unwrap();
+    let verdict = longrun_host::netgate::would_allow(&f.policy.network.allow, &uri).await;
+    assert!(
+        verdict.is_err(),
+        "the gate would let {url} out; not sending it"
+    );
     let report = f
         .attack("evil_http", &format!(r#"{{"url":"{url}"}}"#))
         .await;

@@ -90,7 +90,7 @@ async fn a_file_that_is_not_a_component_is_refused_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("bogus.wasm");
     std::fs::write(&bogus, b"\0asm not really").unwrap();
-    let err = Toolbox::load(sandbox(dir.path()), &[bogus.clone()])
+    let err = Toolbox::load(sandbox(dir.path()), std::slice::from_ref(&bogus))
         .await
         .err()
         .unwrap();

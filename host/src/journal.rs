@@ -316,7 +316,10 @@ impl Journal {
                             ));
                         }
                         Ok(None) => {
-                            return Err(bad(expected_seq, format!("blob {} is missing", hex(blob))));
+                            return Err(bad(
+                                expected_seq,
+                                format!("blob {} is missing", hex(blob)),
+                            ));
                         }
                         Err(e) => {
                             return Err(bad(

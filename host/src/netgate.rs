@@ -104,6 +104,13 @@ pub fn is_restricted(ip: IpAddr) -> bool {
     }
 }
 
+/// Would the gate let a request to `uri` out under this allow-list? The
+/// reason when not. (The same check every request passes; tests use it to
+/// make sure a request is refused before they let a tool try it.)
+pub async fn would_allow(allow: &[HostPattern], uri: &http::Uri) -> Result<(), String> {
+    check(allow, uri).await.map(|_| ()).map_err(|(_, why)| why)
+}
+
 /// Checks one request. `Ok(Some(addr))` asks for the connection to be pinned
 /// to `addr`.
 async fn check(
