@@ -5,26 +5,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Samples;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use longrun_host::journal::{Journal, RecordKind, SessionWriter};
 
+mod common;
+
 const PAYLOAD: &[u8] = br#"{"tool":"fs_write","args":{"path":"/workspace/notes.md","content":"a step of about two hundred bytes, the size of a typical tool intent record in a long session ........"}}"#;
-
-#[derive(Clone, Default)]
-struct Rate(Arc<Mutex<Vec<f64>>>);
-
-impl Rate {
-    fn record(&self, steps: u64, elapsed: Duration) {
-        if let Ok(mut r) = self.0.lock() {
-            r.push(steps as f64 / elapsed.as_secs_f64());
-        }
-    }
-    fn median(&self) -> f64 {
-        let mut r = self.0.lock().map(|r| r.clone()).unwrap_or_default();
-        r.sort_by(f64::total_cmp);
-        r.get(r.len() / 2).copied().unwrap_or(0.0)
-    }
-}
 
 fn writers(journal: &Arc<Journal>, n: usize) -> Vec<SessionWriter> {
     (0..n)
@@ -46,7 +33,7 @@ fn journal_append(c: &mut Criterion) {
     for sessions in [1usize, 64] {
         group.throughput(Throughput::Elements(sessions as u64));
 
-        let grouped = Rate::default();
+        let grouped = Samples::default();
         let ws = Arc::new(tokio::sync::Mutex::new(writers(&journal, sessions)));
         group.bench_function(format!("group_commit/{sessions}_sessions"), |b| {
             b.iter_custom(|iters| {
@@ -73,12 +60,12 @@ fn journal_append(c: &mut Criterion) {
                     }
                 });
                 let elapsed = start.elapsed();
-                grouped.record(iters * sessions as u64, elapsed);
+                grouped.record(elapsed, iters);
                 elapsed
             })
         });
 
-        let per_step = Rate::default();
+        let per_step = Samples::default();
         let ws = Arc::new(Mutex::new(writers(&journal, sessions)));
         group.bench_function(format!("flush_per_step/{sessions}_sessions"), |b| {
             b.iter_custom(|iters| {
@@ -97,11 +84,13 @@ fn journal_append(c: &mut Criterion) {
                     }
                 });
                 let elapsed = start.elapsed();
-                per_step.record(iters * sessions as u64, elapsed);
+                per_step.record(elapsed, iters);
                 elapsed
             })
         });
-        rates.push((sessions, grouped.median(), per_step.median()));
+        // Each iteration is one durable step of every session.
+        let rate = |s: &Samples| s.median().map(|secs| sessions as f64 / secs).unwrap_or(0.0);
+        rates.push((sessions, rate(&grouped), rate(&per_step)));
     }
     group.finish();
     for (sessions, grouped, per_step) in rates {

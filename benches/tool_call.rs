@@ -6,36 +6,17 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::Samples;
 use criterion::{Criterion, criterion_group, criterion_main};
 use longrun_host::policy::Policy;
 use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
 
+mod common;
+
 const ARGS: &str = r#"{"text":"hello from the benchmark"}"#;
-
-/// Keeps the per-iteration time of every sample criterion takes, so the
-/// median can be printed beside the other benchmark's.
-#[derive(Clone, Default)]
-struct Samples(Arc<Mutex<Vec<f64>>>);
-
-impl Samples {
-    fn record(&self, elapsed: Duration, iters: u64) {
-        if let Ok(mut s) = self.0.lock() {
-            s.push(elapsed.as_secs_f64() / iters.max(1) as f64);
-        }
-    }
-
-    fn median(&self) -> Option<f64> {
-        let mut s = self.0.lock().ok()?.clone();
-        if s.is_empty() {
-            return None;
-        }
-        s.sort_by(f64::total_cmp);
-        Some(s[s.len() / 2])
-    }
-}
 
 fn tool_call(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -10,14 +10,11 @@ use std::path::Path;
 
 use longrun_host::policy::Policy;
 use longrun_host::sandbox::{CallError, CallReport, CallRequest, Toolbox};
-use tokio::sync::OnceCell;
 
 const SECRET: &str = "TOP-SECRET-HOST-DATA";
 
-static TOOLBOX: OnceCell<Toolbox> = OnceCell::const_new();
-
 async fn host() -> &'static Toolbox {
-    TOOLBOX.get_or_init(|| common::toolbox(true)).await
+    common::shared_toolbox(true).await
 }
 
 /// A workspace (read-write), a read-only mount, a secret file beside them

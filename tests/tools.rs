@@ -5,12 +5,9 @@ mod common;
 use longrun_host::policy::Policy;
 use longrun_host::sandbox::{CallError, Toolbox};
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
-
-static TOOLBOX: OnceCell<Toolbox> = OnceCell::const_new();
 
 async fn host() -> &'static Toolbox {
-    TOOLBOX.get_or_init(|| common::toolbox(false)).await
+    common::shared_toolbox(false).await
 }
 
 struct Workspace {

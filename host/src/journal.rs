@@ -57,23 +57,23 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
+    const ALL: [RecordKind; 12] = [
+        RecordKind::SessionCreated,
+        RecordKind::ModelRequest,
+        RecordKind::ModelResponse,
+        RecordKind::ToolIntent,
+        RecordKind::ToolResult,
+        RecordKind::PolicyDecision,
+        RecordKind::BudgetEvent,
+        RecordKind::ApprovalAsked,
+        RecordKind::ApprovalGiven,
+        RecordKind::Compaction,
+        RecordKind::Error,
+        RecordKind::SessionEnded,
+    ];
+
     fn from_u8(v: u8) -> Option<RecordKind> {
-        use RecordKind::*;
-        Some(match v {
-            1 => SessionCreated,
-            2 => ModelRequest,
-            3 => ModelResponse,
-            4 => ToolIntent,
-            5 => ToolResult,
-            6 => PolicyDecision,
-            7 => BudgetEvent,
-            8 => ApprovalAsked,
-            9 => ApprovalGiven,
-            10 => Compaction,
-            11 => Error,
-            12 => SessionEnded,
-            _ => return None,
-        })
+        RecordKind::ALL.into_iter().find(|k| *k as u8 == v)
     }
 }
 

@@ -40,6 +40,20 @@ fn components_in(dir: &Path) -> Vec<PathBuf> {
     paths
 }
 
+static BUILTIN: tokio::sync::OnceCell<Toolbox> = tokio::sync::OnceCell::const_new();
+static WITH_HOSTILE: tokio::sync::OnceCell<Toolbox> = tokio::sync::OnceCell::const_new();
+
+/// One host per test binary, shared by its tests (which also shows that
+/// calls of many tests, run side by side, do not disturb each other).
+pub async fn shared_toolbox(with_hostile: bool) -> &'static Toolbox {
+    let cell = if with_hostile {
+        &WITH_HOSTILE
+    } else {
+        &BUILTIN
+    };
+    cell.get_or_init(|| toolbox(with_hostile)).await
+}
+
 /// A toolbox with the built-in tools, and the hostile tool if asked.
 pub async fn toolbox(with_hostile: bool) -> Toolbox {
     let mut paths = components_in(&builtin_tools_dir());

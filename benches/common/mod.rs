@@ -1,0 +1,28 @@
+//! What the benchmarks share: a recorder of criterion's samples, so that a
+//! benchmark can print its median beside its baseline's in the same run.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The per-iteration time of every sample criterion takes.
+#[derive(Clone, Default)]
+pub struct Samples(Arc<Mutex<Vec<f64>>>);
+
+impl Samples {
+    /// Record a sample of `iters` iterations that took `elapsed`.
+    pub fn record(&self, elapsed: Duration, iters: u64) {
+        if let Ok(mut s) = self.0.lock() {
+            s.push(elapsed.as_secs_f64() / iters.max(1) as f64);
+        }
+    }
+
+    /// The median seconds per iteration, if any sample was taken.
+    pub fn median(&self) -> Option<f64> {
+        let mut s = self.0.lock().ok()?.clone();
+        if s.is_empty() {
+            return None;
+        }
+        s.sort_by(f64::total_cmp);
+        Some(s[s.len() / 2])
+    }
+}
