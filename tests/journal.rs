@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use longrun_host::journal::{Hash, Journal, RecordKind, SessionId, VerifyError};
+use longrun_host::journal::{Hash, Journal, JournalError, RecordKind, SessionId, VerifyError};
 
 /// A session of `steps` records; every third one references a blob (a
 /// shared one, stored once, and one of its own).
@@ -299,5 +299,32 @@ fn an_unreadable_record_is_reported_not_panicked_on() {
     assert!(
         journal.open_session(session).is_ok(),
         "the last record is intact"
+    );
+}
+
+#[test]
+fn one_changed_byte_in_a_blob_is_named_at_the_first_record_that_references_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (session, shared) = {
+        let journal = Journal::open(dir.path()).unwrap();
+        let session = write_session(&journal, 10);
+        let shared = journal.records(session).next().unwrap().unwrap().blobs[0];
+        (session, shared)
+    };
+    tamper(dir.path(), |_, blobs| {
+        let mut bytes = blobs.get(shared).unwrap().unwrap().to_vec();
+        bytes[1234] ^= 0x80;
+        blobs.insert(shared, bytes).unwrap();
+    });
+    let journal = Journal::open(dir.path()).unwrap();
+    let err = journal.verify(session).unwrap_err();
+    assert_eq!(
+        err.seq, 0,
+        "the shared blob is first referenced by record 0: {err}"
+    );
+    assert!(err.why.contains("does not match its hash"), "{err}");
+    assert!(
+        matches!(journal.blob(&shared), Err(JournalError::CorruptBlob(h)) if h == shared),
+        "reading it back refuses it too"
     );
 }

@@ -113,6 +113,8 @@ pub enum JournalError {
     },
     #[error("the record references blob {} that is not stored", hex(.0))]
     MissingBlob(Hash),
+    #[error("blob {} does not match its hash", hex(.0))]
+    CorruptBlob(Hash),
     #[error("the journal's flusher has stopped")]
     FlusherGone,
 }
@@ -250,7 +252,7 @@ impl Journal {
             .get(hash)?
             .ok_or(JournalError::MissingBlob(*hash))?;
         if blake3::hash(&bytes).as_bytes() != hash {
-            return Err(JournalError::MissingBlob(*hash));
+            return Err(JournalError::CorruptBlob(*hash));
         }
         Ok(bytes.to_vec())
     }
