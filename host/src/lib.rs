@@ -6,11 +6,13 @@
 //!   call, under a policy's mounts, network allow-list and limits.
 //! - [`netgate`]: the check every outgoing HTTP request of a tool passes.
 //! - [`journal`]: the hash-chained step journal on sled.
+//! - [`model`]: the model interface of the agent loop, and the scripted model.
 //! - [`tooldir`]: where the built-in tool components are found.
 
 pub mod budget;
 mod capture;
 pub mod journal;
+pub mod model;
 pub mod netgate;
 pub mod policy;
 pub mod sandbox;
