@@ -1,5 +1,6 @@
 //! The longrun host library.
 //!
+//! - [`agent`]: the agent loop over the model, the sandbox and the journal.
 //! - [`policy`]: operators' policy files, parsed strictly.
 //! - [`budget`]: session budgets, checked before each action.
 //! - [`sandbox`]: tool components run by wasmtime, one fresh instance per
@@ -9,6 +10,7 @@
 //! - [`model`]: the model interface of the agent loop, and the scripted model.
 //! - [`tooldir`]: where the built-in tool components are found.
 
+pub mod agent;
 pub mod budget;
 mod capture;
 pub mod journal;
