@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use longrun_host::agent::{AgentConfig, Resumed, Session, SessionStatus};
+use longrun_host::journal::{Journal, RecordKind};
+use longrun_host::model::ScriptedModel;
 use longrun_host::policy::{Access, Decision, Policy};
 use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
 
@@ -29,6 +32,34 @@ enum Command {
     /// List and call tools.
     #[command(subcommand)]
     Tool(ToolCommand),
+    /// Run an agent session in the foreground; an unfinished session in the
+    /// journal is resumed first.
+    Run {
+        /// The goal of a new session.
+        goal: String,
+        #[arg(long)]
+        policy: PathBuf,
+        /// Play a recorded script (JSON Lines) as the model. (The local and
+        /// remote model backends are not built yet.)
+        #[arg(long)]
+        script: PathBuf,
+        #[command(flatten)]
+        journal: JournalDir,
+        #[command(flatten)]
+        tools: ToolsDir,
+    },
+    /// List the sessions in the journal.
+    Sessions {
+        #[command(flatten)]
+        journal: JournalDir,
+    },
+}
+
+#[derive(clap::Args)]
+struct JournalDir {
+    /// The journal directory.
+    #[arg(long = "journal", default_value = ".longrun/journal")]
+    dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +149,35 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run {
+            goal,
+            policy,
+            script,
+            journal,
+            tools,
+        } => run_session(&goal, &policy, &script, &journal.dir, &tools).await,
+        Command::Sessions { journal } => {
+            let journal = Journal::open(&journal.dir)
+                .with_context(|| format!("opening the journal in {}", journal.dir.display()))?;
+            for session in journal.sessions()? {
+                let records: Vec<_> = journal.records(session).collect::<Result<_, _>>()?;
+                let last = records
+                    .last()
+                    .map(|r| format!("{:?}", r.kind))
+                    .unwrap_or_default();
+                let status = match records.last().map(|r| r.kind) {
+                    Some(RecordKind::SessionEnded) => "ended",
+                    Some(RecordKind::BudgetEvent) => "paused (budget)",
+                    Some(RecordKind::ApprovalAsked) => "paused (approval)",
+                    _ => "unfinished",
+                };
+                println!(
+                    "{session:>6}  {status:<18} {:>7} records  last: {last}",
+                    records.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Policy(PolicyCommand::Check { file }) => {
             let policy = Policy::load(&file)?;
             println!("{}: ok", file.display());
@@ -195,6 +255,91 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => bail!("{name}: {e}"),
             }
+        }
+    }
+}
+
+/// Resume the first unfinished session of the journal, or start one.
+async fn run_session(
+    goal: &str,
+    policy: &Path,
+    script: &Path,
+    journal_dir: &Path,
+    tools: &ToolsDir,
+) -> Result<ExitCode> {
+    let policy = Policy::load(policy)?;
+    let model = ScriptedModel::load(script)?;
+    let toolbox = tools.load().await?;
+    std::fs::create_dir_all(journal_dir)
+        .with_context(|| format!("creating the journal directory {}", journal_dir.display()))?;
+    let journal = Journal::open(journal_dir)
+        .with_context(|| format!("opening the journal in {}", journal_dir.display()))?;
+    let mut unfinished = None;
+    for session in journal.sessions()? {
+        let last = journal.records(session).last().transpose()?.map(|r| r.kind);
+        if last != Some(RecordKind::SessionEnded) {
+            unfinished = Some(session);
+            break;
+        }
+    }
+    let config = AgentConfig::default();
+    let mut session = match unfinished {
+        Some(id) => {
+            match Session::resume(&journal, id, &toolbox, &policy, &model, config.clone()).await? {
+                Resumed::Session(session) => {
+                    eprintln!("resuming session {id}");
+                    *session
+                }
+                Resumed::Ended => bail!("session {id} has already ended"),
+            }
+        }
+        None => Session::start(&journal, &toolbox, &policy, &model, config, goal).await?,
+    };
+    let budgets = policy.session.clone();
+    session.on_step(move |p| {
+        let of = |limit: Option<u64>| limit.map(|l| format!("/{l}")).unwrap_or_default();
+        eprintln!(
+            "step {}{}  tools: {}  tokens in {}{} out {}{}  tool calls {}{}",
+            p.step,
+            of(budgets.max_steps),
+            if p.tools.is_empty() {
+                "-".to_owned()
+            } else {
+                p.tools.join(",")
+            },
+            p.usage.input_tokens,
+            of(budgets.max_input_tokens),
+            p.usage.output_tokens,
+            of(budgets.max_output_tokens),
+            p.usage.tool_calls,
+            of(budgets.max_tool_calls),
+        );
+    });
+    let status = session.run().await?;
+    let used = &session.ledger().used;
+    eprintln!(
+        "session {}: {} steps, {} tool calls, {} input / {} output tokens",
+        session.id(),
+        used.steps,
+        used.tool_calls,
+        used.input_tokens,
+        used.output_tokens
+    );
+    match status {
+        SessionStatus::Completed { answer } => {
+            println!("{answer}");
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionStatus::BudgetExhausted(e) => {
+            eprintln!("paused: {e}; raise the budget in the policy and run again to resume");
+            Ok(ExitCode::from(3))
+        }
+        SessionStatus::AwaitingApproval { call } => {
+            eprintln!(
+                "paused: {}({}) needs a person's approval",
+                call.name, call.arguments
+            );
+            Ok(ExitCode::from(4))
         }
     }
 }

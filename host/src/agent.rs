@@ -6,7 +6,10 @@
 //! Order of writes, so that a crash loses nothing: the model's response is
 //! durable before any of its tool calls runs; a tool's intent is durable
 //! before the tool runs; its result is durable before the next model
-//! request. (Resuming a session from its journal is the next step.)
+//! request. [`Session::resume`] rebuilds a session from its journal: a
+//! recorded model response is never requested again, an interrupted
+//! idempotent tool call runs again, and an interrupted non-idempotent one is
+//! reported to the model as "outcome unknown", never run twice.
 //!
 //! The loop sees the model, the sandbox and the journal only through their
 //! interfaces ([`Model`], [`Toolbox`], [`SessionWriter`]).
@@ -126,6 +129,31 @@ pub struct Session<'a> {
     /// How many of `messages` the model has been sent already.
     sent: usize,
     started: Instant,
+    /// Calls of the last response that have no result yet (after a resume).
+    pending: Vec<ToolCall>,
+    /// Intents recorded without a result: calls a crash interrupted.
+    interrupted: std::collections::HashMap<String, ToolIntent>,
+    progress: Option<ProgressHook<'a>>,
+}
+
+/// What one step did, for a live progress view.
+#[derive(Debug, Clone)]
+pub struct StepProgress {
+    pub session: SessionId,
+    pub step: u64,
+    /// The tools the model asked for in this step.
+    pub tools: Vec<String>,
+    pub usage: crate::budget::Usage,
+}
+
+type ProgressHook<'a> = Box<dyn FnMut(&StepProgress) + Send + 'a>;
+
+/// What [`Session::resume`] found.
+pub enum Resumed<'a> {
+    /// The session had already ended.
+    Ended,
+    /// The session, ready to [`Session::run`] on.
+    Session(Box<Session<'a>>),
 }
 
 impl<'a> Session<'a> {
@@ -163,7 +191,109 @@ impl<'a> Session<'a> {
             messages: vec![Message::text(Role::User, goal)],
             sent: 0,
             started: Instant::now(),
+            pending: Vec::new(),
+            interrupted: Default::default(),
+            progress: None,
         })
+    }
+
+    /// Rebuild a session from its journal, to go on where it stopped.
+    pub async fn resume(
+        journal: &Arc<Journal>,
+        session: SessionId,
+        toolbox: &'a Toolbox,
+        policy: &'a Policy,
+        model: &'a dyn Model,
+        config: AgentConfig,
+    ) -> Result<Resumed<'a>, AgentError> {
+        let mut ledger = Ledger::new(policy.session.clone());
+        let mut messages = Vec::new();
+        let mut sent = 0;
+        let mut pending: Vec<ToolCall> = Vec::new();
+        let mut interrupted = std::collections::HashMap::new();
+        let answered = |pending: &mut Vec<ToolCall>, id: &str| pending.retain(|c| c.id != id);
+        for record in journal.records(session) {
+            let record = record?;
+            match record.kind {
+                RecordKind::SessionCreated => {
+                    let created: SessionCreated = serde_json::from_slice(&record.payload)?;
+                    messages.push(Message::text(Role::User, created.goal));
+                }
+                RecordKind::ModelResponse => {
+                    let response: crate::model::ModelResponse =
+                        serde_json::from_slice(&record.payload)?;
+                    let (input, output) = config.price_per_million;
+                    let cost = (response.usage.input_tokens as f64 * input
+                        + response.usage.output_tokens as f64 * output)
+                        / 1e6;
+                    ledger.record_step();
+                    ledger.record_model_call(
+                        response.usage.input_tokens,
+                        response.usage.output_tokens,
+                        cost,
+                    );
+                    pending = response.message.tool_calls.clone();
+                    interrupted.clear();
+                    messages.push(response.message);
+                    sent = messages.len();
+                }
+                RecordKind::ToolIntent => {
+                    let intent: ToolIntent = serde_json::from_slice(&record.payload)?;
+                    ledger.record_tool_call();
+                    interrupted.insert(intent.call_id.clone(), intent);
+                }
+                RecordKind::ToolResult => {
+                    let result: ToolResult = serde_json::from_slice(&record.payload)?;
+                    let content = match (&result.output, &result.error, record.blobs.first()) {
+                        (Some(output), _, _) => output.clone(),
+                        (None, Some(error), _) => format!("error: {error}"),
+                        (None, None, Some(blob)) => {
+                            String::from_utf8_lossy(&journal.blob(blob)?).into_owned()
+                        }
+                        (None, None, None) => String::new(),
+                    };
+                    interrupted.remove(&result.call_id);
+                    answered(&mut pending, &result.call_id);
+                    messages.push(Message::tool_result(&result.call_id, content));
+                }
+                RecordKind::PolicyDecision => {
+                    let refusal: Refusal = serde_json::from_slice(&record.payload)?;
+                    answered(&mut pending, &refusal.call_id);
+                    messages.push(Message::tool_result(
+                        &refusal.call_id,
+                        format!("error: {}", refusal.reason),
+                    ));
+                }
+                RecordKind::SessionEnded => return Ok(Resumed::Ended),
+                RecordKind::ModelRequest
+                | RecordKind::BudgetEvent
+                | RecordKind::ApprovalAsked
+                | RecordKind::ApprovalGiven
+                | RecordKind::Compaction
+                | RecordKind::Error => {}
+            }
+        }
+        let writer = journal.open_session(session)?;
+        Ok(Resumed::Session(Box::new(Session {
+            writer,
+            journal: journal.clone(),
+            toolbox,
+            policy,
+            model,
+            config,
+            ledger,
+            messages,
+            sent,
+            started: Instant::now(),
+            pending,
+            interrupted,
+            progress: None,
+        })))
+    }
+
+    /// Call `hook` after each step's model response is journaled.
+    pub fn on_step(&mut self, hook: impl FnMut(&StepProgress) + Send + 'a) {
+        self.progress = Some(Box::new(hook));
     }
 
     pub fn id(&self) -> SessionId {
@@ -204,6 +334,11 @@ impl<'a> Session<'a> {
 
     /// Run until the session completes or pauses.
     pub async fn run(&mut self) -> Result<SessionStatus, AgentError> {
+        for call in std::mem::take(&mut self.pending) {
+            if let Some(status) = self.tool_call(call).await? {
+                return Ok(status);
+            }
+        }
         loop {
             if let Err(e) = self.ledger.check_step(self.started.elapsed()) {
                 return self.pause(e).await;
@@ -235,6 +370,19 @@ impl<'a> Session<'a> {
             self.ledger.record_step();
             self.messages.push(response.message.clone());
             self.sent = self.messages.len();
+            if let Some(hook) = &mut self.progress {
+                hook(&StepProgress {
+                    session: self.writer.session(),
+                    step: self.ledger.used.steps,
+                    tools: response
+                        .message
+                        .tool_calls
+                        .iter()
+                        .map(|c| c.name.clone())
+                        .collect(),
+                    usage: self.ledger.used.clone(),
+                });
+            }
 
             if response.message.tool_calls.is_empty() {
                 let answer = response.message.content.unwrap_or_default();
@@ -304,6 +452,27 @@ impl<'a> Session<'a> {
     /// Check, journal and run one call. Returns a status when the session
     /// must pause.
     async fn tool_call(&mut self, call: ToolCall) -> Result<Option<SessionStatus>, AgentError> {
+        if let Some(intent) = self.interrupted.remove(&call.id)
+            && !intent.idempotent
+        {
+            // It may have run, or not: running it again could do twice what
+            // must be done once, so the model is told and decides.
+            let error = "outcome unknown: the host stopped while this call ran, and it is not idempotent, so it was not run again".to_owned();
+            self.record(
+                RecordKind::ToolResult,
+                &ToolResult {
+                    call_id: call.id.clone(),
+                    output: None,
+                    output_blob: None,
+                    error: Some(error.clone()),
+                    elapsed_ms: 0,
+                },
+            )
+            .await?;
+            self.messages
+                .push(Message::tool_result(&call.id, format!("error: {error}")));
+            return Ok(None);
+        }
         let request = CallRequest {
             tool: &call.name,
             args: &call.arguments,
