@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use longrun_host::agent::{AgentConfig, Session, SessionStatus};
+use longrun_host::agent::{AgentConfig, Resumed, Session, SessionStatus};
 use longrun_host::budget::BudgetKind;
 use longrun_host::journal::{Journal, RecordKind, SessionId};
 use longrun_host::model::ScriptedModel;
@@ -198,4 +198,52 @@ async fn a_call_that_needs_approval_pauses_the_session_before_it_runs() {
         w.kinds(session.id()).last(),
         Some(&RecordKind::ApprovalAsked)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_paused_by_a_budget_resumes_once_the_budget_is_raised() {
+    let w = world();
+    let toolbox = common::shared_toolbox(false).await;
+    let tight = w.policy("[session]\nmax_tool_calls = 1\n[tools]\nallow = [\"fs_*\"]\n");
+    let model = ScriptedModel::parse(SCRIPT, "script").unwrap();
+    let id = {
+        let mut session = Session::start(&w.journal, toolbox, &tight, &model, config(), "goal")
+            .await
+            .unwrap();
+        assert!(matches!(
+            session.run().await.unwrap(),
+            SessionStatus::BudgetExhausted(_)
+        ));
+        session.id()
+    };
+    let raised = w.policy("[session]\nmax_tool_calls = 10\n[tools]\nallow = [\"fs_*\"]\n");
+    let mut session = match Session::resume(&w.journal, id, toolbox, &raised, &model, config())
+        .await
+        .unwrap()
+    {
+        Resumed::Session(session) => session,
+        Resumed::Ended => panic!("the session had not ended"),
+    };
+    assert_eq!(
+        session.ledger().used.tool_calls,
+        1,
+        "usage is rebuilt from the journal"
+    );
+    assert_eq!(
+        session.run().await.unwrap(),
+        SessionStatus::Completed {
+            answer: "I wrote out.txt.".into()
+        }
+    );
+    assert_eq!(session.ledger().used.tool_calls, 2);
+    let kinds = w.kinds(id);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == RecordKind::ModelResponse)
+            .count(),
+        3,
+        "no response requested twice"
+    );
+    assert_eq!(w.journal.verify(id), Ok(kinds.len() as u64));
 }
