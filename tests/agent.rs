@@ -247,3 +247,63 @@ async fn a_session_paused_by_a_budget_resumes_once_the_budget_is_raised() {
     );
     assert_eq!(w.journal.verify(id), Ok(kinds.len() as u64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_input_token_budget_stops_before_a_model_call_that_could_exceed_it() {
+    let w = world();
+    let toolbox = common::shared_toolbox(false).await;
+    // The goal alone is estimated at 100 tokens; the first call reports 250
+    // used; a second call (at least 100 more) could exceed 300, so it is not made.
+    let policy = w.policy("[session]\nmax_input_tokens = 300\n[tools]\nallow = [\"fs_*\"]\n");
+    let script = concat!(
+        r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "usage": {"input_tokens": 250, "output_tokens": 1}}"#,
+        "\n",
+        r#"{"content": "x"}"#
+    );
+    let model = ScriptedModel::parse(script, "s").unwrap();
+    let goal = "g".repeat(400);
+    let mut session = Session::start(&w.journal, toolbox, &policy, &model, config(), &goal)
+        .await
+        .unwrap();
+    match session.run().await.unwrap() {
+        SessionStatus::BudgetExhausted(e) => assert_eq!(e.kind, BudgetKind::InputTokens),
+        other => panic!("expected a pause, got {other:?}"),
+    }
+    assert_eq!(
+        session.ledger().used.input_tokens,
+        250,
+        "the second call was never made"
+    );
+    let kinds = w.kinds(session.id());
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == RecordKind::ModelResponse)
+            .count(),
+        1
+    );
+    // 250 of 300 is past 80%: a warning event came first, then the pause.
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == RecordKind::BudgetEvent)
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_token_budget_counts_the_most_the_next_call_may_produce() {
+    let w = world();
+    let toolbox = common::shared_toolbox(false).await;
+    let policy = w.policy("[session]\nmax_output_tokens = 1000\n");
+    let model = ScriptedModel::parse(r#"{"content": "x"}"#, "s").unwrap();
+    // The loop asks for up to 4096 output tokens, more than the budget allows.
+    let mut session = Session::start(&w.journal, toolbox, &policy, &model, config(), "goal")
+        .await
+        .unwrap();
+    match session.run().await.unwrap() {
+        SessionStatus::BudgetExhausted(e) => assert_eq!(e.kind, BudgetKind::OutputTokens),
+        other => panic!("expected a pause, got {other:?}"),
+    }
+}

@@ -370,6 +370,13 @@ impl<'a> Session<'a> {
             self.ledger.record_step();
             self.messages.push(response.message.clone());
             self.sent = self.messages.len();
+            for warning in self.ledger.new_warnings(self.started.elapsed()) {
+                self.record(
+                    RecordKind::BudgetEvent,
+                    &serde_json::json!({"warning": format!("{:?}", warning.kind), "used": warning.used, "limit": warning.limit}),
+                )
+                .await?;
+            }
             if let Some(hook) = &mut self.progress {
                 hook(&StepProgress {
                     session: self.writer.session(),

@@ -47,7 +47,20 @@ pub struct Usage {
 pub struct Ledger {
     budgets: SessionBudgets,
     pub used: Usage,
+    /// The budgets whose 80% warning has been given.
+    warned: Vec<BudgetKind>,
 }
+
+/// A budget that has reached 80% of its limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetWarning {
+    pub kind: BudgetKind,
+    pub used: f64,
+    pub limit: f64,
+}
+
+/// The share of a budget at which a warning is given.
+pub const WARNING_SHARE: f64 = 0.8;
 
 fn check_count(
     kind: BudgetKind,
@@ -70,7 +83,54 @@ impl Ledger {
         Ledger {
             budgets,
             used: Usage::default(),
+            warned: Vec::new(),
         }
+    }
+
+    /// The budgets that have reached 80% since the last call, each once per
+    /// ledger. `elapsed` is the session's wall time so far.
+    pub fn new_warnings(&mut self, elapsed: Duration) -> Vec<BudgetWarning> {
+        let b = &self.budgets;
+        let u = &self.used;
+        let candidates = [
+            (
+                BudgetKind::Steps,
+                u.steps as f64,
+                b.max_steps.map(|v| v as f64),
+            ),
+            (
+                BudgetKind::ToolCalls,
+                u.tool_calls as f64,
+                b.max_tool_calls.map(|v| v as f64),
+            ),
+            (
+                BudgetKind::InputTokens,
+                u.input_tokens as f64,
+                b.max_input_tokens.map(|v| v as f64),
+            ),
+            (
+                BudgetKind::OutputTokens,
+                u.output_tokens as f64,
+                b.max_output_tokens.map(|v| v as f64),
+            ),
+            (BudgetKind::Cost, u.cost_usd, b.max_cost_usd.map(|v| v.0)),
+            (
+                BudgetKind::WallTime,
+                elapsed.as_secs_f64(),
+                b.max_wall_time.map(|v| v.0.as_secs_f64()),
+            ),
+        ];
+        let mut out = Vec::new();
+        for (kind, used, limit) in candidates {
+            if let Some(limit) = limit
+                && used >= limit * WARNING_SHARE
+                && !self.warned.contains(&kind)
+            {
+                self.warned.push(kind);
+                out.push(BudgetWarning { kind, used, limit });
+            }
+        }
+        out
     }
 
     /// May the session take one more step, given the wall time so far?
@@ -216,6 +276,30 @@ mod tests {
             l.check_model_call(1, 1, 0.26).unwrap_err().kind,
             BudgetKind::Cost
         );
+    }
+
+    #[test]
+    fn a_warning_is_given_once_when_a_budget_reaches_80_percent() {
+        let mut l = ledger(SessionBudgets {
+            max_steps: Some(10),
+            ..Default::default()
+        });
+        for _ in 0..7 {
+            l.record_step();
+        }
+        assert!(l.new_warnings(Duration::ZERO).is_empty());
+        l.record_step();
+        let warnings = l.new_warnings(Duration::ZERO);
+        assert_eq!(
+            warnings,
+            vec![BudgetWarning {
+                kind: BudgetKind::Steps,
+                used: 8.0,
+                limit: 10.0
+            }]
+        );
+        l.record_step();
+        assert!(l.new_warnings(Duration::ZERO).is_empty(), "once only");
     }
 
     #[test]
