@@ -41,6 +41,14 @@ pub struct AgentConfig {
     pub price_per_million: (f64, f64),
 }
 
+impl AgentConfig {
+    /// What a call of that many tokens costs at this config's prices.
+    pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        let (input, output) = self.price_per_million;
+        (input_tokens as f64 * input + output_tokens as f64 * output) / 1e6
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -222,10 +230,8 @@ impl<'a> Session<'a> {
                 RecordKind::ModelResponse => {
                     let response: crate::model::ModelResponse =
                         serde_json::from_slice(&record.payload)?;
-                    let (input, output) = config.price_per_million;
-                    let cost = (response.usage.input_tokens as f64 * input
-                        + response.usage.output_tokens as f64 * output)
-                        / 1e6;
+                    let cost =
+                        config.cost_usd(response.usage.input_tokens, response.usage.output_tokens);
                     ledger.record_step();
                     ledger.record_model_call(
                         response.usage.input_tokens,
@@ -316,11 +322,6 @@ impl<'a> Session<'a> {
             .collect()
     }
 
-    fn worst_case_cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        let (input, output) = self.config.price_per_million;
-        (input_tokens as f64 * input + output_tokens as f64 * output) / 1e6
-    }
-
     async fn record<T: Serialize>(
         &mut self,
         kind: RecordKind,
@@ -354,7 +355,9 @@ impl<'a> Session<'a> {
                 .filter_map(|m| m.content.as_deref())
                 .map(crate::model::estimate_tokens)
                 .sum();
-            let worst = self.worst_case_cost(estimate, self.config.max_output_tokens);
+            let worst = self
+                .config
+                .cost_usd(estimate, self.config.max_output_tokens);
             if let Err(e) =
                 self.ledger
                     .check_model_call(estimate, self.config.max_output_tokens, worst)
@@ -409,7 +412,9 @@ impl<'a> Session<'a> {
     }
 
     fn charge(&mut self, usage: &Usage) {
-        let cost = self.worst_case_cost(usage.input_tokens, usage.output_tokens);
+        let cost = self
+            .config
+            .cost_usd(usage.input_tokens, usage.output_tokens);
         self.ledger
             .record_model_call(usage.input_tokens, usage.output_tokens, cost);
     }
