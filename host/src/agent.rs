@@ -367,7 +367,6 @@ impl<'a> Session<'a> {
             let new_messages = self.messages[self.sent..].to_vec();
             self.record(RecordKind::ModelRequest, &new_messages).await?;
             let response = self.complete_with_retries(&request).await?;
-            self.sent = self.messages.len();
             self.record(RecordKind::ModelResponse, &response).await?;
             self.charge(&response.usage);
             self.ledger.record_step();
@@ -535,46 +534,37 @@ impl<'a> Session<'a> {
         .await?;
         let report = self.toolbox.call(self.policy, &request).await;
         self.ledger.record_tool_call();
-        let (content, result) = match report.outcome {
-            Ok(output) => {
-                let mut result = ToolResult {
-                    call_id: call.id.clone(),
-                    output: None,
-                    output_blob: None,
-                    error: None,
-                    elapsed_ms: report.elapsed.as_millis() as u64,
-                };
-                let blobs = if output.len() > INLINE_OUTPUT {
-                    let hash = self.journal.put_blob(output.as_bytes())?;
-                    result.output_blob = Some(blake3::Hash::from_bytes(hash).to_hex().to_string());
-                    vec![hash]
-                } else {
-                    result.output = Some(output.clone());
-                    vec![]
-                };
-                self.writer
-                    .append_durable(
-                        RecordKind::ToolResult,
-                        &serde_json::to_vec(&result)?,
-                        &blobs,
-                    )
-                    .await?;
-                (output, None)
-            }
-            Err(e) => (
-                format!("error: {e}"),
-                Some(ToolResult {
-                    call_id: call.id.clone(),
-                    output: None,
-                    output_blob: None,
-                    error: Some(e.to_string()),
-                    elapsed_ms: report.elapsed.as_millis() as u64,
-                }),
-            ),
+        let mut result = ToolResult {
+            call_id: call.id.clone(),
+            output: None,
+            output_blob: None,
+            error: None,
+            elapsed_ms: report.elapsed.as_millis() as u64,
         };
-        if let Some(result) = result {
-            self.record(RecordKind::ToolResult, &result).await?;
-        }
+        let mut blobs = Vec::new();
+        let content = match report.outcome {
+            Ok(output) if output.len() > INLINE_OUTPUT => {
+                let hash = self.journal.put_blob(output.as_bytes())?;
+                result.output_blob = Some(blake3::Hash::from_bytes(hash).to_hex().to_string());
+                blobs.push(hash);
+                output
+            }
+            Ok(output) => {
+                result.output = Some(output.clone());
+                output
+            }
+            Err(e) => {
+                result.error = Some(e.to_string());
+                format!("error: {e}")
+            }
+        };
+        self.writer
+            .append_durable(
+                RecordKind::ToolResult,
+                &serde_json::to_vec(&result)?,
+                &blobs,
+            )
+            .await?;
         self.messages.push(Message::tool_result(&call.id, content));
         Ok(None)
     }

@@ -22,7 +22,7 @@
 //! | hash [32] = BLAKE3(session_id u64 | everything before the hash)
 //! ```
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -134,7 +134,7 @@ pub struct Journal {
     db: sled::Db,
     records: sled::Tree,
     blobs: sled::Tree,
-    writers: Mutex<HashMap<SessionId, ()>>,
+    writers: Mutex<HashSet<SessionId>>,
     flusher: Arc<Flusher>,
     flush_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -161,7 +161,7 @@ impl Journal {
             db,
             records,
             blobs,
-            writers: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashSet::new()),
             flusher,
             flush_thread: Some(flush_thread),
         }))
@@ -199,7 +199,7 @@ impl Journal {
         head: Option<(u64, Hash)>,
     ) -> Result<SessionWriter, JournalError> {
         let mut writers = self.writers.lock().map_err(|_| JournalError::FlusherGone)?;
-        if writers.insert(session, ()).is_some() {
+        if !writers.insert(session) {
             return Err(JournalError::WriterTaken(session));
         }
         let (next_seq, prev_hash) = head.unwrap_or((0, genesis(session)));
@@ -277,7 +277,7 @@ impl Journal {
         let bad = |seq: u64, why: String| VerifyError { session, seq, why };
         let mut expected_seq = 0u64;
         let mut prev = genesis(session);
-        let mut checked_blobs: std::collections::HashSet<Hash> = Default::default();
+        let mut checked_blobs: HashSet<Hash> = HashSet::new();
         for kv in self.records.scan_prefix(session.to_be_bytes()) {
             let (key, value) = kv.map_err(|e| bad(expected_seq, format!("unreadable: {e}")))?;
             let key_seq = key_seq(&key);
