@@ -252,17 +252,18 @@ async fn a_session_paused_by_a_budget_resumes_once_the_budget_is_raised() {
 async fn the_input_token_budget_stops_before_a_model_call_that_could_exceed_it() {
     let w = world();
     let toolbox = common::shared_toolbox(false).await;
-    // The goal alone is estimated at 100 tokens; the first call reports 250
-    // used; a second call (at least 100 more) could exceed 300, so it is not made.
-    let policy = w.policy("[session]\nmax_input_tokens = 300\n[tools]\nallow = [\"fs_*\"]\n");
+    // The context (goal and tool definitions) is estimated at well under
+    // 5000 tokens; the first call reports 4900 used; a second call (at
+    // least the tool definitions again) could exceed 5000, so it is not made.
+    let policy = w.policy("[session]\nmax_input_tokens = 5000\n[tools]\nallow = [\"fs_*\"]\n");
     let script = concat!(
-        r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "usage": {"input_tokens": 250, "output_tokens": 1}}"#,
+        r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "usage": {"input_tokens": 4900, "output_tokens": 1}}"#,
         "\n",
         r#"{"content": "x"}"#
     );
     let model = ScriptedModel::parse(script, "s").unwrap();
-    let goal = "g".repeat(400);
-    let mut session = Session::start(&w.journal, toolbox, &policy, &model, config(), &goal)
+    let goal = "list the workspace";
+    let mut session = Session::start(&w.journal, toolbox, &policy, &model, config(), goal)
         .await
         .unwrap();
     match session.run().await.unwrap() {
@@ -271,7 +272,7 @@ async fn the_input_token_budget_stops_before_a_model_call_that_could_exceed_it()
     }
     assert_eq!(
         session.ledger().used.input_tokens,
-        250,
+        4900,
         "the second call was never made"
     );
     let kinds = w.kinds(session.id());
@@ -282,7 +283,7 @@ async fn the_input_token_budget_stops_before_a_model_call_that_could_exceed_it()
             .count(),
         1
     );
-    // 250 of 300 is past 80%: a warning event came first, then the pause.
+    // 4900 of 5000 is past 80%: a warning event came first, then the pause.
     assert_eq!(
         kinds
             .iter()

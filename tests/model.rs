@@ -1,8 +1,10 @@
-//! The scripted model: plays its script by conversation turn, reports
-//! usage like a real model, fails on request, and refuses a broken script
-//! with its line.
+//! The scripted model: plays its script by step, reports usage like a real
+//! model, fails and dawdles on request, summarises for compaction, and
+//! refuses a broken script with its line.
 
-use longrun_host::model::{Message, Model, ModelError, ModelRequest, Role, ScriptedModel, Usage};
+use longrun_host::model::{
+    Message, Model, ModelError, ModelRequest, Purpose, Role, ScriptedModel, Usage,
+};
 
 const SCRIPT: &str = r#"
 # a two-turn session
@@ -11,15 +13,21 @@ const SCRIPT: &str = r#"
 "#;
 
 fn request(messages: Vec<Message>) -> ModelRequest {
+    at_step(messages, 0)
+}
+
+fn at_step(messages: Vec<Message>, step: u64) -> ModelRequest {
     ModelRequest {
         messages,
         tools: vec![],
         max_output_tokens: 1000,
+        step,
+        purpose: Purpose::Step,
     }
 }
 
 #[tokio::test]
-async fn the_scripted_model_answers_by_turn_and_so_is_the_same_after_a_resume() {
+async fn the_scripted_model_answers_by_step_and_so_is_the_same_after_a_resume() {
     let model = ScriptedModel::parse(SCRIPT, "script.jsonl").unwrap();
     assert_eq!(model.len(), 2);
     let goal = Message::text(Role::User, "What is in the workspace?");
@@ -49,7 +57,7 @@ async fn the_scripted_model_answers_by_turn_and_so_is_the_same_after_a_resume() 
         first.message.clone(),
         Message::tool_result("call_0_0", r#"{"entries":[]}"#),
     ];
-    let second = model.complete(&request(conversation)).await.unwrap();
+    let second = model.complete(&at_step(conversation, 1)).await.unwrap();
     assert_eq!(
         second.message.content.as_deref(),
         Some("It holds hello.txt.")
@@ -73,9 +81,10 @@ async fn usage_is_estimated_when_the_script_gives_none() {
         .complete(&request(vec![Message::text(Role::User, "0123456789ab")]))
         .await
         .unwrap();
+    // A quarter of the characters, plus 4 tokens of framing per message.
     assert_eq!(
         (response.usage.input_tokens, response.usage.output_tokens),
-        (3, 2)
+        (3 + 4, 2 + 4)
     );
 }
 
@@ -106,16 +115,77 @@ async fn a_response_can_fail_transiently_a_set_number_of_times() {
 #[tokio::test]
 async fn asking_past_the_end_of_the_script_is_a_fatal_error() {
     let model = ScriptedModel::parse(r#"{"content": "only"}"#, "s").unwrap();
-    let mut messages = vec![Message::text(Role::User, "hi")];
-    messages.push(
+    let messages = vec![Message::text(Role::User, "hi")];
+    model.complete(&request(messages.clone())).await.unwrap();
+    assert!(matches!(
+        model.complete(&at_step(messages, 1)).await,
+        Err(ModelError::Fatal(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_repeated_line_answers_many_steps_with_the_step_number_in_its_arguments() {
+    let model = ScriptedModel::parse(
+        concat!(
+            r#"{"tool_calls": [{"name": "echo", "arguments": {"text": "step {step}", "n": 1}}], "repeat": 3}"#,
+            "\n",
+            r#"{"content": "done"}"#
+        ),
+        "s",
+    )
+    .unwrap();
+    assert_eq!(model.len(), 4);
+    let goal = vec![Message::text(Role::User, "hi")];
+    for step in 0..3 {
+        let response = model.complete(&at_step(goal.clone(), step)).await.unwrap();
+        let call = &response.message.tool_calls[0];
+        assert_eq!(call.id, format!("call_{step}_0"));
+        assert_eq!(call.arguments, format!(r#"{{"n":1,"text":"step {step}"}}"#));
+    }
+    let last = model.complete(&at_step(goal, 3)).await.unwrap();
+    assert_eq!(last.message.content.as_deref(), Some("done"));
+}
+
+#[tokio::test]
+async fn a_delayed_line_takes_its_time() {
+    let model = ScriptedModel::parse(r#"{"content": "slow", "delay_ms": 150}"#, "s").unwrap();
+    let started = std::time::Instant::now();
+    model.complete(&request(vec![])).await.unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+}
+
+#[tokio::test]
+async fn a_compaction_request_gets_a_summary_unless_summaries_are_made_to_fail() {
+    let summarize = ModelRequest {
+        purpose: Purpose::Summarize,
+        ..request(vec![
+            Message::text(Role::System, "Summarise."),
+            Message::text(Role::User, "[user] goal\n[assistant] called echo {}"),
+        ])
+    };
+    let model = ScriptedModel::parse(r#"{"content": "step answer"}"#, "s").unwrap();
+    let summary = model.complete(&summarize).await.unwrap();
+    assert_eq!(
+        summary.message.content.as_deref(),
+        Some("Summary of 2 lines of earlier conversation.")
+    );
+    assert!(summary.usage.input_tokens > 0);
+    // It did not use up the step's answer.
+    assert_eq!(
         model
-            .complete(&request(messages.clone()))
+            .complete(&request(vec![]))
             .await
             .unwrap()
-            .message,
+            .message
+            .content
+            .as_deref(),
+        Some("step answer")
     );
+    let failing = ScriptedModel::parse(r#"{"content": "x"}"#, "s")
+        .unwrap()
+        .failing_summaries();
     assert!(matches!(
-        model.complete(&request(messages)).await,
+        failing.complete(&summarize).await,
         Err(ModelError::Fatal(_))
     ));
 }
@@ -141,4 +211,9 @@ fn a_broken_script_is_refused_with_its_line() {
         err,
         "empty.jsonl:1: a response needs `content` or `tool_calls`"
     );
+    let err = ScriptedModel::parse(r#"{"content": "x", "repeat": 0}"#, "zero.jsonl")
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(err, "zero.jsonl:1: `repeat` must be at least 1");
 }

@@ -15,18 +15,24 @@
 //! interfaces ([`Model`], [`Toolbox`], [`SessionWriter`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{BudgetExceeded, Ledger};
+use crate::budget::{BudgetExceeded, BudgetKind, Ledger};
+use crate::context;
 use crate::journal::{Journal, JournalError, RecordKind, SessionId, SessionWriter};
-use crate::model::{Message, Model, ModelError, ModelRequest, Role, ToolCall, ToolDef, Usage};
-use crate::policy::{Decision, Policy};
+use crate::model::{
+    Message, Model, ModelError, ModelRequest, Purpose, Role, ToolCall, ToolDef, Usage,
+};
+use crate::policy::{Decision, Policy, Price};
 use crate::sandbox::{CallError, CallRequest, Toolbox};
 
 /// Tool outputs longer than this go to a blob; the record references it.
 const INLINE_OUTPUT: usize = 1024;
+
+/// The least context the loop works with: the goal, one step and a summary.
+const MIN_CONTEXT_TOKENS: u64 = 1024;
 
 /// How the loop behaves, beyond the policy.
 #[derive(Debug, Clone)]
@@ -37,16 +43,12 @@ pub struct AgentConfig {
     pub max_retries: u32,
     /// The first backoff; it doubles on each retry, with up to 50% jitter.
     pub first_backoff: Duration,
-    /// Dollars per million input and output tokens, for the cost budget.
-    pub price_per_million: (f64, f64),
-}
-
-impl AgentConfig {
-    /// What a call of that many tokens costs at this config's prices.
-    pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        let (input, output) = self.price_per_million;
-        (input_tokens as f64 * input + output_tokens as f64 * output) / 1e6
-    }
+    /// The most tokens (estimated) of context sent to the model: past it,
+    /// older steps are compacted. At least 1024.
+    pub context_tokens: u64,
+    /// Tool outputs longer than this many bytes reach the model cut, with a
+    /// handle to read the rest through `read_output`.
+    pub output_view_bytes: usize,
 }
 
 impl Default for AgentConfig {
@@ -55,7 +57,8 @@ impl Default for AgentConfig {
             max_output_tokens: 4096,
             max_retries: 5,
             first_backoff: Duration::from_millis(200),
-            price_per_million: (0.0, 0.0),
+            context_tokens: 32_000,
+            output_view_bytes: 8 << 10,
         }
     }
 }
@@ -79,6 +82,28 @@ pub enum AgentError {
     Model(#[from] ModelError),
     #[error("cannot encode a journal record: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error(
+        "the policy sets a cost budget but has no price for model {0:?}: add a [prices.{0:?}] table"
+    )]
+    Unpriced(String),
+    #[error(
+        "the context needs about {tokens} tokens even after compaction, over the limit of {limit}: raise the context limit"
+    )]
+    ContextOverflow { tokens: u64, limit: u64 },
+    #[error("the journal does not match this session: {0}")]
+    Inconsistent(String),
+}
+
+/// What `model` costs under `policy`. A model without a price is free only
+/// when no cost budget is set: a budget that cannot be counted is refused.
+fn price(policy: &Policy, model: &dyn Model) -> Result<Price, AgentError> {
+    match policy.price_for(model.name()) {
+        Some(price) => Ok(price),
+        None if policy.session.max_cost_usd.is_some() => {
+            Err(AgentError::Unpriced(model.name().to_owned()))
+        }
+        None => Ok(Price::FREE),
+    }
 }
 
 /// Record payloads, as JSON.
@@ -108,6 +133,9 @@ pub struct ToolResult {
     /// Why there is no output.
     pub error: Option<String>,
     pub elapsed_ms: u64,
+    /// The view cap the model's copy of the output was cut at, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,15 +160,20 @@ pub struct Session<'a> {
     policy: &'a Policy,
     model: &'a dyn Model,
     config: AgentConfig,
+    price: Price,
     ledger: Ledger,
     messages: Vec<Message>,
     /// How many of `messages` the model has been sent already.
     sent: usize,
-    started: Instant,
+    /// When the session was created (its first record), for the wall-time
+    /// budget: wall time counts from creation, across pauses and restarts.
+    created_unix_millis: u64,
     /// Calls of the last response that have no result yet (after a resume).
     pending: Vec<ToolCall>,
     /// Intents recorded without a result: calls a crash interrupted.
     interrupted: std::collections::HashMap<String, ToolIntent>,
+    /// How many steps compaction has folded into the context's summary.
+    compacted_steps: u64,
     progress: Option<ProgressHook<'a>>,
 }
 
@@ -174,6 +207,7 @@ impl<'a> Session<'a> {
         config: AgentConfig,
         goal: &str,
     ) -> Result<Session<'a>, AgentError> {
+        let price = price(policy, model)?;
         let mut writer = journal.create_session()?;
         let created = SessionCreated {
             goal: goal.to_owned(),
@@ -188,6 +222,7 @@ impl<'a> Session<'a> {
                 &[],
             )
             .await?;
+        let created_unix_millis = unix_millis();
         Ok(Session {
             writer,
             journal: journal.clone(),
@@ -195,12 +230,14 @@ impl<'a> Session<'a> {
             policy,
             model,
             config,
+            price,
             ledger: Ledger::new(policy.session.clone()),
             messages: vec![Message::text(Role::User, goal)],
             sent: 0,
-            started: Instant::now(),
+            created_unix_millis,
             pending: Vec::new(),
             interrupted: Default::default(),
+            compacted_steps: 0,
             progress: None,
         })
     }
@@ -214,30 +251,28 @@ impl<'a> Session<'a> {
         model: &'a dyn Model,
         config: AgentConfig,
     ) -> Result<Resumed<'a>, AgentError> {
+        let price = price(policy, model)?;
         let mut ledger = Ledger::new(policy.session.clone());
         let mut messages = Vec::new();
         let mut sent = 0;
         let mut pending: Vec<ToolCall> = Vec::new();
         let mut interrupted = std::collections::HashMap::new();
+        let mut created_unix_millis = unix_millis();
+        let mut compacted_steps = 0;
         let answered = |pending: &mut Vec<ToolCall>, id: &str| pending.retain(|c| c.id != id);
         for record in journal.records(session) {
             let record = record?;
             match record.kind {
                 RecordKind::SessionCreated => {
                     let created: SessionCreated = serde_json::from_slice(&record.payload)?;
+                    created_unix_millis = record.unix_millis;
                     messages.push(Message::text(Role::User, created.goal));
                 }
                 RecordKind::ModelResponse => {
                     let response: crate::model::ModelResponse =
                         serde_json::from_slice(&record.payload)?;
-                    let cost =
-                        config.cost_usd(response.usage.input_tokens, response.usage.output_tokens);
                     ledger.record_step();
-                    ledger.record_model_call(
-                        response.usage.input_tokens,
-                        response.usage.output_tokens,
-                        cost,
-                    );
+                    charge(&mut ledger, &price, &response.usage);
                     pending = response.message.tool_calls.clone();
                     interrupted.clear();
                     messages.push(response.message);
@@ -250,13 +285,15 @@ impl<'a> Session<'a> {
                 }
                 RecordKind::ToolResult => {
                     let result: ToolResult = serde_json::from_slice(&record.payload)?;
-                    let content = match (&result.output, &result.error, record.blobs.first()) {
-                        (Some(output), _, _) => output.clone(),
-                        (None, Some(error), _) => format!("error: {error}"),
-                        (None, None, Some(blob)) => {
-                            String::from_utf8_lossy(&journal.blob(blob)?).into_owned()
-                        }
-                        (None, None, None) => String::new(),
+                    let content = match (output_of(journal, &record, &result)?, &result.error) {
+                        (Some(output), _) => match result.view_bytes {
+                            Some(cap) => {
+                                context::output_view(&output, &context::handle(record.seq), cap)
+                            }
+                            None => output,
+                        },
+                        (None, Some(error)) => format!("error: {error}"),
+                        (None, None) => String::new(),
                     };
                     interrupted.remove(&result.call_id);
                     answered(&mut pending, &result.call_id);
@@ -270,12 +307,22 @@ impl<'a> Session<'a> {
                         format!("error: {}", refusal.reason),
                     ));
                 }
+                RecordKind::Compaction => {
+                    let compaction: JournaledCompaction = serde_json::from_slice(&record.payload)?;
+                    compaction
+                        .compaction
+                        .apply(&mut messages, &mut sent)
+                        .map_err(AgentError::Inconsistent)?;
+                    if let Some(usage) = &compaction.compaction.usage {
+                        charge(&mut ledger, &price, usage);
+                    }
+                    compacted_steps = compaction.through_step;
+                }
                 RecordKind::SessionEnded => return Ok(Resumed::Ended),
                 RecordKind::ModelRequest
                 | RecordKind::BudgetEvent
                 | RecordKind::ApprovalAsked
                 | RecordKind::ApprovalGiven
-                | RecordKind::Compaction
                 | RecordKind::Error => {}
             }
         }
@@ -287,12 +334,14 @@ impl<'a> Session<'a> {
             policy,
             model,
             config,
+            price,
             ledger,
             messages,
             sent,
-            started: Instant::now(),
+            created_unix_millis,
             pending,
             interrupted,
+            compacted_steps,
             progress: None,
         })))
     }
@@ -310,6 +359,21 @@ impl<'a> Session<'a> {
         &self.ledger
     }
 
+    /// Wall time since the session was created.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_millis(unix_millis().saturating_sub(self.created_unix_millis))
+    }
+
+    /// Wall time left before the wall-time budget runs out, if there is one.
+    fn time_left(&self) -> Option<Duration> {
+        self.policy
+            .session
+            .max_wall_time
+            .map(|limit| limit.0.saturating_sub(self.elapsed()))
+    }
+
+    /// The tools the model is offered: those the policy allows, and
+    /// `read_output`, which only reads this session's own outputs.
     fn tool_defs(&self) -> Vec<ToolDef> {
         self.toolbox
             .tools()
@@ -319,6 +383,7 @@ impl<'a> Session<'a> {
                 description: t.description.clone(),
                 parameters: t.parameters.clone(),
             })
+            .chain([context::read_output_def(self.config.output_view_bytes)])
             .collect()
     }
 
@@ -341,23 +406,33 @@ impl<'a> Session<'a> {
             }
         }
         loop {
-            if let Err(e) = self.ledger.check_step(self.started.elapsed()) {
+            if let Err(e) = self.ledger.check_step(self.elapsed()) {
                 return self.pause(e).await;
+            }
+            let tools = self.tool_defs();
+            let mut estimate = context::estimate(&self.messages, &tools);
+            if estimate > self.context_limit() {
+                if let Some(status) = self.compact(&tools).await? {
+                    return Ok(status);
+                }
+                estimate = context::estimate(&self.messages, &tools);
+                if estimate > self.context_limit() {
+                    return Err(AgentError::ContextOverflow {
+                        tokens: estimate,
+                        limit: self.context_limit(),
+                    });
+                }
             }
             let request = ModelRequest {
                 messages: self.messages.clone(),
-                tools: self.tool_defs(),
+                tools,
                 max_output_tokens: self.config.max_output_tokens,
+                step: self.ledger.used.steps,
+                purpose: Purpose::Step,
             };
-            let estimate: u64 = request
-                .messages
-                .iter()
-                .filter_map(|m| m.content.as_deref())
-                .map(crate::model::estimate_tokens)
-                .sum();
             let worst = self
-                .config
-                .cost_usd(estimate, self.config.max_output_tokens);
+                .price
+                .cost_usd(estimate, 0, self.config.max_output_tokens);
             if let Err(e) =
                 self.ledger
                     .check_model_call(estimate, self.config.max_output_tokens, worst)
@@ -366,13 +441,16 @@ impl<'a> Session<'a> {
             }
             let new_messages = self.messages[self.sent..].to_vec();
             self.record(RecordKind::ModelRequest, &new_messages).await?;
-            let response = self.complete_with_retries(&request).await?;
+            let response = match self.complete_with_retries(&request).await? {
+                Completion::Response(response) => response,
+                Completion::OutOfTime(e) => return self.pause(e).await,
+            };
             self.record(RecordKind::ModelResponse, &response).await?;
-            self.charge(&response.usage);
+            charge(&mut self.ledger, &self.price, &response.usage);
             self.ledger.record_step();
             self.messages.push(response.message.clone());
             self.sent = self.messages.len();
-            for warning in self.ledger.new_warnings(self.started.elapsed()) {
+            for warning in self.ledger.new_warnings(self.elapsed()) {
                 self.record(
                     RecordKind::BudgetEvent,
                     &serde_json::json!({"warning": format!("{:?}", warning.kind), "used": warning.used, "limit": warning.limit}),
@@ -410,24 +488,27 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn charge(&mut self, usage: &Usage) {
-        let cost = self
-            .config
-            .cost_usd(usage.input_tokens, usage.output_tokens);
-        self.ledger
-            .record_model_call(usage.input_tokens, usage.output_tokens, cost);
-    }
-
+    /// Ask the model, retrying transient failures with backoff. A call (or
+    /// a wait) that would run past the wall-time budget is cut at the limit.
     async fn complete_with_retries(
         &mut self,
         request: &ModelRequest,
-    ) -> Result<crate::model::ModelResponse, AgentError> {
+    ) -> Result<Completion, AgentError> {
         let mut backoff = self.config.first_backoff;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.model.complete(request).await {
-                Ok(response) => return Ok(response),
+            let outcome = match self.time_left() {
+                None => self.model.complete(request).await,
+                Some(left) => {
+                    match tokio::time::timeout(left, self.model.complete(request)).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => return Ok(Completion::OutOfTime(self.out_of_time())),
+                    }
+                }
+            };
+            match outcome {
+                Ok(response) => return Ok(Completion::Response(response)),
                 Err(ModelError::Transient(e)) if attempt <= self.config.max_retries => {
                     // Up to 50% jitter, so that many sessions do not retry in step.
                     let jitter = backoff.mul_f64(jitter_fraction() * 0.5);
@@ -441,6 +522,9 @@ impl<'a> Session<'a> {
                         },
                     )
                     .await?;
+                    if self.time_left().is_some_and(|left| left <= wait) {
+                        return Ok(Completion::OutOfTime(self.out_of_time()));
+                    }
                     tokio::time::sleep(wait).await;
                     backoff = backoff.saturating_mul(2);
                 }
@@ -457,6 +541,15 @@ impl<'a> Session<'a> {
                     return Err(e.into());
                 }
             }
+        }
+    }
+
+    fn out_of_time(&self) -> BudgetExceeded {
+        let limit = self.policy.session.max_wall_time.map(|t| t.0);
+        BudgetExceeded {
+            kind: BudgetKind::WallTime,
+            used: format!("{:?}", self.elapsed()),
+            limit: format!("{:?}", limit.unwrap_or_default()),
         }
     }
 
@@ -477,12 +570,16 @@ impl<'a> Session<'a> {
                     output_blob: None,
                     error: Some(error.clone()),
                     elapsed_ms: 0,
+                    view_bytes: None,
                 },
             )
             .await?;
             self.messages
                 .push(Message::tool_result(&call.id, format!("error: {error}")));
             return Ok(None);
+        }
+        if call.name == context::READ_OUTPUT {
+            return self.read_output(call).await;
         }
         let request = CallRequest {
             tool: &call.name,
@@ -518,10 +615,27 @@ impl<'a> Session<'a> {
                 .push(Message::tool_result(&call.id, format!("error: {reason}")));
             return Ok(None);
         }
+        let idempotent = self.toolbox.tool(&call.name).is_some_and(|t| t.idempotent);
+        if let Some(status) = self.intend(&call, idempotent).await? {
+            return Ok(Some(status));
+        }
+        let report = self.toolbox.call(self.policy, &request).await;
+        let outcome = report.outcome.map_err(|e| e.to_string());
+        self.finish_call(&call.id, outcome, report.elapsed, true)
+            .await?;
+        Ok(None)
+    }
+
+    /// Check the tool-call budget and make the call's intent durable, so
+    /// that a crash from here on is known to have interrupted it.
+    async fn intend(
+        &mut self,
+        call: &ToolCall,
+        idempotent: bool,
+    ) -> Result<Option<SessionStatus>, AgentError> {
         if let Err(e) = self.ledger.check_tool_call() {
             return self.pause(e).await.map(Some);
         }
-        let idempotent = self.toolbox.tool(&call.name).is_some_and(|t| t.idempotent);
         self.record(
             RecordKind::ToolIntent,
             &ToolIntent {
@@ -532,30 +646,51 @@ impl<'a> Session<'a> {
             },
         )
         .await?;
-        let report = self.toolbox.call(self.policy, &request).await;
         self.ledger.record_tool_call();
+        Ok(None)
+    }
+
+    /// Journal a call's result (durably, before the next model request) and
+    /// give the model its view of it. With `view`, an output over the view
+    /// cap reaches the model cut, with the handle of this record.
+    async fn finish_call(
+        &mut self,
+        call_id: &str,
+        outcome: Result<String, String>,
+        elapsed: Duration,
+        view: bool,
+    ) -> Result<(), AgentError> {
         let mut result = ToolResult {
-            call_id: call.id.clone(),
+            call_id: call_id.to_owned(),
             output: None,
             output_blob: None,
             error: None,
-            elapsed_ms: report.elapsed.as_millis() as u64,
+            elapsed_ms: elapsed.as_millis() as u64,
+            view_bytes: None,
         };
         let mut blobs = Vec::new();
-        let content = match report.outcome {
-            Ok(output) if output.len() > INLINE_OUTPUT => {
-                let hash = self.journal.put_blob(output.as_bytes())?;
-                result.output_blob = Some(blake3::Hash::from_bytes(hash).to_hex().to_string());
-                blobs.push(hash);
-                output
-            }
+        let content = match outcome {
             Ok(output) => {
-                result.output = Some(output.clone());
-                output
+                let cap = self.config.output_view_bytes;
+                let content = if view && output.len() > cap {
+                    result.view_bytes = Some(cap);
+                    context::output_view(&output, &context::handle(self.writer.next_seq()), cap)
+                } else {
+                    output.clone()
+                };
+                if output.len() > INLINE_OUTPUT {
+                    let hash = self.journal.put_blob(output.as_bytes())?;
+                    result.output_blob = Some(blake3::Hash::from_bytes(hash).to_hex().to_string());
+                    blobs.push(hash);
+                } else {
+                    result.output = Some(output);
+                }
+                content
             }
             Err(e) => {
-                result.error = Some(e.to_string());
-                format!("error: {e}")
+                let content = format!("error: {e}");
+                result.error = Some(e);
+                content
             }
         };
         self.writer
@@ -565,7 +700,154 @@ impl<'a> Session<'a> {
                 &blobs,
             )
             .await?;
-        self.messages.push(Message::tool_result(&call.id, content));
+        self.messages.push(Message::tool_result(call_id, content));
+        Ok(())
+    }
+
+    /// The built-in `read_output`: a page of an output this session's
+    /// journal holds. Journaled like any call; it reads, so it is idempotent.
+    async fn read_output(&mut self, call: ToolCall) -> Result<Option<SessionStatus>, AgentError> {
+        if let Some(status) = self.intend(&call, true).await? {
+            return Ok(Some(status));
+        }
+        let started = std::time::Instant::now();
+        let outcome = self.page(&call.arguments);
+        self.finish_call(&call.id, outcome, started.elapsed(), false)
+            .await?;
+        Ok(None)
+    }
+
+    fn page(&self, arguments: &str) -> Result<String, String> {
+        let cap = self.config.output_view_bytes;
+        let args: context::ReadOutputArgs = serde_json::from_str(arguments)
+            .map_err(|e| format!("invalid arguments for {}: {e}", context::READ_OUTPUT))?;
+        let unknown = || format!("no output with handle {:?} in this session", args.handle);
+        let seq = context::parse_handle(&args.handle).ok_or_else(unknown)?;
+        let record = self
+            .journal
+            .record(self.writer.session(), seq)
+            .map_err(|e| e.to_string())?
+            .filter(|r| r.kind == RecordKind::ToolResult)
+            .ok_or_else(unknown)?;
+        let result: ToolResult =
+            serde_json::from_slice(&record.payload).map_err(|e| e.to_string())?;
+        let output = output_of(&self.journal, &record, &result)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(unknown)?;
+        let length = args.length.unwrap_or(cap).clamp(1, cap);
+        Ok(context::page(&output, args.offset, length))
+    }
+
+    /// The context limit in force.
+    fn context_limit(&self) -> u64 {
+        self.config.context_tokens.max(MIN_CONTEXT_TOKENS)
+    }
+
+    /// Fold the oldest steps into one message so that the context falls to
+    /// half its limit: the model's summary of them, or a note that they
+    /// were trimmed when the model cannot summarise (or the budget cannot
+    /// pay for it). The compaction is journaled; the steps stay in the
+    /// journal. Returns a status when the wall-time budget ran out.
+    async fn compact(&mut self, tools: &[ToolDef]) -> Result<Option<SessionStatus>, AgentError> {
+        let limit = self.context_limit();
+        let summary_tokens = limit / 8;
+        let before = context::estimate(&self.messages, tools);
+        let Some(to) = context::plan(&self.messages, tools, limit / 2, summary_tokens) else {
+            return Ok(None);
+        };
+        let through_step = self.compacted_steps
+            + self.messages[1..to]
+                .iter()
+                .filter(|m| m.role == Role::Assistant)
+                .count() as u64;
+        // The transcript, the instruction and the answer must fit the limit.
+        let transcript_chars = (limit - summary_tokens).saturating_sub(200) as usize * 4;
+        let request = ModelRequest {
+            messages: vec![
+                Message::text(Role::System, context::SUMMARY_INSTRUCTION),
+                Message::text(
+                    Role::User,
+                    context::transcript(&self.messages[1..to], transcript_chars),
+                ),
+            ],
+            tools: Vec::new(),
+            max_output_tokens: summary_tokens,
+            step: self.ledger.used.steps,
+            purpose: Purpose::Summarize,
+        };
+        let estimate = context::estimate(&request.messages, &[]);
+        let worst = self.price.cost_usd(estimate, 0, summary_tokens);
+        let outcome = match self
+            .ledger
+            .check_model_call(estimate, summary_tokens, worst)
+        {
+            Err(e) => Err(format!("not summarised: {e}")),
+            Ok(()) => match self.time_left() {
+                Some(left) => tokio::time::timeout(left, self.model.complete(&request))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ModelError::Transient("the wall-time budget ran out".into()))
+                    }),
+                None => self.model.complete(&request).await,
+            }
+            .map_err(|e| e.to_string()),
+        };
+        let (method, summary, usage, error) = match outcome {
+            Ok(response) => {
+                let summary = response.message.content.unwrap_or_default();
+                let tokens = crate::model::estimate_tokens(&summary);
+                if summary.trim().is_empty() || tokens > summary_tokens {
+                    let why = format!("the summary was empty or too long ({tokens} tokens)");
+                    (
+                        context::Method::Trim,
+                        String::new(),
+                        Some(response.usage),
+                        Some(why),
+                    )
+                } else {
+                    (
+                        context::Method::Summary,
+                        summary,
+                        Some(response.usage),
+                        None,
+                    )
+                }
+            }
+            Err(e) => (context::Method::Trim, String::new(), None, Some(e)),
+        };
+        if let Some(usage) = &usage {
+            charge(&mut self.ledger, &self.price, usage);
+        }
+        let mut compaction = context::Compaction {
+            from: 1,
+            to,
+            method,
+            replacement: context::replacement(method, through_step, &summary),
+            tokens_before: before,
+            tokens_after: 0,
+            usage,
+            error,
+        };
+        let mut after = self.messages.clone();
+        let mut sent = self.sent;
+        compaction
+            .apply(&mut after, &mut sent)
+            .map_err(AgentError::Inconsistent)?;
+        compaction.tokens_after = context::estimate(&after, tools);
+        self.record(
+            RecordKind::Compaction,
+            &JournaledCompaction {
+                compaction,
+                through_step,
+            },
+        )
+        .await?;
+        self.messages = after;
+        self.sent = sent;
+        self.compacted_steps = through_step;
+        if self.time_left().is_some_and(|left| left.is_zero()) {
+            return self.pause(self.out_of_time()).await.map(Some);
+        }
         Ok(None)
     }
 
@@ -577,6 +859,52 @@ impl<'a> Session<'a> {
         .await?;
         Ok(SessionStatus::BudgetExhausted(exceeded))
     }
+}
+
+/// Count a model call's tokens and cost against the budgets.
+fn charge(ledger: &mut Ledger, price: &Price, usage: &Usage) {
+    let cost = price.cost_usd(
+        usage.input_tokens,
+        usage.cached_input_tokens,
+        usage.output_tokens,
+    );
+    ledger.record_model_call(usage.input_tokens, usage.output_tokens, cost);
+}
+
+/// The compaction record's payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournaledCompaction {
+    #[serde(flatten)]
+    pub compaction: context::Compaction,
+    /// The summary now stands for steps 1 to this one.
+    pub through_step: u64,
+}
+
+/// The whole output a tool-result record holds (inline or in its blob).
+fn output_of(
+    journal: &Journal,
+    record: &crate::journal::Record,
+    result: &ToolResult,
+) -> Result<Option<String>, AgentError> {
+    Ok(match (&result.output, record.blobs.first()) {
+        (Some(output), _) => Some(output.clone()),
+        (None, Some(blob)) => Some(String::from_utf8_lossy(&journal.blob(blob)?).into_owned()),
+        (None, None) => None,
+    })
+}
+
+/// What the model call came to.
+enum Completion {
+    Response(crate::model::ModelResponse),
+    /// The wall-time budget ran out while waiting for the model.
+    OutOfTime(BudgetExceeded),
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A number in [0, 1) that differs between calls and processes.

@@ -245,6 +245,16 @@ impl Journal {
             })
     }
 
+    /// One record of a session, if it exists.
+    pub fn record(&self, session: SessionId, seq: u64) -> Result<Option<Record>, JournalError> {
+        let Some(value) = self.records.get(record_key(session, seq))? else {
+            return Ok(None);
+        };
+        decode(session, &value)
+            .map(Some)
+            .map_err(|why| JournalError::Corrupt { session, seq, why })
+    }
+
     /// A blob's bytes, checked against its hash.
     pub fn blob(&self, hash: &Hash) -> Result<Vec<u8>, JournalError> {
         let bytes = self

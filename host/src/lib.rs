@@ -8,11 +8,13 @@
 //! - [`netgate`]: the check every outgoing HTTP request of a tool passes.
 //! - [`journal`]: the hash-chained step journal on sled.
 //! - [`model`]: the model interface of the agent loop, and the scripted model.
+//! - [`context`]: keeping a long session's context under its token limit.
 //! - [`tooldir`]: where the built-in tool components are found.
 
 pub mod agent;
 pub mod budget;
 mod capture;
+pub mod context;
 pub mod journal;
 pub mod model;
 pub mod netgate;

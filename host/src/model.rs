@@ -8,9 +8,9 @@
 //!
 //! The [`ScriptedModel`] plays a recorded sequence of responses from a JSON
 //! Lines file, for tests and benchmarks. It is deterministic in the
-//! conversation: the response it gives is the one at the index of the
-//! number of assistant messages already in the request, so a session that
-//! resumes after a crash gets the same answers again.
+//! conversation: the response it gives is the one for the request's step
+//! number, so a session that resumes after a crash gets the same answers
+//! again.
 
 use std::future::Future;
 use std::path::Path;
@@ -89,6 +89,24 @@ pub struct ModelRequest {
     pub messages: Vec<Message>,
     pub tools: Vec<ToolDef>,
     pub max_output_tokens: u64,
+    /// How many step responses the session has had before this request
+    /// (across compactions and restarts, unlike the messages).
+    #[serde(default)]
+    pub step: u64,
+    #[serde(default)]
+    pub purpose: Purpose,
+}
+
+/// Why the model is asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    /// The next step of the session.
+    #[default]
+    Step,
+    /// A summary of older messages, to compact the context: the last
+    /// message of the request holds them as a transcript.
+    Summarize,
 }
 
 /// Tokens a call used, as the backend reports them.
@@ -174,6 +192,16 @@ struct ScriptLine {
     /// Fail transiently this many times before answering.
     #[serde(default)]
     fail_times: u32,
+    /// Take this long to answer, as a real model does.
+    #[serde(default)]
+    delay_ms: u64,
+    /// Answer this many steps in a row.
+    #[serde(default = "one")]
+    repeat: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,12 +221,24 @@ struct ScriptedCall {
 /// {"content": "The workspace holds hello.txt.", "usage": {"input_tokens": 120, "output_tokens": 9}}
 /// ```
 ///
-/// Blank lines and lines starting with `#` are skipped. `fail_times: N` makes
-/// that response fail transiently N times first (for retry tests).
+/// Blank lines and lines starting with `#` are skipped. The response given
+/// is the one for the request's [`ModelRequest::step`]. A line may also say:
+/// - `"repeat": N` — it answers N steps in a row; `{step}` in a string of
+///   its arguments becomes the step's number, so calls differ;
+/// - `"fail_times": N` — each of its steps fails transiently N times first;
+/// - `"delay_ms": N` — it takes N milliseconds to answer.
+///
+/// A compaction request ([`Purpose::Summarize`]) gets a one-line summary
+/// that says how many lines of transcript it covers, unless
+/// [`ScriptedModel::failing_summaries`] was asked for.
 pub struct ScriptedModel {
     name: String,
     lines: Vec<ScriptLine>,
-    failures_left: Mutex<Vec<u32>>,
+    /// The step after the last step of each line.
+    ends: Vec<u64>,
+    /// Transient failures still to give, by step.
+    failures_given: Mutex<std::collections::HashMap<u64, u32>>,
+    summaries_fail: bool,
 }
 
 impl ScriptedModel {
@@ -213,72 +253,92 @@ impl ScriptedModel {
 
     pub fn parse(text: &str, file: &str) -> Result<ScriptedModel, ScriptError> {
         let mut lines = Vec::new();
+        let mut ends = Vec::new();
+        let mut total: u64 = 0;
         for (i, raw) in text.lines().enumerate() {
             let trimmed = raw.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
+            let invalid = |message: String| ScriptError::Invalid {
+                file: file.to_owned(),
+                line: i + 1,
+                message,
+            };
             let line: ScriptLine =
-                serde_json::from_str(trimmed).map_err(|e| ScriptError::Invalid {
-                    file: file.to_owned(),
-                    line: i + 1,
-                    message: e.to_string(),
-                })?;
+                serde_json::from_str(trimmed).map_err(|e| invalid(e.to_string()))?;
             if line.content.is_none() && line.tool_calls.is_empty() {
-                return Err(ScriptError::Invalid {
-                    file: file.to_owned(),
-                    line: i + 1,
-                    message: "a response needs `content` or `tool_calls`".into(),
-                });
+                return Err(invalid("a response needs `content` or `tool_calls`".into()));
             }
+            if line.repeat == 0 {
+                return Err(invalid("`repeat` must be at least 1".into()));
+            }
+            total = total
+                .checked_add(line.repeat)
+                .ok_or_else(|| invalid("the script is too long".into()))?;
             lines.push(line);
+            ends.push(total);
         }
-        let failures_left = Mutex::new(lines.iter().map(|l| l.fail_times).collect());
         Ok(ScriptedModel {
             name: "scripted".to_owned(),
             lines,
-            failures_left,
+            ends,
+            failures_given: Mutex::default(),
+            summaries_fail: false,
         })
     }
 
-    /// How many responses the script holds.
-    pub fn len(&self) -> usize {
-        self.lines.len()
+    /// Make every compaction request fail, as a model that cannot summarise.
+    pub fn failing_summaries(mut self) -> ScriptedModel {
+        self.summaries_fail = true;
+        self
+    }
+
+    /// How many steps the script answers.
+    pub fn len(&self) -> u64 {
+        self.ends.last().copied().unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        self.len() == 0
+    }
+
+    fn line(&self, step: u64) -> Option<&ScriptLine> {
+        let index = self.ends.partition_point(|end| *end <= step);
+        self.lines.get(index)
     }
 
     fn respond(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
-        let turn = request
-            .messages
-            .iter()
-            .filter(|m| m.role == Role::Assistant)
-            .count();
-        let line = self.lines.get(turn).ok_or_else(|| {
+        if request.purpose == Purpose::Summarize {
+            return self.summarize(request);
+        }
+        let step = request.step;
+        let line = self.line(step).ok_or_else(|| {
             ModelError::Fatal(format!(
-                "the script has {} responses and turn {turn} was asked for",
-                self.lines.len()
+                "the script has {} steps and step {step} was asked for",
+                self.len()
             ))
         })?;
-        if let Ok(mut left) = self.failures_left.lock()
-            && let Some(n) = left.get_mut(turn)
-            && *n > 0
+        if line.fail_times > 0
+            && let Ok(mut given) = self.failures_given.lock()
         {
-            *n -= 1;
-            return Err(ModelError::Transient(format!(
-                "scripted failure at turn {turn} ({n} more to come)"
-            )));
+            let given = given.entry(step).or_insert(0);
+            if *given < line.fail_times {
+                *given += 1;
+                return Err(ModelError::Transient(format!(
+                    "scripted failure {given} of {} at step {step}",
+                    line.fail_times
+                )));
+            }
         }
         let tool_calls: Vec<ToolCall> = line
             .tool_calls
             .iter()
             .enumerate()
             .map(|(i, call)| ToolCall {
-                id: format!("call_{turn}_{i}"),
+                id: format!("call_{step}_{i}"),
                 name: call.name.clone(),
-                arguments: call.arguments.to_string(),
+                arguments: with_step(&call.arguments, step).to_string(),
             })
             .collect();
         let message = Message {
@@ -288,40 +348,82 @@ impl ScriptedModel {
             tool_calls,
             tool_call_id: None,
         };
-        let usage = line.usage.unwrap_or_else(|| {
-            let prompt: String = request
-                .messages
-                .iter()
-                .flat_map(|m| [m.content.as_deref(), m.reasoning_content.as_deref()])
-                .flatten()
-                .chain(
-                    request
-                        .messages
-                        .iter()
-                        .flat_map(|m| m.tool_calls.iter().map(|c| c.arguments.as_str())),
-                )
-                .collect();
-            let answer: String = [
-                message.content.as_deref(),
-                message.reasoning_content.as_deref(),
-            ]
-            .into_iter()
-            .flatten()
-            .chain(message.tool_calls.iter().map(|c| c.arguments.as_str()))
-            .collect();
-            Usage {
-                input_tokens: estimate_tokens(&prompt),
-                output_tokens: estimate_tokens(&answer),
-                cached_input_tokens: 0,
-                reasoning_tokens: message
-                    .reasoning_content
-                    .as_deref()
-                    .map(estimate_tokens)
-                    .unwrap_or(0),
-            }
-        });
+        let usage = line
+            .usage
+            .unwrap_or_else(|| estimate_usage(request, &message));
         Ok(ModelResponse { message, usage })
     }
+
+    fn summarize(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
+        if self.summaries_fail {
+            return Err(ModelError::Fatal(
+                "this scripted model cannot summarise".into(),
+            ));
+        }
+        let transcript = request
+            .messages
+            .last()
+            .and_then(|m| m.content.as_deref())
+            .unwrap_or_default();
+        let message = Message::text(
+            Role::Assistant,
+            format!(
+                "Summary of {} lines of earlier conversation.",
+                transcript.lines().count()
+            ),
+        );
+        let usage = estimate_usage(request, &message);
+        Ok(ModelResponse { message, usage })
+    }
+}
+
+/// `value` with `{step}` in its strings replaced by the step number.
+fn with_step(value: &serde_json::Value, step: u64) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(s.replace("{step}", &step.to_string())),
+        Value::Array(items) => Value::Array(items.iter().map(|v| with_step(v, step)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), with_step(v, step)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Usage as a real model would report it, estimated from the text.
+fn estimate_usage(request: &ModelRequest, answer: &Message) -> Usage {
+    let prompt: u64 = request.messages.iter().map(message_tokens).sum();
+    Usage {
+        input_tokens: prompt,
+        output_tokens: message_tokens(answer),
+        cached_input_tokens: 0,
+        reasoning_tokens: answer
+            .reasoning_content
+            .as_deref()
+            .map(estimate_tokens)
+            .unwrap_or(0),
+    }
+}
+
+/// The estimated tokens of one message: its text, reasoning and call arguments.
+pub fn message_tokens(message: &Message) -> u64 {
+    let text = [
+        message.content.as_deref(),
+        message.reasoning_content.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(estimate_tokens)
+    .sum::<u64>();
+    let calls = message
+        .tool_calls
+        .iter()
+        .map(|c| estimate_tokens(&c.name) + estimate_tokens(&c.arguments))
+        .sum::<u64>();
+    // A few tokens of framing per message, as chat templates add.
+    4 + text + calls
 }
 
 impl Model for ScriptedModel {
@@ -330,6 +432,12 @@ impl Model for ScriptedModel {
     }
 
     fn complete<'a>(&'a self, request: &'a ModelRequest) -> ModelFuture<'a> {
-        Box::pin(async move { self.respond(request) })
+        Box::pin(async move {
+            let delay = self.line(request.step).map(|l| l.delay_ms).unwrap_or(0);
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
+            self.respond(request)
+        })
     }
 }

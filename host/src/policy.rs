@@ -5,7 +5,8 @@
 //! the file, the line and column, and the offending key. Everything that
 //! parses is enforced somewhere: tool patterns and approvals by
 //! [`Policy::decide`], per-call limits, mounts and the network allow-list by
-//! the sandbox, and session budgets by [`crate::budget::Ledger`].
+//! the sandbox, and session budgets (priced by `[prices]`) by
+//! [`crate::budget::Ledger`].
 //!
 //! Relative mount paths are resolved against the directory of the policy
 //! file, so a policy means the same thing wherever the host is started.
@@ -58,6 +59,43 @@ pub struct Policy {
     pub tools: ToolRules,
     /// Per-tool overrides of [`Limits`], by exact tool name.
     pub overrides: BTreeMap<String, LimitOverrides>,
+    /// What each model costs, by the name the model reports, for the cost
+    /// budget.
+    pub prices: BTreeMap<String, Price>,
+}
+
+/// What a model costs, in dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_million: NonNegative,
+    pub output_per_million: NonNegative,
+    /// Input tokens served from the provider's cache; the input price when
+    /// unset.
+    pub cached_input_per_million: Option<NonNegative>,
+}
+
+impl Price {
+    /// The price of models that run on this machine.
+    pub const FREE: Price = Price {
+        input_per_million: NonNegative(0.0),
+        output_per_million: NonNegative(0.0),
+        cached_input_per_million: None,
+    };
+
+    /// What a call costs that read `input` tokens (of which `cached` came
+    /// from the provider's cache) and wrote `output` tokens.
+    pub fn cost_usd(&self, input: u64, cached: u64, output: u64) -> f64 {
+        let cached = cached.min(input);
+        let cached_price = self
+            .cached_input_per_million
+            .unwrap_or(self.input_per_million)
+            .0;
+        ((input - cached) as f64 * self.input_per_million.0
+            + cached as f64 * cached_price
+            + output as f64 * self.output_per_million.0)
+            / 1e6
+    }
 }
 
 /// Budgets for a whole session; `None` means unlimited.
@@ -362,6 +400,7 @@ impl Policy {
                 approve: tools_approve,
             },
             overrides: raw.overrides,
+            prices: raw.prices,
         })
     }
 
@@ -376,6 +415,17 @@ impl Policy {
             network: NetworkPolicy::default(),
             tools: ToolRules::default(),
             overrides: BTreeMap::new(),
+            prices: BTreeMap::new(),
+        }
+    }
+
+    /// What `model` costs: its `[prices]` entry, else free for models that
+    /// run on this machine (`local:*` and the scripted model), else unknown.
+    pub fn price_for(&self, model: &str) -> Option<Price> {
+        match self.prices.get(model) {
+            Some(price) => Some(*price),
+            None if model.starts_with("local:") || model == "scripted" => Some(Price::FREE),
+            None => None,
         }
     }
 
@@ -438,6 +488,8 @@ struct RawPolicy {
     tools: RawTools,
     #[serde(default)]
     overrides: BTreeMap<String, LimitOverrides>,
+    #[serde(default)]
+    prices: BTreeMap<String, Price>,
 }
 
 #[derive(Deserialize)]
