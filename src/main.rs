@@ -43,6 +43,14 @@ enum Command {
         /// remote model backends are not built yet.)
         #[arg(long)]
         script: PathBuf,
+        /// The most tokens of context sent to the model; older steps are
+        /// compacted past it.
+        #[arg(long, default_value_t = AgentConfig::default().context_tokens)]
+        context_tokens: u64,
+        /// Tool outputs longer than this many bytes reach the model cut, with
+        /// a handle to page through the rest (`read_output`).
+        #[arg(long, default_value_t = AgentConfig::default().output_view_bytes)]
+        output_view: usize,
         #[command(flatten)]
         journal: JournalDir,
         #[command(flatten)]
@@ -153,9 +161,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             goal,
             policy,
             script,
+            context_tokens,
+            output_view,
             journal,
             tools,
-        } => run_session(&goal, &policy, &script, &journal.dir, &tools).await,
+        } => {
+            let config = AgentConfig {
+                context_tokens,
+                output_view_bytes: output_view,
+                ..AgentConfig::default()
+            };
+            run_session(&goal, &policy, &script, config, &journal.dir, &tools).await
+        }
         Command::Sessions { journal } => {
             let journal = Journal::open(&journal.dir)
                 .with_context(|| format!("opening the journal in {}", journal.dir.display()))?;
@@ -264,6 +281,7 @@ async fn run_session(
     goal: &str,
     policy: &Path,
     script: &Path,
+    config: AgentConfig,
     journal_dir: &Path,
     tools: &ToolsDir,
 ) -> Result<ExitCode> {
@@ -282,7 +300,6 @@ async fn run_session(
             break;
         }
     }
-    let config = AgentConfig::default();
     let mut session = match unfinished {
         Some(id) => {
             match Session::resume(&journal, id, &toolbox, &policy, &model, config.clone()).await? {
@@ -299,7 +316,7 @@ async fn run_session(
     session.on_step(move |p| {
         let of = |limit: Option<u64>| limit.map(|l| format!("/{l}")).unwrap_or_default();
         eprintln!(
-            "step {}{}  tools: {}  tokens in {}{} out {}{}  tool calls {}{}",
+            "step {}{}  tools: {}  tokens in {}{} out {}{}  tool calls {}{}  cost ${:.4}{}",
             p.step,
             of(budgets.max_steps),
             if p.tools.is_empty() {
@@ -313,17 +330,23 @@ async fn run_session(
             of(budgets.max_output_tokens),
             p.usage.tool_calls,
             of(budgets.max_tool_calls),
+            p.usage.cost_usd,
+            budgets
+                .max_cost_usd
+                .map(|l| format!("/${:.2}", l.0))
+                .unwrap_or_default(),
         );
     });
     let status = session.run().await?;
     let used = &session.ledger().used;
     eprintln!(
-        "session {}: {} steps, {} tool calls, {} input / {} output tokens",
+        "session {}: {} steps, {} tool calls, {} input / {} output tokens, ${:.4}",
         session.id(),
         used.steps,
         used.tool_calls,
         used.input_tokens,
-        used.output_tokens
+        used.output_tokens,
+        used.cost_usd
     );
     match status {
         SessionStatus::Completed { answer } => {
@@ -430,6 +453,24 @@ fn explain(policy: &Policy, toolbox: &Toolbox) {
         s.max_output_tokens,
         s.max_cost_usd.map(|c| c.0),
         s.max_wall_time.map(|t| t.0)
+    );
+    if !policy.prices.is_empty() {
+        println!("Prices (dollars per million tokens):");
+        for (model, price) in &policy.prices {
+            println!(
+                "  {model}: input {}, cached input {}, output {}",
+                price.input_per_million.0,
+                price
+                    .cached_input_per_million
+                    .unwrap_or(price.input_per_million)
+                    .0,
+                price.output_per_million.0
+            );
+        }
+    }
+    println!(
+        "Always available to a session: {} (pages through its own long tool outputs)",
+        longrun_host::context::READ_OUTPUT
     );
     for warning in mount_warnings(policy) {
         println!("warning: {warning}");

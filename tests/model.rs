@@ -127,7 +127,7 @@ async fn asking_past_the_end_of_the_script_is_a_fatal_error() {
 async fn a_repeated_line_answers_many_steps_with_the_step_number_in_its_arguments() {
     let model = ScriptedModel::parse(
         concat!(
-            r#"{"tool_calls": [{"name": "echo", "arguments": {"text": "step {step}", "n": 1}}], "repeat": 3}"#,
+            r#"{"tool_calls": [{"name": "echo", "arguments": {"text": "step {step}", "n": "{step}"}}], "repeat": 3}"#,
             "\n",
             r#"{"content": "done"}"#
         ),
@@ -140,7 +140,10 @@ async fn a_repeated_line_answers_many_steps_with_the_step_number_in_its_argument
         let response = model.complete(&at_step(goal.clone(), step)).await.unwrap();
         let call = &response.message.tool_calls[0];
         assert_eq!(call.id, format!("call_{step}_0"));
-        assert_eq!(call.arguments, format!(r#"{{"n":1,"text":"step {step}"}}"#));
+        assert_eq!(
+            call.arguments,
+            format!(r#"{{"n":{step},"text":"step {step}"}}"#)
+        );
     }
     let last = model.complete(&at_step(goal, 3)).await.unwrap();
     assert_eq!(last.message.content.as_deref(), Some("done"));

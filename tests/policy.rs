@@ -46,6 +46,27 @@ const BAD_POLICIES: &[(&str, usize, usize, Option<&str>, &str)] = &[
         "must be a finite number of at least 0",
     ),
     (
+        "[prices.\"kimi-k2.6\"]\ninput_per_million = 0.6\noutput_per_million = -2.5\n",
+        3,
+        22,
+        Some("prices.kimi-k2.6.output_per_million"),
+        "must be a finite number of at least 0",
+    ),
+    (
+        "[prices.m]\ninput_per_million = 1.0\noutput_per_million = 1.0\ncache_per_million = 0.1\n",
+        4,
+        1,
+        Some("prices.m.cache_per_million"),
+        "unknown field `cache_per_million`",
+    ),
+    (
+        "[prices.m]\ninput_per_million = 1.0\n",
+        1,
+        1,
+        Some("prices.m"),
+        "missing field `output_per_million`",
+    ),
+    (
         "[session]\nmax_wall_time = \"3 days\"\n",
         2,
         17,

@@ -439,8 +439,12 @@ impl<'a> Session<'a> {
             {
                 return self.pause(e).await;
             }
-            let new_messages = self.messages[self.sent..].to_vec();
-            self.record(RecordKind::ModelRequest, &new_messages).await?;
+            // Not flushed on its own: the response's flush carries it.
+            self.writer.append(
+                RecordKind::ModelRequest,
+                &serde_json::to_vec(&self.messages[self.sent..])?,
+                &[],
+            )?;
             let response = match self.complete_with_retries(&request).await? {
                 Completion::Response(response) => response,
                 Completion::OutOfTime(e) => return self.pause(e).await,

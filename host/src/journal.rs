@@ -7,6 +7,11 @@
 //! referenced by hash from the record (the references are part of what the
 //! record's hash covers, and each blob is checked against its hash).
 //!
+//! Blobs are stored under sequential numbers, with an index from hash to
+//! number: sled's memory grows with the pages that random-key inserts of
+//! large values touch (measured: about 2.7 KB per 4 KB blob keyed by hash,
+//! nothing once keyed in order), and a host must run for days.
+//!
 //! Durability: [`SessionWriter::append`] puts a record in sled's memory;
 //! [`SessionWriter::append_durable`] also waits until it is on disk. Durable
 //! appends of all sessions share flushes: one background flusher writes
@@ -29,6 +34,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const FORMAT_VERSION: u8 = 1;
 const HASH_LEN: usize = 32;
+
+/// The page cache sled may keep in memory.
+const CACHE_BYTES: u64 = 8 << 20;
 const FIXED_HEADER: usize = 1 + 1 + 8 + 8 + HASH_LEN + 2;
 
 /// A session's identifier, unique within one journal.
@@ -90,6 +98,13 @@ pub struct Record {
     pub hash: Hash,
 }
 
+impl Record {
+    /// The bytes this record takes in the journal (before storage overhead).
+    pub fn encoded_len(&self) -> usize {
+        FIXED_HEADER + self.blobs.len() * HASH_LEN + 4 + self.payload.len() + HASH_LEN
+    }
+}
+
 /// Where a new record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -133,7 +148,10 @@ pub struct VerifyError {
 pub struct Journal {
     db: sled::Db,
     records: sled::Tree,
-    blobs: sled::Tree,
+    /// Blob bytes by blob number (in the order they were first stored).
+    blob_data: sled::Tree,
+    /// Blob number by blob hash.
+    blob_index: sled::Tree,
     writers: Mutex<HashSet<SessionId>>,
     flusher: Arc<Flusher>,
     flush_thread: Option<std::thread::JoinHandle<()>>,
@@ -144,11 +162,16 @@ impl Journal {
     pub fn open(dir: &Path) -> Result<Arc<Journal>, JournalError> {
         let db = sled::Config::new()
             .path(dir)
+            // The journal is written far more than read (reads are resumes
+            // and audits, which stream), so a small page cache keeps a
+            // long-running host's memory flat; sled's default is 1 GiB.
+            .cache_capacity(CACHE_BYTES)
             // Durability comes from explicit flushes, never from a timer.
             .flush_every_ms(None)
             .open()?;
         let records = db.open_tree("records")?;
-        let blobs = db.open_tree("blobs")?;
+        let blob_data = db.open_tree("blob_data")?;
+        let blob_index = db.open_tree("blob_index")?;
         let flusher = Flusher::new();
         let flush_thread = {
             let (flusher, db) = (flusher.clone(), db.clone());
@@ -160,7 +183,8 @@ impl Journal {
         Ok(Arc::new(Journal {
             db,
             records,
-            blobs,
+            blob_data,
+            blob_index,
             writers: Mutex::new(HashSet::new()),
             flusher,
             flush_thread: Some(flush_thread),
@@ -258,8 +282,7 @@ impl Journal {
     /// A blob's bytes, checked against its hash.
     pub fn blob(&self, hash: &Hash) -> Result<Vec<u8>, JournalError> {
         let bytes = self
-            .blobs
-            .get(hash)?
+            .blob_bytes(hash)?
             .ok_or(JournalError::MissingBlob(*hash))?;
         if blake3::hash(&bytes).as_bytes() != hash {
             return Err(JournalError::CorruptBlob(*hash));
@@ -267,11 +290,23 @@ impl Journal {
         Ok(bytes.to_vec())
     }
 
+    /// A blob's stored bytes, unchecked.
+    fn blob_bytes(&self, hash: &Hash) -> Result<Option<sled::IVec>, JournalError> {
+        match self.blob_index.get(hash)? {
+            Some(number) => Ok(self.blob_data.get(number)?),
+            None => Ok(None),
+        }
+    }
+
     /// Store a blob once, by its hash; returns the hash.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<Hash, JournalError> {
         let hash = *blake3::hash(bytes).as_bytes();
-        if !self.blobs.contains_key(hash)? {
-            self.blobs.insert(hash, bytes)?;
+        if !self.blob_index.contains_key(hash)? {
+            // The bytes first: a crash between the two leaves an unindexed
+            // blob (wasted bytes), never an index entry without bytes.
+            let number = self.db.generate_id()?.to_be_bytes();
+            self.blob_data.insert(number, bytes)?;
+            self.blob_index.insert(hash, &number)?;
         }
         Ok(hash)
     }
@@ -319,7 +354,7 @@ impl Journal {
             }
             for blob in &record.blobs {
                 if checked_blobs.insert(*blob) {
-                    match self.blobs.get(blob) {
+                    match self.blob_bytes(blob) {
                         Ok(Some(bytes)) if blake3::hash(&bytes).as_bytes() == blob => {}
                         Ok(Some(_)) => {
                             return Err(bad(
@@ -403,7 +438,7 @@ impl SessionWriter {
         blobs: &[Hash],
     ) -> Result<Appended, JournalError> {
         for blob in blobs {
-            if !self.journal.blobs.contains_key(blob)? {
+            if !self.journal.blob_index.contains_key(blob)? {
                 return Err(JournalError::MissingBlob(*blob));
             }
         }

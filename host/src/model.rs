@@ -224,7 +224,8 @@ struct ScriptedCall {
 /// Blank lines and lines starting with `#` are skipped. The response given
 /// is the one for the request's [`ModelRequest::step`]. A line may also say:
 /// - `"repeat": N` — it answers N steps in a row; `{step}` in a string of
-///   its arguments becomes the step's number, so calls differ;
+///   its arguments becomes the step's number, so calls differ (the string
+///   `"{step}"` alone becomes the number);
 /// - `"fail_times": N` — each of its steps fails transiently N times first;
 /// - `"delay_ms": N` — it takes N milliseconds to answer.
 ///
@@ -377,10 +378,12 @@ impl ScriptedModel {
     }
 }
 
-/// `value` with `{step}` in its strings replaced by the step number.
+/// `value` with `{step}` in its strings replaced by the step number; a
+/// string that is exactly `"{step}"` becomes the number itself.
 fn with_step(value: &serde_json::Value, step: u64) -> serde_json::Value {
     use serde_json::Value;
     match value {
+        Value::String(s) if s == "{step}" => Value::from(step),
         Value::String(s) => Value::String(s.replace("{step}", &step.to_string())),
         Value::Array(items) => Value::Array(items.iter().map(|v| with_step(v, step)).collect()),
         Value::Object(map) => Value::Object(

@@ -1,0 +1,178 @@
+//! Endurance: a scripted 20,000-step session whose every step reads a
+//! different 4 KB window of a file. Resident memory stays flat (the mean of
+//! the last quarter within 10% of the mean of the first quarter) and the
+//! journal grows linearly (bytes per step at step 20,000 within 10% of bytes
+//! per step at step 2,000), because the context is compacted and the
+//! journal holds only what each step added.
+//!
+//! It runs alone in its own test binary so that no other test's memory is
+//! counted.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use longrun_host::agent::{AgentConfig, Session, SessionStatus};
+use longrun_host::journal::{Journal, RecordKind, SessionId};
+use longrun_host::model::ScriptedModel;
+
+const STEPS: u64 = 20_000;
+const OUTPUT_BYTES: u64 = 4096;
+const SAMPLE_EVERY: u64 = 100;
+
+/// Resident set size of this process, in bytes (`VmRSS`).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// The bytes the journal holds for a session: its records and the distinct
+/// blobs they reference.
+fn journal_bytes(journal: &Journal, session: SessionId) -> u64 {
+    let mut blobs = HashSet::new();
+    let mut bytes = 0;
+    for record in journal.records(session) {
+        let record = record.unwrap();
+        bytes += record.encoded_len() as u64;
+        for blob in &record.blobs {
+            if blobs.insert(*blob) {
+                bytes += journal.blob(blob).unwrap().len() as u64;
+            }
+        }
+    }
+    bytes
+}
+
+fn mean(xs: &[u64]) -> f64 {
+    xs.iter().sum::<u64>() as f64 / xs.len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20000_step_session_keeps_memory_flat_and_the_journal_linear() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    // Pseudo-random letters, so that every window is a different output.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let text: String = (0..STEPS + OUTPUT_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect();
+    std::fs::write(ws.join("data.txt"), &text).unwrap();
+    let policy = common::policy(&format!(
+        "[tools]\nallow = [\"fs_read\"]\n[[filesystem]]\nhost = \"{}\"\nguest = \"/workspace\"\naccess = \"read-only\"\n",
+        ws.display()
+    ));
+    let script = format!(
+        "{}\n{}",
+        format_args!(
+            r#"{{"tool_calls": [{{"name": "fs_read", "arguments": {{"path": "/workspace/data.txt", "offset": "{{step}}", "max_bytes": {OUTPUT_BYTES}}}}}], "repeat": {STEPS}}}"#
+        ),
+        r#"{"content": "done"}"#
+    );
+    let model = ScriptedModel::parse(&script, "endurance").unwrap();
+    let toolbox = common::shared_toolbox(false).await;
+    let journal = Journal::open(&dir.path().join("journal")).unwrap();
+
+    let mut session = Session::start(
+        &journal,
+        toolbox,
+        &policy,
+        &model,
+        AgentConfig::default(),
+        "read the data, window by window",
+    )
+    .await
+    .unwrap();
+    let id = session.id();
+    let rss = Arc::new(Mutex::new(Vec::new()));
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (rss, sizes, journal) = (rss.clone(), sizes.clone(), journal.clone());
+        session.on_step(move |p| {
+            if p.step % SAMPLE_EVERY == 0 {
+                rss.lock().unwrap().push((p.step, rss_bytes()));
+            }
+            if p.step == 2_000 || p.step == STEPS {
+                let disk = journal.size_on_disk().unwrap();
+                sizes
+                    .lock()
+                    .unwrap()
+                    .push((p.step, journal_bytes(&journal, id), disk));
+            }
+        });
+    }
+    let started = std::time::Instant::now();
+    let status = session.run().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        status,
+        SessionStatus::Completed {
+            answer: "done".into()
+        }
+    );
+    assert_eq!(session.ledger().used.tool_calls, STEPS);
+
+    let rss = rss.lock().unwrap().clone();
+    if std::env::var_os("LONGRUN_ENDURANCE_CURVE").is_some() {
+        for (step, bytes) in rss.iter().filter(|(s, _)| s % 1000 == 0) {
+            eprintln!("rss at step {step}: {:.1} MiB", *bytes as f64 / 1048576.0);
+        }
+    }
+    let quarter = STEPS / 4;
+    let first: Vec<u64> = rss
+        .iter()
+        .filter(|(s, _)| *s <= quarter)
+        .map(|(_, b)| *b)
+        .collect();
+    let last: Vec<u64> = rss
+        .iter()
+        .filter(|(s, _)| *s > STEPS - quarter)
+        .map(|(_, b)| *b)
+        .collect();
+    let (first, last) = (mean(&first), mean(&last));
+    let sizes = sizes.lock().unwrap().clone();
+    let (s1, logical1, disk1) = sizes[0];
+    let (s2, logical2, disk2) = sizes[1];
+    let per_step = |bytes: u64, steps: u64| bytes as f64 / steps as f64;
+    let compactions = journal
+        .records(id)
+        .filter(|r| r.as_ref().unwrap().kind == RecordKind::Compaction)
+        .count();
+    eprintln!(
+        "endurance: {STEPS} steps in {took:?}; {compactions} compactions; RSS mean first quarter {:.1} MiB, last quarter {:.1} MiB ({:+.1}%); \
+         journal bytes/step at {s1}: {:.0} (on disk {:.0}), at {s2}: {:.0} (on disk {:.0})",
+        first / 1048576.0,
+        last / 1048576.0,
+        (last / first - 1.0) * 100.0,
+        per_step(logical1, s1),
+        per_step(disk1, s1),
+        per_step(logical2, s2),
+        per_step(disk2, s2),
+    );
+    assert!(
+        (last / first - 1.0).abs() <= 0.10,
+        "resident memory grew from {first} to {last} bytes"
+    );
+    let growth = per_step(logical2, s2) / per_step(logical1, s1);
+    assert!(
+        (growth - 1.0).abs() <= 0.10,
+        "journal bytes per step changed by {:.1}%",
+        (growth - 1.0) * 100.0
+    );
+    let disk_growth = per_step(disk2, s2) / per_step(disk1, s1);
+    assert!(
+        (disk_growth - 1.0).abs() <= 0.10,
+        "journal bytes on disk per step changed by {:.1}%",
+        (disk_growth - 1.0) * 100.0
+    );
+    assert!(compactions > 0, "the context was compacted");
+    assert_eq!(journal.verify(id), Ok(journal.records(id).count() as u64));
+}
