@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use longrun_host::agent::{AgentConfig, Resumed, Session, SessionStatus};
-use longrun_host::journal::{Journal, RecordKind};
+use longrun_host::journal::{Journal, JournalOptions, RecordKind};
 use longrun_host::model::ScriptedModel;
 use longrun_host::policy::{Access, Decision, Policy};
 use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
@@ -174,7 +174,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             run_session(&goal, &policy, &script, config, &journal.dir, &tools).await
         }
         Command::Sessions { journal } => {
-            let journal = Journal::open(&journal.dir)
+            let journal = Journal::open_with(&journal.dir, JournalOptions::AUDIT)
                 .with_context(|| format!("opening the journal in {}", journal.dir.display()))?;
             for session in journal.sessions()? {
                 let records: Vec<_> = journal.records(session).collect::<Result<_, _>>()?;

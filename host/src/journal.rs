@@ -35,8 +35,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const FORMAT_VERSION: u8 = 1;
 const HASH_LEN: usize = 32;
 
-/// The page cache sled may keep in memory.
-const CACHE_BYTES: u64 = 8 << 20;
 const FIXED_HEADER: usize = 1 + 1 + 8 + 8 + HASH_LEN + 2;
 
 /// A session's identifier, unique within one journal.
@@ -157,15 +155,47 @@ pub struct Journal {
     flush_thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How a journal is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// The page cache sled may keep in memory, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl JournalOptions {
+    /// For a host that runs sessions: the journal is written far more than
+    /// read (reads are resumes, which stream), so a small page cache keeps a
+    /// host that runs for days at a flat memory (sled's default is 1 GiB;
+    /// 32 MiB already grows the resident set by its size over a session's
+    /// first hours).
+    pub const HOST: JournalOptions = JournalOptions {
+        cache_bytes: 8 << 20,
+    };
+
+    /// For reading a whole journal (verify, replay): a larger cache, since
+    /// blobs are looked up in hash order.
+    pub const AUDIT: JournalOptions = JournalOptions {
+        cache_bytes: 256 << 20,
+    };
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions::HOST
+    }
+}
+
 impl Journal {
-    /// Open (or create) the journal in `dir`.
+    /// Open (or create) the journal in `dir`, for a host.
     pub fn open(dir: &Path) -> Result<Arc<Journal>, JournalError> {
+        Journal::open_with(dir, JournalOptions::HOST)
+    }
+
+    /// Open (or create) the journal in `dir`.
+    pub fn open_with(dir: &Path, options: JournalOptions) -> Result<Arc<Journal>, JournalError> {
         let db = sled::Config::new()
             .path(dir)
-            // The journal is written far more than read (reads are resumes
-            // and audits, which stream), so a small page cache keeps a
-            // long-running host's memory flat; sled's default is 1 GiB.
-            .cache_capacity(CACHE_BYTES)
+            .cache_capacity(options.cache_bytes)
             // Durability comes from explicit flushes, never from a timer.
             .flush_every_ms(None)
             .open()?;
