@@ -94,11 +94,11 @@ async fn a_response_can_fail_transiently_a_set_number_of_times() {
     let req = request(vec![Message::text(Role::User, "hi")]);
     assert!(matches!(
         model.complete(&req).await,
-        Err(ModelError::Transient(_))
+        Err(ModelError::Transient { .. })
     ));
     assert!(matches!(
         model.complete(&req).await,
-        Err(ModelError::Transient(_))
+        Err(ModelError::Transient { .. })
     ));
     assert_eq!(
         model

@@ -513,10 +513,14 @@ impl<'a> Session<'a> {
             };
             match outcome {
                 Ok(response) => return Ok(Completion::Response(response)),
-                Err(ModelError::Transient(e)) if attempt <= self.config.max_retries => {
-                    // Up to 50% jitter, so that many sessions do not retry in step.
+                Err(ModelError::Transient {
+                    message: e,
+                    retry_after,
+                }) if attempt <= self.config.max_retries => {
+                    // Up to 50% jitter, so that many sessions do not retry in
+                    // step; never sooner than the backend asked.
                     let jitter = backoff.mul_f64(jitter_fraction() * 0.5);
-                    let wait = backoff + jitter;
+                    let wait = (backoff + jitter).max(retry_after.unwrap_or_default());
                     self.record(
                         RecordKind::Error,
                         &ModelFailure {
@@ -790,7 +794,7 @@ impl<'a> Session<'a> {
                 Some(left) => tokio::time::timeout(left, self.model.complete(&request))
                     .await
                     .unwrap_or_else(|_| {
-                        Err(ModelError::Transient("the wall-time budget ran out".into()))
+                        Err(ModelError::transient("the wall-time budget ran out"))
                     }),
                 None => self.model.complete(&request).await,
             }

@@ -9,6 +9,7 @@
 //! - [`journal`]: the hash-chained step journal on sled.
 //! - [`model`]: the model interface of the agent loop, and the scripted model.
 //! - [`context`]: keeping a long session's context under its token limit.
+//! - [`openai`]: the OpenAI-compatible model backend (Kimi K2.6 and others).
 //! - [`tooldir`]: where the built-in tool components are found.
 
 pub mod agent;
@@ -18,6 +19,7 @@ pub mod context;
 pub mod journal;
 pub mod model;
 pub mod netgate;
+pub mod openai;
 pub mod policy;
 pub mod sandbox;
 pub mod tooldir;

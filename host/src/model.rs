@@ -132,12 +132,26 @@ pub struct ModelResponse {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
-    /// Worth retrying: a rate limit, a 5xx, a dropped connection.
-    #[error("transient model error: {0}")]
-    Transient(String),
+    /// Worth retrying: a rate limit, a 5xx, a dropped connection; the
+    /// backend may say how long to wait first (HTTP `Retry-After`).
+    #[error("transient model error: {message}")]
+    Transient {
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     /// Not worth retrying: a bad request, a missing key, a broken script.
     #[error("model error: {0}")]
     Fatal(String),
+}
+
+impl ModelError {
+    /// A transient error with no advice on when to retry.
+    pub fn transient(message: impl Into<String>) -> ModelError {
+        ModelError::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
 }
 
 /// A boxed future, so that [`Model`] can be used as `dyn Model`.
@@ -326,7 +340,7 @@ impl ScriptedModel {
             let given = given.entry(step).or_insert(0);
             if *given < line.fail_times {
                 *given += 1;
-                return Err(ModelError::Transient(format!(
+                return Err(ModelError::transient(format!(
                     "scripted failure {given} of {} at step {step}",
                     line.fail_times
                 )));
@@ -396,7 +410,7 @@ fn with_step(value: &serde_json::Value, step: u64) -> serde_json::Value {
 }
 
 /// Usage as a real model would report it, estimated from the text.
-fn estimate_usage(request: &ModelRequest, answer: &Message) -> Usage {
+pub fn estimate_usage(request: &ModelRequest, answer: &Message) -> Usage {
     let prompt: u64 = request.messages.iter().map(message_tokens).sum();
     Usage {
         input_tokens: prompt,
