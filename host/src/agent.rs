@@ -793,9 +793,7 @@ impl<'a> Session<'a> {
             Ok(()) => match self.time_left() {
                 Some(left) => tokio::time::timeout(left, self.model.complete(&request))
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(ModelError::transient("the wall-time budget ran out"))
-                    }),
+                    .unwrap_or_else(|_| Err(ModelError::transient("the wall-time budget ran out"))),
                 None => self.model.complete(&request).await,
             }
             .map_err(|e| e.to_string()),

@@ -111,7 +111,10 @@ impl Endpoint {
             _ => return Err(bad("the scheme must be http or https")),
         };
         let host = uri.host().ok_or_else(|| bad("no host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path = format!("{}/chat/completions", uri.path().trim_end_matches('/'));
         Ok(Endpoint {
@@ -265,11 +268,14 @@ impl OpenAiModel {
                 .await
                 .map_err(|e| self.transient(format!("reading the answer: {e}")))?
                 .to_bytes();
-            let answer: WireAnswer = serde_json::from_slice(&bytes)
-                .map_err(|e| ModelError::Fatal(format!("the answer is not a chat completion: {e}")))?;
-            let choice = answer.choices.into_iter().next().ok_or_else(|| {
-                ModelError::Fatal("the answer has no choices".into())
+            let answer: WireAnswer = serde_json::from_slice(&bytes).map_err(|e| {
+                ModelError::Fatal(format!("the answer is not a chat completion: {e}"))
             })?;
+            let choice = answer
+                .choices
+                .into_iter()
+                .next()
+                .ok_or_else(|| ModelError::Fatal("the answer has no choices".into()))?;
             let message = choice.message.unwrap_or_default();
             Parsed {
                 content: message.content,
@@ -322,9 +328,9 @@ impl OpenAiModel {
         if let Some(key) = &self.key {
             builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
         }
-        let request = builder
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|err| ModelError::Fatal(self.redact(&format!("building the request: {err}"))))?;
+        let request = builder.body(Full::new(Bytes::from(body))).map_err(|err| {
+            ModelError::Fatal(self.redact(&format!("building the request: {err}")))
+        })?;
         if e.tls {
             let name = tokio_rustls::rustls::pki_types::ServerName::try_from(e.host.clone())
                 .map_err(|err| ModelError::Fatal(format!("TLS name {:?}: {err}", e.host)))?;
@@ -588,7 +594,9 @@ impl Parsed {
     fn into_response(self, request: &ModelRequest) -> ModelResponse {
         let message = Message {
             role: Role::Assistant,
-            content: self.content.filter(|c| !c.is_empty() || self.calls.is_empty()),
+            content: self
+                .content
+                .filter(|c| !c.is_empty() || self.calls.is_empty()),
             reasoning_content: self.reasoning,
             tool_calls: self
                 .calls
