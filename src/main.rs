@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use longrun_host::agent::{AgentConfig, Resumed, Session, SessionStatus};
 use longrun_host::journal::{Journal, JournalOptions, RecordKind};
-use longrun_host::model::ScriptedModel;
+use longrun_host::model::{Model, ModelSpec, ScriptedModel};
+use longrun_host::openai::{OpenAiConfig, OpenAiModel};
 use longrun_host::policy::{Access, Decision, Policy};
 use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
 
@@ -39,10 +40,21 @@ enum Command {
         goal: String,
         #[arg(long)]
         policy: PathBuf,
-        /// Play a recorded script (JSON Lines) as the model. (The local and
-        /// remote model backends are not built yet.)
+        /// The model: `openai-compatible:PROFILE` (e.g. `kimi-k2.6`, or a
+        /// model id with --base-url) or `scripted:FILE` (a recorded script,
+        /// JSON Lines).
         #[arg(long)]
-        script: PathBuf,
+        model: ModelSpec,
+        /// The API's base URL, for an `openai-compatible` model.
+        #[arg(long)]
+        base_url: Option<String>,
+        /// The environment variable holding the API key, for an
+        /// `openai-compatible` model (the profile's default otherwise).
+        #[arg(long)]
+        api_key_env: Option<String>,
+        /// Ask an `openai-compatible` API for whole answers instead of streams.
+        #[arg(long)]
+        no_stream: bool,
         /// The most tokens of context sent to the model; older steps are
         /// compacted past it.
         #[arg(long, default_value_t = AgentConfig::default().context_tokens)]
@@ -160,7 +172,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run {
             goal,
             policy,
-            script,
+            model,
+            base_url,
+            api_key_env,
+            no_stream,
             context_tokens,
             output_view,
             journal,
@@ -171,7 +186,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 output_view_bytes: output_view,
                 ..AgentConfig::default()
             };
-            run_session(&goal, &policy, &script, config, &journal.dir, &tools).await
+            let model = load_model(&model, base_url, api_key_env, no_stream)?;
+            run_session(&goal, &policy, model.as_ref(), config, &journal.dir, &tools).await
         }
         Command::Sessions { journal } => {
             let journal = Journal::open_with(&journal.dir, JournalOptions::AUDIT)
@@ -276,17 +292,57 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The model a `--model` spec names, ready to use.
+fn load_model(
+    spec: &ModelSpec,
+    base_url: Option<String>,
+    api_key_env: Option<String>,
+    no_stream: bool,
+) -> Result<Box<dyn Model>> {
+    match spec {
+        ModelSpec::Scripted(path) => Ok(Box::new(ScriptedModel::load(path)?)),
+        ModelSpec::OpenAiCompatible(name) => {
+            let mut config = match (OpenAiConfig::profile(name), &base_url) {
+                (Some(profile), _) => profile,
+                (None, Some(_)) => OpenAiConfig {
+                    name: format!("openai-compatible:{name}"),
+                    model: name.clone(),
+                    api_key_env: None,
+                    temperature: None,
+                    top_p: None,
+                    max_tokens: None,
+                    thinking: None,
+                    ..OpenAiConfig::profile("kimi-k2.6").context("the built-in profile")?
+                },
+                (None, None) => bail!(
+                    "no built-in profile for {name:?}: pass --base-url (and --api-key-env) for it"
+                ),
+            };
+            if let Some(url) = base_url {
+                config.base_url = url;
+            }
+            if let Some(var) = api_key_env {
+                config.api_key_env = Some(var);
+            }
+            config.stream = !no_stream;
+            Ok(Box::new(OpenAiModel::new(config)?))
+        }
+        ModelSpec::Local(name) => bail!(
+            "the local model backend is not built yet; {name:?} cannot run (use openai-compatible:PROFILE or scripted:FILE)"
+        ),
+    }
+}
+
 /// Resume the first unfinished session of the journal, or start one.
 async fn run_session(
     goal: &str,
     policy: &Path,
-    script: &Path,
+    model: &dyn Model,
     config: AgentConfig,
     journal_dir: &Path,
     tools: &ToolsDir,
 ) -> Result<ExitCode> {
     let policy = Policy::load(policy)?;
-    let model = ScriptedModel::load(script)?;
     let toolbox = tools.load().await?;
     std::fs::create_dir_all(journal_dir)
         .with_context(|| format!("creating the journal directory {}", journal_dir.display()))?;
@@ -302,7 +358,7 @@ async fn run_session(
     }
     let mut session = match unfinished {
         Some(id) => {
-            match Session::resume(&journal, id, &toolbox, &policy, &model, config.clone()).await? {
+            match Session::resume(&journal, id, &toolbox, &policy, model, config.clone()).await? {
                 Resumed::Session(session) => {
                     eprintln!("resuming session {id}");
                     *session
@@ -310,7 +366,7 @@ async fn run_session(
                 Resumed::Ended => bail!("session {id} has already ended"),
             }
         }
-        None => Session::start(&journal, &toolbox, &policy, &model, config, goal).await?,
+        None => Session::start(&journal, &toolbox, &policy, model, config, goal).await?,
     };
     let budgets = policy.session.clone();
     session.on_step(move |p| {

@@ -194,3 +194,39 @@ fn tool_call_of_an_unknown_tool_says_so() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("no tool named \"no_such_tool\""));
 }
+
+#[test]
+fn run_refuses_an_unknown_model_spec_and_an_unknown_profile_without_a_base_url() {
+    let out = longrun(&[
+        "run",
+        "goal",
+        "--policy",
+        "policies/locked-down.toml",
+        "--model",
+        "gpt:whatever",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("unknown kind \"gpt\" (local, openai-compatible or scripted)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let out = longrun(&[
+        "run",
+        "goal",
+        "--policy",
+        "policies/locked-down.toml",
+        "--model",
+        "openai-compatible:some-model",
+        "--journal",
+        journal.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no built-in profile for \"some-model\": pass --base-url"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -220,3 +220,30 @@ fn a_broken_script_is_refused_with_its_line() {
         .to_string();
     assert_eq!(err, "zero.jsonl:1: `repeat` must be at least 1");
 }
+
+#[test]
+fn a_model_spec_names_its_kind_and_what_follows() {
+    use longrun_host::model::ModelSpec;
+    assert_eq!(
+        ModelSpec::parse("local:smollm2-135m"),
+        Ok(ModelSpec::Local("smollm2-135m".into()))
+    );
+    assert_eq!(
+        ModelSpec::parse("openai-compatible:kimi-k2.6"),
+        Ok(ModelSpec::OpenAiCompatible("kimi-k2.6".into()))
+    );
+    assert_eq!(
+        ModelSpec::parse("scripted:a/b.jsonl"),
+        Ok(ModelSpec::Scripted("a/b.jsonl".into()))
+    );
+    assert!(
+        ModelSpec::parse("kimi")
+            .unwrap_err()
+            .contains("write local:NAME")
+    );
+    assert!(
+        ModelSpec::parse("local:")
+            .unwrap_err()
+            .contains("nothing after")
+    );
+}

@@ -167,6 +167,44 @@ pub trait Model: Send + Sync {
     fn complete<'a>(&'a self, request: &'a ModelRequest) -> ModelFuture<'a>;
 }
 
+/// Which model a session uses, as written in a session's configuration:
+/// `local:NAME` (a GGUF model run in-process), `openai-compatible:PROFILE`
+/// (a remote API; a known profile such as `kimi-k2.6`, or a model id given
+/// with a base URL), or `scripted:PATH` (a recorded script, for tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSpec {
+    Local(String),
+    OpenAiCompatible(String),
+    Scripted(std::path::PathBuf),
+}
+
+impl ModelSpec {
+    pub fn parse(spec: &str) -> Result<ModelSpec, String> {
+        let (kind, rest) = spec.split_once(':').ok_or_else(|| {
+            format!("model {spec:?}: write local:NAME, openai-compatible:PROFILE or scripted:PATH")
+        })?;
+        if rest.is_empty() {
+            return Err(format!("model {spec:?}: nothing after {kind:?}"));
+        }
+        match kind {
+            "local" => Ok(ModelSpec::Local(rest.to_owned())),
+            "openai-compatible" => Ok(ModelSpec::OpenAiCompatible(rest.to_owned())),
+            "scripted" => Ok(ModelSpec::Scripted(rest.into())),
+            _ => Err(format!(
+                "model {spec:?}: unknown kind {kind:?} (local, openai-compatible or scripted)"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for ModelSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ModelSpec::parse(s)
+    }
+}
+
 /// A rough token count for text, for backends that report none: about four
 /// characters a token, as for English with common tokenizers.
 pub fn estimate_tokens(text: &str) -> u64 {
