@@ -68,10 +68,23 @@ enum Command {
         #[command(flatten)]
         tools: ToolsDir,
     },
+    /// Manage local models.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// List the sessions in the journal.
     Sessions {
         #[command(flatten)]
         journal: JournalDir,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Fetch a local model into the cache (once) and print its path.
+    Fetch {
+        /// The local model's name.
+        #[arg(default_value = longrun_host::fetch::DEFAULT_MODEL)]
+        name: String,
     },
 }
 
@@ -188,6 +201,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let model = load_model(&model, base_url, api_key_env, no_stream)?;
             run_session(&goal, &policy, model.as_ref(), config, &journal.dir, &tools).await
+        }
+        Command::Model(ModelCommand::Fetch { name }) => {
+            let path = longrun_host::fetch::fetch(&name)?;
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Sessions { journal } => {
             let journal = Journal::open_with(&journal.dir, JournalOptions::AUDIT)

@@ -230,3 +230,37 @@ fn run_refuses_an_unknown_model_spec_and_an_unknown_profile_without_a_base_url()
         text(&out.stderr)
     );
 }
+
+#[test]
+fn model_fetch_uses_the_cached_file_and_never_downloads_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::fs::write(&file, b"GGUF").unwrap();
+    // With no Python to download with, only the cache can answer.
+    let out = Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["model", "fetch"])
+        .env("LONGRUN_MODELS_DIR", dir.path())
+        .env("PYTHON", "/nonexistent/python")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), file.display().to_string());
+
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["model", "fetch"])
+        .env("LONGRUN_MODELS_DIR", empty.path())
+        .env("PYTHON", "/nonexistent/python")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/python"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = longrun(&["model", "fetch", "llama-70b"]);
+    assert!(text(&out.stderr).contains("unknown local model \"llama-70b\""));
+}

@@ -9,6 +9,7 @@
 //! - [`journal`]: the hash-chained step journal on sled.
 //! - [`model`]: the model interface of the agent loop, and the scripted model.
 //! - [`context`]: keeping a long session's context under its token limit.
+//! - [`fetch`]: the default local model's file, cached once.
 //! - [`openai`]: the OpenAI-compatible model backend (Kimi K2.6 and others).
 //! - [`tooldir`]: where the built-in tool components are found.
 
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod budget;
 mod capture;
 pub mod context;
+pub mod fetch;
 pub mod journal;
 pub mod model;
 pub mod netgate;
