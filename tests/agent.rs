@@ -128,13 +128,7 @@ async fn the_tool_call_budget_stops_the_session_at_the_limit_not_after() {
         other => panic!("expected a pause, got {other:?}"),
     }
     let kinds = w.kinds(session.id());
-    assert_eq!(
-        kinds
-            .iter()
-            .filter(|k| **k == RecordKind::ToolIntent)
-            .count(),
-        1
-    );
+    assert_eq!(count(&kinds, RecordKind::ToolIntent), 1);
     assert_eq!(kinds.last(), Some(&RecordKind::BudgetEvent));
 }
 
@@ -152,13 +146,7 @@ async fn the_step_budget_stops_before_the_next_model_call() {
         other => panic!("expected a pause, got {other:?}"),
     }
     let kinds = w.kinds(session.id());
-    assert_eq!(
-        kinds
-            .iter()
-            .filter(|k| **k == RecordKind::ModelResponse)
-            .count(),
-        1
-    );
+    assert_eq!(count(&kinds, RecordKind::ModelResponse), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +165,7 @@ async fn transient_model_failures_are_retried_and_journaled() {
         }
     );
     let kinds = w.kinds(session.id());
-    assert_eq!(kinds.iter().filter(|k| **k == RecordKind::Error).count(), 2);
+    assert_eq!(count(&kinds, RecordKind::Error), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,10 +226,7 @@ async fn a_session_paused_by_a_budget_resumes_once_the_budget_is_raised() {
     assert_eq!(session.ledger().used.tool_calls, 2);
     let kinds = w.kinds(id);
     assert_eq!(
-        kinds
-            .iter()
-            .filter(|k| **k == RecordKind::ModelResponse)
-            .count(),
+        count(&kinds, RecordKind::ModelResponse),
         3,
         "no response requested twice"
     );
@@ -276,21 +261,9 @@ async fn the_input_token_budget_stops_before_a_model_call_that_could_exceed_it()
         "the second call was never made"
     );
     let kinds = w.kinds(session.id());
-    assert_eq!(
-        kinds
-            .iter()
-            .filter(|k| **k == RecordKind::ModelResponse)
-            .count(),
-        1
-    );
+    assert_eq!(count(&kinds, RecordKind::ModelResponse), 1);
     // 4900 of 5000 is past 80%: a warning event came first, then the pause.
-    assert_eq!(
-        kinds
-            .iter()
-            .filter(|k| **k == RecordKind::BudgetEvent)
-            .count(),
-        2
-    );
+    assert_eq!(count(&kinds, RecordKind::BudgetEvent), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -224,6 +224,24 @@ impl<'a> Session<'a> {
             .await?;
         let created_unix_millis = unix_millis();
         Ok(Session {
+            messages: vec![Message::text(Role::User, goal)],
+            created_unix_millis,
+            ..Session::fresh(writer, journal, toolbox, policy, model, config, price)
+        })
+    }
+
+    /// A session with nothing done yet; `start` and `resume` fill in what
+    /// they know.
+    fn fresh(
+        writer: SessionWriter,
+        journal: &Arc<Journal>,
+        toolbox: &'a Toolbox,
+        policy: &'a Policy,
+        model: &'a dyn Model,
+        config: AgentConfig,
+        price: Price,
+    ) -> Session<'a> {
+        Session {
             writer,
             journal: journal.clone(),
             toolbox,
@@ -232,14 +250,14 @@ impl<'a> Session<'a> {
             config,
             price,
             ledger: Ledger::new(policy.session.clone()),
-            messages: vec![Message::text(Role::User, goal)],
+            messages: Vec::new(),
             sent: 0,
-            created_unix_millis,
+            created_unix_millis: unix_millis(),
             pending: Vec::new(),
             interrupted: Default::default(),
             compacted_steps: 0,
             progress: None,
-        })
+        }
     }
 
     /// Rebuild a session from its journal, to go on where it stopped.
@@ -328,13 +346,6 @@ impl<'a> Session<'a> {
         }
         let writer = journal.open_session(session)?;
         Ok(Resumed::Session(Box::new(Session {
-            writer,
-            journal: journal.clone(),
-            toolbox,
-            policy,
-            model,
-            config,
-            price,
             ledger,
             messages,
             sent,
@@ -342,7 +353,7 @@ impl<'a> Session<'a> {
             pending,
             interrupted,
             compacted_steps,
-            progress: None,
+            ..Session::fresh(writer, journal, toolbox, policy, model, config, price)
         })))
     }
 
