@@ -245,24 +245,9 @@ impl Server {
 }
 
 async fn kimi_like_server() -> (SocketAddr, Arc<Server>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let server = Arc::new(Server::default());
     let shared = server.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let server = shared.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| server.clone().handle(req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let addr = common::serve(move |req| shared.clone().handle(req)).await;
     (addr, server)
 }
 

@@ -86,6 +86,19 @@ pub async fn call(toolbox: &Toolbox, policy: &Policy, tool: &str, args: &str) ->
 /// request's method and body. Returns its address; it runs until the test's
 /// runtime ends.
 pub async fn http_server() -> SocketAddr {
+    serve(handle).await
+}
+
+/// Serve HTTP/1 on a loopback port with `handler`, one task per connection,
+/// until the test's runtime ends. Returns the address.
+pub async fn serve<F, Fut, B>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use hyper::server::conn::http1;
     use hyper_util::rt::TokioIo;
 
@@ -96,8 +109,9 @@ pub async fn http_server() -> SocketAddr {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            let handler = handler.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(handle);
+                let service = hyper::service::service_fn(handler);
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
