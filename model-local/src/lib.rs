@@ -1,0 +1,249 @@
+//! The local model backend: GGUF models run in-process through mistral.rs,
+//! on the CPU by default (the `cuda` and `metal` features pass through).
+//!
+//! Small local models have no native tool-call format, so every answer is
+//! constrained by a JSON schema (mistral.rs's llguidance constraint): it is
+//! either `{"answer": "..."}` or `{"tool": NAME, "arguments": {...}}` for one
+//! of the offered tools, with arguments valid against that tool's schema.
+//! The conversation is rendered with the three roles every chat template
+//! knows (system, user, assistant): the protocol and the tools go into the
+//! system message, the model's earlier calls are shown as the JSON it wrote,
+//! and tool results come back as user messages. mistral.rs keeps a prefix
+//! cache of recent sequences, so each step's prompt processing costs its new
+//! tokens, not the whole context again.
+
+use std::path::Path;
+
+use longrun_host::model::{
+    Message, Model, ModelError, ModelFuture, ModelRequest, ModelResponse, Purpose, Role, ToolCall,
+    ToolDef, Usage,
+};
+use mistralrs::{Constraint, GgufModelBuilder, RequestBuilder, TextMessageRole};
+use serde_json::{Value, json};
+
+/// Why a local model did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("{path}: not a file")]
+    NotAFile { path: String },
+    #[error("loading {path}: {message}")]
+    Load { path: String, message: String },
+}
+
+/// A GGUF model, loaded once and used for every step.
+pub struct LocalModel {
+    name: String,
+    model: mistralrs::Model,
+}
+
+impl LocalModel {
+    /// Load the GGUF file at `path`; `name` is what the journal and the price
+    /// table call it (`local:...`).
+    pub async fn load(name: &str, path: &Path) -> Result<LocalModel, LocalError> {
+        let shown = path.display().to_string();
+        if !path.is_file() {
+            return Err(LocalError::NotAFile { path: shown });
+        }
+        let dir = path
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| ".".to_owned());
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut builder = GgufModelBuilder::new(dir, vec![file]);
+        if !cfg!(any(feature = "cuda", feature = "metal")) {
+            builder = builder.with_force_cpu();
+        }
+        let model = builder.build().await.map_err(|e| LocalError::Load {
+            path: shown,
+            message: e.to_string(),
+        })?;
+        Ok(LocalModel {
+            name: name.to_owned(),
+            model,
+        })
+    }
+}
+
+/// The schema every answer must match: a final answer, or one call of an
+/// offered tool with arguments valid against its schema.
+pub fn answer_schema(tools: &[ToolDef]) -> Value {
+    let mut choices = vec![json!({
+        "type": "object",
+        "properties": {"answer": {"type": "string"}},
+        "required": ["answer"],
+        "additionalProperties": false
+    })];
+    for tool in tools {
+        choices.push(json!({
+            "type": "object",
+            "properties": {
+                "tool": {"const": tool.name},
+                "arguments": tool.parameters
+            },
+            "required": ["tool", "arguments"],
+            "additionalProperties": false
+        }));
+    }
+    json!({"anyOf": choices})
+}
+
+/// The system message: how to answer, and the tools.
+fn protocol(tools: &[ToolDef]) -> String {
+    let mut text = String::from(
+        "You are an agent that completes the user's goal step by step. \
+         Answer with one JSON object and nothing else: either \
+         {\"tool\": NAME, \"arguments\": {...}} to call one tool, or \
+         {\"answer\": \"...\"} when the goal is done. Tools:\n",
+    );
+    for tool in tools {
+        text.push_str(&format!(
+            "- {}: {} Arguments schema: {}\n",
+            tool.name, tool.description, tool.parameters
+        ));
+    }
+    text
+}
+
+/// The conversation as the three roles every chat template knows.
+fn render(request: &ModelRequest) -> RequestBuilder {
+    let mut builder = RequestBuilder::new();
+    if request.purpose == Purpose::Step && !request.tools.is_empty() {
+        builder = builder.add_message(TextMessageRole::System, protocol(&request.tools));
+    }
+    for message in &request.messages {
+        let text = message.content.clone().unwrap_or_default();
+        builder = match message.role {
+            Role::System => builder.add_message(TextMessageRole::System, text),
+            Role::User => builder.add_message(TextMessageRole::User, text),
+            Role::Assistant => {
+                let shown = match message.tool_calls.first() {
+                    Some(call) => json!({
+                        "tool": call.name,
+                        "arguments": serde_json::from_str::<Value>(&call.arguments)
+                            .unwrap_or(Value::String(call.arguments.clone()))
+                    })
+                    .to_string(),
+                    None => json!({"answer": text}).to_string(),
+                };
+                builder.add_message(TextMessageRole::Assistant, shown)
+            }
+            Role::Tool => builder.add_message(
+                TextMessageRole::User,
+                format!(
+                    "Result of {}:\n{text}",
+                    message.tool_call_id.as_deref().unwrap_or("the call")
+                ),
+            ),
+        };
+    }
+    builder
+}
+
+/// The model's constrained JSON, as an assistant message.
+fn parse_answer(text: &str, step: u64) -> Result<Message, ModelError> {
+    let value: Value = serde_json::from_str(text.trim()).map_err(|e| {
+        ModelError::transient(format!("the model's answer is not the JSON asked for: {e}"))
+    })?;
+    if let Some(answer) = value.get("answer").and_then(Value::as_str) {
+        return Ok(Message::text(Role::Assistant, answer));
+    }
+    match (
+        value.get("tool").and_then(Value::as_str),
+        value.get("arguments"),
+    ) {
+        (Some(tool), Some(arguments)) => Ok(Message {
+            tool_calls: vec![ToolCall {
+                id: format!("call_{step}_0"),
+                name: tool.to_owned(),
+                arguments: arguments.to_string(),
+            }],
+            content: None,
+            ..Message::text(Role::Assistant, "")
+        }),
+        _ => Err(ModelError::transient(format!(
+            "the model's answer is neither an answer nor a tool call: {text}"
+        ))),
+    }
+}
+
+impl Model for LocalModel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn complete<'a>(&'a self, request: &'a ModelRequest) -> ModelFuture<'a> {
+        Box::pin(async move {
+            let constrained = request.purpose == Purpose::Step;
+            let mut builder = render(request)
+                .set_sampler_max_len(request.max_output_tokens as usize)
+                .set_deterministic_sampler();
+            if constrained {
+                builder =
+                    builder.set_constraint(Constraint::JsonSchema(answer_schema(&request.tools)));
+            }
+            let response = self
+                .model
+                .send_chat_request(builder)
+                .await
+                .map_err(|e| ModelError::Fatal(format!("local model: {e}")))?;
+            let text = response
+                .choices
+                .first()
+                .and_then(|c| c.message.content.clone())
+                .unwrap_or_default();
+            let message = if constrained {
+                parse_answer(&text, request.step)?
+            } else {
+                Message::text(Role::Assistant, text)
+            };
+            Ok(ModelResponse {
+                message,
+                usage: Usage {
+                    input_tokens: response.usage.prompt_tokens as u64,
+                    output_tokens: response.usage.completion_tokens as u64,
+                    cached_input_tokens: 0,
+                    reasoning_tokens: 0,
+                },
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_or_a_call_is_parsed_and_anything_else_is_refused() {
+        let m = parse_answer(r#"{"answer": "done"}"#, 3).unwrap();
+        assert_eq!(m.content.as_deref(), Some("done"));
+        let m = parse_answer(
+            r#"{"tool": "fs_list", "arguments": {"path": "/workspace"}}"#,
+            3,
+        )
+        .unwrap();
+        assert_eq!(m.tool_calls[0].id, "call_3_0");
+        assert_eq!(m.tool_calls[0].arguments, r#"{"path":"/workspace"}"#);
+        assert!(parse_answer("hello", 0).is_err());
+        assert!(parse_answer(r#"{"tool": "x"}"#, 0).is_err());
+    }
+
+    #[test]
+    fn the_schema_offers_an_answer_and_each_tool_with_its_arguments() {
+        let tools = vec![ToolDef {
+            name: "echo".into(),
+            description: "echo".into(),
+            parameters: json!({"type": "object", "properties": {"text": {"type": "string"}}}),
+        }];
+        let schema = answer_schema(&tools);
+        assert_eq!(schema["anyOf"].as_array().unwrap().len(), 2);
+        assert_eq!(schema["anyOf"][1]["properties"]["tool"]["const"], "echo");
+        assert_eq!(
+            schema["anyOf"][1]["properties"]["arguments"],
+            tools[0].parameters
+        );
+    }
+}
