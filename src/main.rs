@@ -13,6 +13,7 @@ use longrun_host::model::{Model, ModelSpec, ScriptedModel};
 use longrun_host::openai::{OpenAiConfig, OpenAiModel};
 use longrun_host::policy::{Access, Decision, Policy};
 use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
+use longrun_model_local::LocalModel;
 
 #[derive(Parser)]
 #[command(
@@ -156,6 +157,10 @@ impl ToolsDir {
 }
 
 fn main() -> ExitCode {
+    // The local backend (mistral.rs) must never reach for a model hub: the
+    // model is a local file. Set before any thread exists that could read it.
+    // SAFETY: no other thread runs yet.
+    unsafe { std::env::set_var("HF_HUB_OFFLINE", "1") };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LONGRUN_LOG")
@@ -199,7 +204,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 output_view_bytes: output_view,
                 ..AgentConfig::default()
             };
-            let model = load_model(&model, base_url, api_key_env, no_stream)?;
+            let model = load_model(&model, base_url, api_key_env, no_stream).await?;
             run_session(&goal, &policy, model.as_ref(), config, &journal.dir, &tools).await
         }
         Command::Model(ModelCommand::Fetch { name }) => {
@@ -311,7 +316,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The model a `--model` spec names, ready to use.
-fn load_model(
+async fn load_model(
     spec: &ModelSpec,
     base_url: Option<String>,
     api_key_env: Option<String>,
@@ -345,9 +350,21 @@ fn load_model(
             config.stream = !no_stream;
             Ok(Box::new(OpenAiModel::new(config)?))
         }
-        ModelSpec::Local(name) => bail!(
-            "the local model backend is not built yet; {name:?} cannot run (use openai-compatible:PROFILE or scripted:FILE)"
-        ),
+        ModelSpec::Local(name) => {
+            // A model `longrun model fetch` knows (fetched now if it is not
+            // cached yet), or the path of a GGUF file.
+            let path = if name == longrun_host::fetch::DEFAULT_MODEL {
+                if longrun_host::fetch::cached(name)?.is_none() {
+                    eprintln!("fetching the default model {name} (once; it is cached)");
+                }
+                longrun_host::fetch::fetch(name)?
+            } else {
+                PathBuf::from(name)
+            };
+            eprintln!("loading {} ...", path.display());
+            let model = LocalModel::load(&format!("local:{name}"), &path).await?;
+            Ok(Box::new(model))
+        }
     }
 }
 
@@ -390,14 +407,9 @@ async fn run_session(
     session.on_step(move |p| {
         let of = |limit: Option<u64>| limit.map(|l| format!("/{l}")).unwrap_or_default();
         eprintln!(
-            "step {}{}  tools: {}  tokens in {}{} out {}{}  tool calls {}{}  cost ${:.4}{}",
+            "step {}{}  tokens in {}{} out {}{}  tool calls {}{}  cost ${:.4}{}",
             p.step,
             of(budgets.max_steps),
-            if p.tools.is_empty() {
-                "-".to_owned()
-            } else {
-                p.tools.join(",")
-            },
             p.usage.input_tokens,
             of(budgets.max_input_tokens),
             p.usage.output_tokens,
@@ -410,6 +422,9 @@ async fn run_session(
                 .map(|l| format!("/${:.2}", l.0))
                 .unwrap_or_default(),
         );
+        for call in &p.calls {
+            eprintln!("  call {} {}", call.name, call.arguments);
+        }
     });
     let status = session.run().await?;
     let used = &session.ledger().used;

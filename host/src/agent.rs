@@ -182,8 +182,8 @@ pub struct Session<'a> {
 pub struct StepProgress {
     pub session: SessionId,
     pub step: u64,
-    /// The tools the model asked for in this step.
-    pub tools: Vec<String>,
+    /// The calls the model asked for in this step (none for a final answer).
+    pub calls: Vec<ToolCall>,
     pub usage: crate::budget::Usage,
 }
 
@@ -476,12 +476,7 @@ impl<'a> Session<'a> {
                 hook(&StepProgress {
                     session: self.writer.session(),
                     step: self.ledger.used.steps,
-                    tools: response
-                        .message
-                        .tool_calls
-                        .iter()
-                        .map(|c| c.name.clone())
-                        .collect(),
+                    calls: response.message.tool_calls.clone(),
                     usage: self.ledger.used.clone(),
                 });
             }

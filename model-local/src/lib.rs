@@ -14,6 +14,10 @@
 
 use std::path::Path;
 
+/// The mistral.rs this backend is built on, for callers that need its own
+/// requests (the `local_model` benchmark).
+pub use mistralrs;
+
 use longrun_host::model::{
     Message, Model, ModelError, ModelFuture, ModelRequest, ModelResponse, Purpose, Role, ToolCall,
     ToolDef, Usage,
@@ -64,6 +68,12 @@ impl LocalModel {
             name: name.to_owned(),
             model,
         })
+    }
+
+    /// The mistral.rs model underneath, for measurements (the `local_model`
+    /// benchmark) that need its raw requests and timings.
+    pub fn engine(&self) -> &mistralrs::Model {
+        &self.model
     }
 }
 
