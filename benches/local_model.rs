@@ -156,7 +156,7 @@ fn conversation(system: &str, steps: usize) -> RequestBuilder {
             request = request.add_message(TextMessageRole::Assistant, assistant_turn(step));
         }
     }
-    request.set_sampler_max_len(1).set_deterministic_sampler()
+    request.set_deterministic_sampler().set_sampler_max_len(1)
 }
 
 fn local_model(c: &mut Criterion) {
@@ -194,8 +194,8 @@ fn local_model(c: &mut Criterion) {
                     &model,
                     RequestBuilder::new()
                         .add_message(TextMessageRole::User, DECODE_PROMPT)
-                        .set_sampler_max_len(DECODE_TOKENS)
-                        .set_deterministic_sampler(),
+                        .set_deterministic_sampler()
+                        .set_sampler_max_len(DECODE_TOKENS),
                 );
                 // Per DECODE_TOKENS tokens, should the model stop early.
                 let tokens = usage.completion_tokens.max(1) as f64;
@@ -233,8 +233,8 @@ fn local_model(c: &mut Criterion) {
                     &model,
                     RequestBuilder::new()
                         .add_message(TextMessageRole::User, long_text(next()))
-                        .set_sampler_max_len(1)
-                        .set_deterministic_sampler(),
+                        .set_deterministic_sampler()
+                        .set_sampler_max_len(1),
                 );
                 let seconds = usage.total_prompt_time_sec as f64;
                 m_prompt.record(

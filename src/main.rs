@@ -60,6 +60,10 @@ enum Command {
         /// compacted past it.
         #[arg(long, default_value_t = AgentConfig::default().context_tokens)]
         context_tokens: u64,
+        /// The most tokens the model may write in one step (its answer or
+        /// its calls); the budgets reserve this much before each model call.
+        #[arg(long, default_value_t = AgentConfig::default().max_output_tokens)]
+        max_output_tokens: u64,
         /// Tool outputs longer than this many bytes reach the model cut, with
         /// a handle to page through the rest (`read_output`).
         #[arg(long, default_value_t = AgentConfig::default().output_view_bytes)]
@@ -195,12 +199,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             api_key_env,
             no_stream,
             context_tokens,
+            max_output_tokens,
             output_view,
             journal,
             tools,
         } => {
             let config = AgentConfig {
                 context_tokens,
+                max_output_tokens,
                 output_view_bytes: output_view,
                 ..AgentConfig::default()
             };

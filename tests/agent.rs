@@ -502,6 +502,59 @@ async fn a_long_output_reaches_the_model_cut_and_read_output_pages_through_the_j
     assert_eq!(w.journal.verify(id), Ok(records.len() as u64));
 }
 
+#[tokio::test]
+async fn read_output_is_offered_only_once_an_output_has_reached_the_model_cut() {
+    let w = world();
+    let toolbox = common::shared_toolbox(false).await;
+    let policy = w.policy("[tools]\nallow = [\"fs_*\"]\n");
+    std::fs::write(w.dir.path().join("ws/small.txt"), "short").unwrap();
+    std::fs::write(w.dir.path().join("ws/big.txt"), "x".repeat(4000)).unwrap();
+    /// The scripted model, noting the tools each request offered.
+    struct Recording(ScriptedModel, std::sync::Mutex<Vec<Vec<String>>>);
+    impl longrun_host::model::Model for Recording {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn complete<'a>(
+            &'a self,
+            request: &'a longrun_host::model::ModelRequest,
+        ) -> longrun_host::model::ModelFuture<'a> {
+            let names = request.tools.iter().map(|t| t.name.clone()).collect();
+            self.1.lock().unwrap().push(names);
+            self.0.complete(request)
+        }
+    }
+    let script = concat!(
+        r#"{"tool_calls": [{"name": "fs_read", "arguments": {"path": "/workspace/small.txt"}}]}"#,
+        "\n",
+        r#"{"tool_calls": [{"name": "fs_read", "arguments": {"path": "/workspace/big.txt"}}]}"#,
+        "\n",
+        r#"{"content": "done"}"#
+    );
+    let model = Recording(
+        ScriptedModel::parse(script, "s").unwrap(),
+        Default::default(),
+    );
+    let config = AgentConfig {
+        output_view_bytes: 1000,
+        ..config()
+    };
+    let mut session = Session::start(&w.journal, toolbox, &policy, &model, config, "goal")
+        .await
+        .unwrap();
+    session.run().await.unwrap();
+    let offered = model.1.lock().unwrap().clone();
+    let read_output = |step: usize| offered[step].iter().any(|t| t == "read_output");
+    assert!(offered[0].iter().any(|t| t == "fs_read"));
+    assert!(!read_output(0), "nothing cut yet: {:?}", offered[0]);
+    assert!(!read_output(1), "a short output is whole: {:?}", offered[1]);
+    assert!(
+        read_output(2),
+        "after the 4000-byte output: {:?}",
+        offered[2]
+    );
+}
+
 /// A script of `steps` steps that each read a 4 KB file, then a final answer.
 fn reading_script(steps: u64) -> String {
     format!(

@@ -174,6 +174,9 @@ pub struct Session<'a> {
     interrupted: std::collections::HashMap<String, ToolIntent>,
     /// How many steps compaction has folded into the context's summary.
     compacted_steps: u64,
+    /// Whether a tool output reached the model cut (so it holds a handle
+    /// that `read_output` can page through).
+    outputs_cut: bool,
     progress: Option<ProgressHook<'a>>,
 }
 
@@ -256,6 +259,7 @@ impl<'a> Session<'a> {
             pending: Vec::new(),
             interrupted: Default::default(),
             compacted_steps: 0,
+            outputs_cut: false,
             progress: None,
         }
     }
@@ -273,6 +277,7 @@ impl<'a> Session<'a> {
         let mut ledger = Ledger::new(policy.session.clone());
         let mut messages = Vec::new();
         let mut sent = 0;
+        let mut outputs_cut = false;
         let mut pending: Vec<ToolCall> = Vec::new();
         let mut interrupted = std::collections::HashMap::new();
         let mut created_unix_millis = unix_millis();
@@ -303,6 +308,7 @@ impl<'a> Session<'a> {
                 }
                 RecordKind::ToolResult => {
                     let result: ToolResult = serde_json::from_slice(&record.payload)?;
+                    outputs_cut |= result.view_bytes.is_some();
                     let content = match (output_of(journal, &record, &result)?, &result.error) {
                         (Some(output), _) => match result.view_bytes {
                             Some(cap) => {
@@ -353,6 +359,7 @@ impl<'a> Session<'a> {
             pending,
             interrupted,
             compacted_steps,
+            outputs_cut,
             ..Session::fresh(writer, journal, toolbox, policy, model, config, price)
         })))
     }
@@ -383,8 +390,10 @@ impl<'a> Session<'a> {
             .map(|limit| limit.0.saturating_sub(self.elapsed()))
     }
 
-    /// The tools the model is offered: those the policy allows, and
-    /// `read_output`, which only reads this session's own outputs.
+    /// The tools the model is offered: those the policy allows, and, once an
+    /// output has reached the model cut, `read_output`, which only reads this
+    /// session's own outputs. (Offered from the start, a small model called
+    /// it with made-up handles instead of the tools it was asked to use.)
     fn tool_defs(&self) -> Vec<ToolDef> {
         self.toolbox
             .tools()
@@ -394,7 +403,10 @@ impl<'a> Session<'a> {
                 description: t.description.clone(),
                 parameters: t.parameters.clone(),
             })
-            .chain([context::read_output_def(self.config.output_view_bytes)])
+            .chain(
+                self.outputs_cut
+                    .then(|| context::read_output_def(self.config.output_view_bytes)),
+            )
             .collect()
     }
 
@@ -688,6 +700,7 @@ impl<'a> Session<'a> {
                 let cap = self.config.output_view_bytes;
                 let content = if view && output.len() > cap {
                     result.view_bytes = Some(cap);
+                    self.outputs_cut = true;
                     context::output_view(&output, &context::handle(self.writer.next_seq()), cap)
                 } else {
                     output.clone()

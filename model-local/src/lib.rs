@@ -22,7 +22,7 @@ use longrun_host::model::{
     Message, Model, ModelError, ModelFuture, ModelRequest, ModelResponse, Purpose, Role, ToolCall,
     ToolDef, Usage,
 };
-use mistralrs::{Constraint, GgufModelBuilder, RequestBuilder, TextMessageRole};
+use mistralrs::{Constraint, RequestBuilder, StopTokens, TextMessageRole};
 use serde_json::{Value, json};
 
 /// Why a local model did not load.
@@ -38,6 +38,8 @@ pub enum LocalError {
 pub struct LocalModel {
     name: String,
     model: mistralrs::Model,
+    /// The tokenizer's end-of-text tokens; see `end_tokens`.
+    stop: Vec<u32>,
 }
 
 impl LocalModel {
@@ -56,17 +58,16 @@ impl LocalModel {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut builder = GgufModelBuilder::new(dir, vec![file]);
-        if !cfg!(any(feature = "cuda", feature = "metal")) {
-            builder = builder.with_force_cpu();
-        }
-        let model = builder.build().await.map_err(|e| LocalError::Load {
-            path: shown,
-            message: e.to_string(),
-        })?;
+        let load = |message: String| LocalError::Load {
+            path: shown.clone(),
+            message,
+        };
+        let model = build(dir, file).await.map_err(|e| load(format!("{e:#}")))?;
+        let stop = end_tokens(&model).await;
         Ok(LocalModel {
             name: name.to_owned(),
             model,
+            stop,
         })
     }
 
@@ -76,6 +77,96 @@ impl LocalModel {
         &self.model
     }
 }
+
+/// The engine for one GGUF file: what `mistralrs::GgufModelBuilder::build`
+/// does, but with the activations in f32 on the CPU. The builder always asks
+/// for `ModelDType::Auto`, which on a CPU picks a 16-bit type; without native
+/// 16-bit arithmetic every attention step then converts element by element,
+/// which made a 135M model slower than its quantized matrix products by far.
+async fn build(dir: String, file: String) -> anyhow::Result<mistralrs::Model> {
+    use mistralrs::core::{
+        AddModelConfig, AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting,
+        EngineConfig, GGUFLoaderBuilder, GGUFSpecificConfig, ModelDType, SchedulerConfig,
+        TokenSource,
+    };
+    let loader = GGUFLoaderBuilder::new(
+        None,
+        None,
+        dir,
+        vec![file],
+        GGUFSpecificConfig { topology: None },
+        false,
+        None,
+    )
+    .build();
+    let device = mistralrs::best_device(!cfg!(any(feature = "cuda", feature = "metal")))?;
+    let dtype = if device.is_cpu() {
+        ModelDType::F32
+    } else {
+        ModelDType::Auto
+    };
+    let pipeline = loader.load_model_from_hf(
+        None,
+        TokenSource::None,
+        &dtype,
+        &device,
+        true,
+        DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
+        None,
+        None,
+    )?;
+    let scheduler = SchedulerConfig::DefaultScheduler {
+        method: DefaultSchedulerMethod::Fixed(MAX_SEQUENCES),
+    };
+    let config = AddModelConfig {
+        engine_config: EngineConfig {
+            // Kept sequences whose key-value caches a new prompt can extend.
+            prefix_cache_n: 16,
+            throughput_logging_enabled: false,
+            ..EngineConfig::default()
+        },
+        mcp_client_config: None,
+        loader_config: None,
+    };
+    Ok(
+        mistralrs::model_builder_trait::build_model_from_pipeline(pipeline, scheduler, config)
+            .await,
+    )
+}
+
+/// The ids of the end-of-text tokens this model's tokenizer has. Once the
+/// JSON constraint is satisfied, llguidance allows only its idea of the end
+/// token, which need not be the one the chat template stops at (SmolLM2:
+/// `<|endoftext|>` against `<|im_end|>`); without these as stop tokens the
+/// engine went on writing empty special tokens up to the length limit.
+async fn end_tokens(model: &mistralrs::Model) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for text in [
+        "<|endoftext|>",
+        "<|im_end|>",
+        "<|eot_id|>",
+        "<|end|>",
+        "</s>",
+        "<eos>",
+    ] {
+        let tokens = model
+            .tokenize(
+                either::Either::Right(text.to_owned()),
+                None,
+                false,
+                false,
+                None,
+            )
+            .await;
+        if let Ok([id]) = tokens.as_deref() {
+            ids.push(*id);
+        }
+    }
+    ids
+}
+
+/// Sequences the engine runs at once (sessions sharing one loaded model).
+const MAX_SEQUENCES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(32).unwrap();
 
 /// The schema every answer must match: a final answer, or one call of an
 /// offered tool with arguments valid against its schema.
@@ -97,7 +188,17 @@ pub fn answer_schema(tools: &[ToolDef]) -> Value {
             "additionalProperties": false
         }));
     }
-    json!({"anyOf": choices})
+    json!({
+        "anyOf": choices,
+        // llguidance's options: no free whitespace between JSON tokens (a
+        // small model otherwise fills its whole output budget with newlines),
+        // and the separators the protocol's examples use.
+        "x-guidance": {
+            "whitespace_flexible": false,
+            "item_separator": ", ",
+            "key_separator": ": "
+        }
+    })
 }
 
 /// The system message: how to answer, and the tools.
@@ -129,14 +230,18 @@ fn render(request: &ModelRequest) -> RequestBuilder {
             Role::System => builder.add_message(TextMessageRole::System, text),
             Role::User => builder.add_message(TextMessageRole::User, text),
             Role::Assistant => {
-                let shown = match message.tool_calls.first() {
-                    Some(call) => json!({
+                // The model's own text when it is kept (a call keeps it), so
+                // that the engine's cache of the last sequence still matches
+                // the new prompt past this turn; rebuilt otherwise.
+                let shown = match (message.tool_calls.first(), &message.content) {
+                    (Some(_), Some(raw)) => raw.clone(),
+                    (Some(call), None) => json!({
                         "tool": call.name,
                         "arguments": serde_json::from_str::<Value>(&call.arguments)
                             .unwrap_or(Value::String(call.arguments.clone()))
                     })
                     .to_string(),
-                    None => json!({"answer": text}).to_string(),
+                    (None, _) => json!({"answer": text}).to_string(),
                 };
                 builder.add_message(TextMessageRole::Assistant, shown)
             }
@@ -164,14 +269,14 @@ fn parse_answer(text: &str, step: u64) -> Result<Message, ModelError> {
         value.get("tool").and_then(Value::as_str),
         value.get("arguments"),
     ) {
+        // The call keeps the text the model wrote (see `render`).
         (Some(tool), Some(arguments)) => Ok(Message {
             tool_calls: vec![ToolCall {
                 id: format!("call_{step}_0"),
                 name: tool.to_owned(),
                 arguments: arguments.to_string(),
             }],
-            content: None,
-            ..Message::text(Role::Assistant, "")
+            ..Message::text(Role::Assistant, text.trim())
         }),
         _ => Err(ModelError::transient(format!(
             "the model's answer is neither an answer nor a tool call: {text}"
@@ -187,9 +292,12 @@ impl Model for LocalModel {
     fn complete<'a>(&'a self, request: &'a ModelRequest) -> ModelFuture<'a> {
         Box::pin(async move {
             let constrained = request.purpose == Purpose::Step;
+            // Greedy first: `set_deterministic_sampler` replaces every
+            // sampling setting, the length limit included.
             let mut builder = render(request)
+                .set_deterministic_sampler()
                 .set_sampler_max_len(request.max_output_tokens as usize)
-                .set_deterministic_sampler();
+                .set_sampler_stop_toks(StopTokens::Ids(self.stop.clone()));
             if constrained {
                 builder =
                     builder.set_constraint(Constraint::JsonSchema(answer_schema(&request.tools)));
@@ -199,11 +307,19 @@ impl Model for LocalModel {
                 .send_chat_request(builder)
                 .await
                 .map_err(|e| ModelError::Fatal(format!("local model: {e}")))?;
-            let text = response
-                .choices
-                .first()
+            let choice = response.choices.first();
+            let text = choice
                 .and_then(|c| c.message.content.clone())
                 .unwrap_or_default();
+            let cut = choice.is_some_and(|c| c.finish_reason == "length");
+            if constrained && cut && parse_answer(&text, request.step).is_err() {
+                // Greedy decoding would write the same again: not transient.
+                return Err(ModelError::Fatal(format!(
+                    "the model's answer reached the {} output tokens allowed before its JSON closed: {}",
+                    request.max_output_tokens,
+                    text.chars().take(200).collect::<String>()
+                )));
+            }
             let message = if constrained {
                 parse_answer(&text, request.step)?
             } else {
@@ -237,6 +353,11 @@ mod tests {
         .unwrap();
         assert_eq!(m.tool_calls[0].id, "call_3_0");
         assert_eq!(m.tool_calls[0].arguments, r#"{"path":"/workspace"}"#);
+        assert_eq!(
+            m.content.as_deref(),
+            Some(r#"{"tool": "fs_list", "arguments": {"path": "/workspace"}}"#),
+            "a call keeps the model's own text, for the engine's prefix cache"
+        );
         assert!(parse_answer("hello", 0).is_err());
         assert!(parse_answer(r#"{"tool": "x"}"#, 0).is_err());
     }

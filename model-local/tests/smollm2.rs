@@ -94,7 +94,7 @@ async fn a_constrained_session_on_smollm2_calls_a_tool_and_answers() {
                 "Say hello.",
             )],
             tools: vec![],
-            max_output_tokens: 32,
+            max_output_tokens: 200,
             step: 0,
             purpose: Purpose::Step,
         })
