@@ -161,6 +161,7 @@ impl ToolsDir {
 }
 
 fn main() -> ExitCode {
+    longrun_host::process::limit_malloc_arenas();
     // The local backend (mistral.rs) must never reach for a model hub: the
     // model is a local file. Set before any thread exists that could read it.
     // SAFETY: no other thread runs yet.

@@ -11,6 +11,7 @@
 //! - [`context`]: keeping a long session's context under its token limit.
 //! - [`fetch`]: the default local model's file, cached once.
 //! - [`openai`]: the OpenAI-compatible model backend (Kimi K2.6 and others).
+//! - [`process`]: process-wide settings made once at start.
 //! - [`tooldir`]: where the built-in tool components are found.
 
 pub mod agent;
@@ -23,6 +24,7 @@ pub mod model;
 pub mod netgate;
 pub mod openai;
 pub mod policy;
+pub mod process;
 pub mod sandbox;
 pub mod tooldir;
 
