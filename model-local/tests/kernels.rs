@@ -5,7 +5,7 @@
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K,
-    GgmlType,
+    GgmlType, matmul,
 };
 
 /// Deterministic values in [-1, 1), with a few outliers as real weights have.
@@ -53,6 +53,27 @@ fn q4_1_kernel_matches_the_scalar_reference() {
     // The shapes of SmolLM2-135M's projections.
     assert!(largest_difference::<BlockQ4_1>(576, 1536) < ROUNDING);
     assert!(largest_difference::<BlockQ4_1>(1536, 576) < ROUNDING);
+    // An odd number of blocks: the kernel takes them two at a time.
+    assert!(largest_difference::<BlockQ4_1>(32 * 19, 64) < ROUNDING);
+}
+
+/// A prompt (several rows) goes through the patched matrix product, which
+/// works column by column; one row goes through candle's row-by-row one. Both
+/// give, for every row, the dot products of that row alone.
+#[test]
+fn a_several_row_product_equals_its_rows_one_at_a_time() {
+    let (m, k, n) = (5, 576, 40);
+    let weights = values(k * n, 3);
+    let input = values(m * k, 4);
+    let mut w = vec![BlockQ4_1::zeros(); k * n / BlockQ4_1::BLCK_SIZE];
+    BlockQ4_1::from_float(&weights, &mut w);
+    let mut all_rows = vec![0f32; m * n];
+    matmul((m, k, n), &input, &w, &mut all_rows).unwrap();
+    for row in 0..m {
+        let mut one_row = vec![0f32; n];
+        matmul((1, k, n), &input[row * k..(row + 1) * k], &w, &mut one_row).unwrap();
+        assert_eq!(all_rows[row * n..(row + 1) * n], one_row[..], "row {row}");
+    }
 }
 
 #[test]

@@ -10,13 +10,21 @@ use core::arch::x86::*;
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
-/// longrun patch: f16 to f32 with F16C, inline. `half`'s conversion detects
-/// F16C at run time on every call when the crate is built without it, an
-/// out-of-line call per block scale that cost the kernels most of their
-/// speed. Every CPU with AVX2 has F16C (`runtime::available` checks it too).
+/// longrun patch: the product of two f16 block scales, converted with F16C
+/// inline. `half`'s conversion detects F16C at run time on every call when
+/// the crate is built without it, an out-of-line call per block that cost the
+/// kernels most of their speed. Every CPU with AVX2 has F16C
+/// (`runtime::available` checks it too).
+///
+/// Both halves go in with one 32-bit move (`vmovd` clears the rest of the
+/// register). Converted one at a time, each became a `vpinsrw` into whatever
+/// register LLVM picked, here the kernel's accumulator: a false dependency
+/// that chained every block's scale to the previous block's sum.
 #[inline(always)]
-pub(crate) unsafe fn f16_to_f32(x: f16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
+pub(crate) unsafe fn f16_product(a: f16, b: f16) -> f32 {
+    let both = (a.to_bits() as u32 | (b.to_bits() as u32) << 16) as i32;
+    let both = _mm_cvtph_ps(_mm_cvtsi32_si128(both));
+    _mm_cvtss_f32(_mm_mul_ss(both, _mm_movehdup_ps(both)))
 }
 
 #[inline(always)]
@@ -65,7 +73,7 @@ pub(crate) fn vec_dot_q4_0_q8_0(n: usize, xs: &[BlockQ4_0], ys: &[BlockQ8_0]) ->
     unsafe {
         let mut acc = _mm256_setzero_ps();
         for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = _mm256_set1_ps(f16_to_f32(x.d) * f16_to_f32(y.d));
+            let d = _mm256_set1_ps(f16_product(x.d, y.d));
             let bx = bytes_from_nibbles_32(x.qs.as_ptr());
             let off = _mm256_set1_epi8(8);
             let bx = _mm256_sub_epi8(bx, off);
@@ -81,24 +89,49 @@ pub(crate) fn vec_dot_q4_0_q8_0(n: usize, xs: &[BlockQ4_0], ys: &[BlockQ8_0]) ->
 // which candle 0.10 lacks: its Q4_1 dot product was always the scalar one.
 // Each block contributes d_x * d_y * sum(q_x * q_y) + m_x * s_y, where
 // s_y = d_y * sum(q_y) is stored in the Q8_1 block.
+//
+// The four scales of a block pair are converted together, from one 64-bit
+// move, for the reason given at `f16_product`.
 #[inline(always)]
 pub(crate) fn vec_dot_q4_1_q8_1(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> f32 {
     debug_assert!(
         n.is_multiple_of(QK8_1),
         "vec_dot_q4_1_q8_1: {n} is not divisible by {QK8_1}"
     );
+    /// One block: its sums go into `acc` (d_x * d_y * q_x . q_y, eight
+    /// lanes) and lane 1 of `mins` (m_x * s_y).
+    #[inline(always)]
+    unsafe fn block(x: &BlockQ4_1, y: &BlockQ8_1, acc: &mut __m256, mins: &mut __m128) {
+        let halves = x.d.to_bits() as u64
+            | (x.m.to_bits() as u64) << 16
+            | (y.d.to_bits() as u64) << 32
+            | (y.s.to_bits() as u64) << 48;
+        // [d_x, m_x, d_y, s_y] * [d_y, s_y, d_y, s_y]
+        let scales = _mm_cvtph_ps(_mm_cvtsi64_si128(halves as i64));
+        let products = _mm_mul_ps(scales, _mm_movehl_ps(scales, scales));
+        *mins = _mm_add_ps(*mins, products);
+        let d = _mm256_broadcastss_ps(products);
+        let bx = bytes_from_nibbles_32(x.qs.as_ptr());
+        let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        let q = mul_sum_us8_pairs_float(bx, by);
+        *acc = _mm256_fmadd_ps(d, q, *acc);
+    }
     unsafe {
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
-        for (x, y) in xs.iter().zip(ys.iter()) {
-            mins += f16_to_f32(x.m) * f16_to_f32(y.s);
-            let d = _mm256_set1_ps(f16_to_f32(x.d) * f16_to_f32(y.d));
-            let bx = bytes_from_nibbles_32(x.qs.as_ptr());
-            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-            let q = mul_sum_us8_pairs_float(bx, by);
-            acc = _mm256_fmadd_ps(d, q, acc);
+        // Two independent sums, so that one block need not wait for the
+        // previous block's additions.
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut mins0, mut mins1) = (_mm_setzero_ps(), _mm_setzero_ps());
+        let pairs = xs.chunks_exact(2).zip(ys.chunks_exact(2));
+        for (x, y) in pairs {
+            block(&x[0], &y[0], &mut acc0, &mut mins0);
+            block(&x[1], &y[1], &mut acc1, &mut mins1);
         }
-        hsum_float_8(acc) + mins
+        let blocks = xs.len().min(ys.len());
+        if blocks % 2 == 1 {
+            block(&xs[blocks - 1], &ys[blocks - 1], &mut acc0, &mut mins0);
+        }
+        let mins = _mm_add_ps(mins0, mins1);
+        hsum_float_8(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(mins))
     }
 }
 
@@ -111,7 +144,7 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) ->
     unsafe {
         let mut acc = _mm256_setzero_ps();
         for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = _mm256_set1_ps(f16_to_f32(x.d) * f16_to_f32(y.d));
+            let d = _mm256_set1_ps(f16_product(x.d, y.d));
             let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
             let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
             let q = mul_sum_i8_pairs_float(bx, by);

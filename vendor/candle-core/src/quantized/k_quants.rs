@@ -2354,6 +2354,35 @@ pub fn matmul<T: GgmlType>(
         }
     }
 
+    if m > 1 {
+        // longrun patch: several rows (a prompt). Each task takes a few weight
+        // columns and computes them for every row, so that a column is read
+        // once, from cache, instead of once per row, and the pool is entered
+        // once instead of once per row. Results are computed column by column
+        // and then laid out row by row.
+        const COLUMNS_PER_TASK: usize = 8;
+        let mut by_column = vec![0f32; n * m];
+        by_column
+            .par_chunks_mut(m * COLUMNS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, out)| {
+                for (i, out) in out.chunks_mut(m).enumerate() {
+                    let col_idx = task * COLUMNS_PER_TASK + i;
+                    let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
+                    for (row_idx, out) in out.iter_mut().enumerate() {
+                        let lhs_row = &lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
+                        *out = T::vec_dot(k, rhs_col, lhs_row);
+                    }
+                }
+            });
+        for (col_idx, column) in by_column.chunks(m).enumerate() {
+            for (row_idx, value) in column.iter().enumerate() {
+                dst[row_idx * n + col_idx] = *value;
+            }
+        }
+        return Ok(());
+    }
+
     for row_idx in 0..m {
         let lhs_row = &lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
         let dst_row = &mut dst[row_idx * n..(row_idx + 1) * n];
