@@ -193,8 +193,7 @@ fn local_model(c: &mut Criterion) {
     let (m_decode, l_decode) = (Samples::default(), Samples::default());
     group.bench_function("decode/mistral.rs", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
+            m_decode.measure(iters, || {
                 let (usage, _) = mistral(
                     &runtime,
                     &model,
@@ -207,33 +206,27 @@ fn local_model(c: &mut Criterion) {
                 let tokens = usage.completion_tokens.max(1) as f64;
                 let seconds =
                     usage.total_completion_time_sec as f64 * DECODE_TOKENS as f64 / tokens;
-                m_decode.record(Duration::from_secs_f64(seconds), DECODE_TOKENS as u64);
-                total += Duration::from_secs_f64(seconds);
-            }
-            total
+                (Duration::from_secs_f64(seconds), DECODE_TOKENS as u64)
+            })
         })
     });
     group.bench_function("decode/llama.cpp", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
+            l_decode.measure(iters, || {
                 let (tokens, seconds) = llama.ask(json!({
                     "op": "decode",
                     "text": chat(SYSTEM, &[("user", DECODE_PROMPT)]),
                     "n": DECODE_TOKENS,
                 }));
-                l_decode.record(Duration::from_secs_f64(seconds), tokens);
-                total += Duration::from_secs_f64(seconds);
-            }
-            total
+                (Duration::from_secs_f64(seconds), tokens)
+            })
         })
     });
 
     let (m_prompt, l_prompt) = (Samples::default(), Samples::default());
     group.bench_function("prompt/mistral.rs", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
+            m_prompt.measure(iters, || {
                 let (usage, seconds) = mistral(
                     &runtime,
                     &model,
@@ -242,25 +235,20 @@ fn local_model(c: &mut Criterion) {
                         .set_deterministic_sampler()
                         .set_sampler_max_len(1),
                 );
-                m_prompt.record(
+                (
                     Duration::from_secs_f64(seconds),
                     usage.prompt_tokens.max(1) as u64,
-                );
-                total += Duration::from_secs_f64(seconds);
-            }
-            total
+                )
+            })
         })
     });
     group.bench_function("prompt/llama.cpp", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
+            l_prompt.measure(iters, || {
                 let text = chat(SYSTEM, &[("user", &long_text(next()))]);
                 let (tokens, seconds) = llama.ask(json!({"op": "prompt", "text": text}));
-                l_prompt.record(Duration::from_secs_f64(seconds), tokens);
-                total += Duration::from_secs_f64(seconds);
-            }
-            total
+                (Duration::from_secs_f64(seconds), tokens)
+            })
         })
     });
     group.finish();
@@ -287,8 +275,7 @@ fn local_model(c: &mut Criterion) {
     let mut curve = Vec::new();
     group.bench_function(format!("step{STEPS}/with_prefix_reuse"), |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
+            reused.measure(iters, || {
                 let system = format!("{SYSTEM}. Session {}.", next());
                 curve.clear();
                 for step in 1..=STEPS {
@@ -296,23 +283,18 @@ fn local_model(c: &mut Criterion) {
                     curve.push((usage.prompt_tokens, seconds));
                 }
                 let (_, last) = curve[STEPS - 1];
-                reused.record(Duration::from_secs_f64(last), 1);
-                total += Duration::from_secs_f64(last);
-            }
-            total
+                (Duration::from_secs_f64(last), 1)
+            })
         })
     });
     let whole = Samples::default();
     group.bench_function(format!("step{STEPS}/whole_context"), |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
+            whole.measure(iters, || {
                 let system = format!("{SYSTEM}. Session {}.", next());
                 let (_, seconds) = mistral(&runtime, &model, conversation(&system, STEPS));
-                whole.record(Duration::from_secs_f64(seconds), 1);
-                total += Duration::from_secs_f64(seconds);
-            }
-            total
+                (Duration::from_secs_f64(seconds), 1)
+            })
         })
     });
     group.finish();

@@ -16,6 +16,20 @@ impl Samples {
         }
     }
 
+    /// For criterion's `iter_custom`: run `once` `iters` times, each run
+    /// returning the time it measured and the units (tokens, steps) that
+    /// time covers; records each run per unit and returns the total time.
+    #[allow(dead_code)] // Not every benchmark measures run by run.
+    pub fn measure(&self, iters: u64, mut once: impl FnMut() -> (Duration, u64)) -> Duration {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let (elapsed, units) = once();
+            self.record(elapsed, units);
+            total += elapsed;
+        }
+        total
+    }
+
     /// The median seconds per iteration, if any sample was taken.
     pub fn median(&self) -> Option<f64> {
         let mut s = self.0.lock().ok()?.clone();

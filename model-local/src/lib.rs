@@ -312,18 +312,21 @@ impl Model for LocalModel {
                 .and_then(|c| c.message.content.clone())
                 .unwrap_or_default();
             let cut = choice.is_some_and(|c| c.finish_reason == "length");
-            if constrained && cut && parse_answer(&text, request.step).is_err() {
-                // Greedy decoding would write the same again: not transient.
-                return Err(ModelError::Fatal(format!(
-                    "the model's answer reached the {} output tokens allowed before its JSON closed: {}",
-                    request.max_output_tokens,
-                    text.chars().take(200).collect::<String>()
-                )));
-            }
-            let message = if constrained {
-                parse_answer(&text, request.step)?
-            } else {
+            let message = if !constrained {
                 Message::text(Role::Assistant, text)
+            } else {
+                match parse_answer(&text, request.step) {
+                    Ok(message) => message,
+                    // Greedy decoding would write the same again: not transient.
+                    Err(_) if cut => {
+                        return Err(ModelError::Fatal(format!(
+                            "the model's answer reached the {} output tokens allowed before its JSON closed: {}",
+                            request.max_output_tokens,
+                            text.chars().take(200).collect::<String>()
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                }
             };
             Ok(ModelResponse {
                 message,
