@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use longrun_host::journal::{Hash, Journal, JournalError, RecordKind, SessionId, VerifyError};
+use longrun_host::journal::{
+    Hash, Journal, JournalError, RecordKind, SessionId, VerifyError, open_storage,
+};
 
 /// A session of `steps` records; every third one references a blob (a
 /// shared one, stored once, and one of its own).
@@ -53,7 +55,7 @@ impl RawBlobs {
 /// Run `f` on the raw sled trees of a closed journal, the way someone
 /// editing the files would.
 fn tamper(dir: &Path, f: impl FnOnce(&sled::Tree, &RawBlobs)) {
-    let db = sled::open(dir).unwrap();
+    let db = open_raw(dir);
     f(
         &db.open_tree("records").unwrap(),
         &RawBlobs {
@@ -62,6 +64,12 @@ fn tamper(dir: &Path, f: impl FnOnce(&sled::Tree, &RawBlobs)) {
         },
     );
     db.flush().unwrap();
+}
+
+/// The sled database under a closed journal, opened the way the journal
+/// opens it (waiting for the lock a just-closed journal gives up).
+fn open_raw(dir: &Path) -> sled::Db {
+    open_storage(sled::Config::new().path(dir)).unwrap()
 }
 
 fn key(session: SessionId, seq: u64) -> [u8; 16] {
@@ -123,6 +131,30 @@ fn a_session_has_only_one_writer() {
 }
 
 #[test]
+fn a_journal_held_open_elsewhere_is_refused_naming_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _holder = Journal::open(dir.path()).unwrap();
+    let err = Journal::open(dir.path()).err().unwrap();
+    assert!(matches!(err, JournalError::Locked(ref path) if path == dir.path()));
+    assert!(err.to_string().contains("is open elsewhere"), "{err}");
+}
+
+#[test]
+fn a_journal_reopens_at_once_after_it_is_closed() {
+    // sled's background writers hold its lock a moment after a close; a
+    // reopen in the same process waits for them instead of failing.
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..50u64 {
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut writer = journal.create_session().unwrap();
+        writer
+            .append(RecordKind::SessionCreated, b"{}", &[])
+            .unwrap();
+        assert_eq!(journal.sessions().unwrap().len() as u64, round + 1);
+    }
+}
+
+#[test]
 fn a_record_cannot_reference_a_blob_that_is_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
@@ -141,7 +173,7 @@ fn a_blob_is_stored_once_however_often_it_is_referenced() {
     let journal = Journal::open(dir.path()).unwrap();
     write_session(&journal, 30);
     drop(journal);
-    let db = sled::open(dir.path()).unwrap();
+    let db = open_raw(dir.path());
     // One shared blob, plus one of its own for each of the 10 steps i % 3 == 0.
     assert_eq!(db.open_tree("blob_data").unwrap().len(), 11);
     assert_eq!(db.open_tree("blob_index").unwrap().len(), 11);
@@ -154,7 +186,7 @@ fn every_changed_byte_of_every_record_is_found_and_named() {
         let journal = Journal::open(dir.path()).unwrap();
         write_session(&journal, 8)
     };
-    let db = sled::open(dir.path()).unwrap();
+    let db = open_raw(dir.path());
     let records = db.open_tree("records").unwrap();
     let originals: Vec<Vec<u8>> = (0..8)
         .map(|i| records.get(key(session, i)).unwrap().unwrap().to_vec())

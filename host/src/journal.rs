@@ -30,7 +30,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const FORMAT_VERSION: u8 = 1;
 const HASH_LEN: usize = 32;
@@ -114,6 +114,11 @@ pub struct Appended {
 pub enum JournalError {
     #[error("journal storage: {0}")]
     Storage(#[from] sled::Error),
+    #[error(
+        "the journal in {} is open elsewhere (another longrun process holds its lock)",
+        .0.display()
+    )]
+    Locked(std::path::PathBuf),
     #[error("no session {0} in the journal")]
     NoSession(SessionId),
     #[error("session {0} already has a writer")]
@@ -185,6 +190,41 @@ impl Default for JournalOptions {
     }
 }
 
+/// How long opening waits for the storage's lock before it reports the
+/// journal as open elsewhere.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Open sled's storage as `config` says, waiting up to [`LOCK_WAIT`] for its
+/// lock file.
+///
+/// Why wait: sled takes an exclusive lock on its file when opened, and a
+/// dropped `sled::Db` gives it up only when sled's own background writers,
+/// which hold the file too, have finished, a moment later. Reopening a
+/// journal in the same process (a host restarting a session, a test, an
+/// auditor after a writer) must not fail on that moment; another process
+/// that really holds the journal still gets [`JournalError::Locked`].
+#[doc(hidden)]
+pub fn open_storage(config: sled::Config) -> Result<sled::Db, JournalError> {
+    let started = Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e)) if is_lock_contention(&e) => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(JournalError::Locked(config.path.clone()));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// sled 0.34 reports a held lock only as an `Other` I/O error with this
+/// message (its `Config::try_lock`).
+fn is_lock_contention(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Other && e.to_string().starts_with("could not acquire lock")
+}
+
 impl Journal {
     /// Open (or create) the journal in `dir`, for a host.
     pub fn open(dir: &Path) -> Result<Arc<Journal>, JournalError> {
@@ -193,12 +233,13 @@ impl Journal {
 
     /// Open (or create) the journal in `dir`.
     pub fn open_with(dir: &Path, options: JournalOptions) -> Result<Arc<Journal>, JournalError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(options.cache_bytes)
-            // Durability comes from explicit flushes, never from a timer.
-            .flush_every_ms(None)
-            .open()?;
+        let db = open_storage(
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(options.cache_bytes)
+                // Durability comes from explicit flushes, never from a timer.
+                .flush_every_ms(None),
+        )?;
         let records = db.open_tree("records")?;
         let blob_data = db.open_tree("blob_data")?;
         let blob_index = db.open_tree("blob_index")?;
