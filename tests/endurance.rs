@@ -6,7 +6,9 @@
 //! journal holds only what each step added.
 //!
 //! It runs alone in its own test binary so that no other test's memory is
-//! counted.
+//! counted. `LONGRUN_ENDURANCE_CURVE=1` prints the resident set and the
+//! allocator's heap in use every 1,000 steps: the heap tells live growth
+//! from memory the allocator holds free.
 
 mod common;
 
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use longrun_host::agent::{AgentConfig, Session, SessionStatus};
 use longrun_host::journal::{Journal, RecordKind, SessionId};
 use longrun_host::model::ScriptedModel;
+use longrun_host::process::heap_in_use;
 
 const STEPS: u64 = 20_000;
 const OUTPUT_BYTES: u64 = 4096;
@@ -123,7 +126,9 @@ async fn endurance_session() {
         // sizes, so that measuring does not disturb what is measured.
         session.on_step(move |p| {
             if p.step % SAMPLE_EVERY == 0 {
-                rss.lock().unwrap().push((p.step, rss_bytes()));
+                rss.lock()
+                    .unwrap()
+                    .push((p.step, rss_bytes(), heap_in_use().unwrap_or(0)));
             }
             if p.step == EARLY || p.step == STEPS {
                 sizes
@@ -146,20 +151,24 @@ async fn endurance_session() {
 
     let rss = rss.lock().unwrap().clone();
     if std::env::var_os("LONGRUN_ENDURANCE_CURVE").is_some() {
-        for (step, bytes) in rss.iter().filter(|(s, _)| s % 1000 == 0 || *s <= 1000) {
-            eprintln!("rss at step {step}: {:.1} MiB", *bytes as f64 / 1048576.0);
+        for (step, bytes, heap) in rss.iter().filter(|(s, _, _)| s % 1000 == 0 || *s <= 1000) {
+            eprintln!(
+                "step {step}: rss {:.1} MiB, heap in use {:.1} MiB",
+                *bytes as f64 / 1048576.0,
+                *heap as f64 / 1048576.0
+            );
         }
     }
     let quarter = STEPS / 4;
     let first: Vec<u64> = rss
         .iter()
-        .filter(|(s, _)| *s <= quarter)
-        .map(|(_, b)| *b)
+        .filter(|(s, _, _)| *s <= quarter)
+        .map(|(_, b, _)| *b)
         .collect();
     let last: Vec<u64> = rss
         .iter()
-        .filter(|(s, _)| *s > STEPS - quarter)
-        .map(|(_, b)| *b)
+        .filter(|(s, _, _)| *s > STEPS - quarter)
+        .map(|(_, b, _)| *b)
         .collect();
     let (first, last) = (mean(&first), mean(&last));
     let sizes = sizes.lock().unwrap().clone();

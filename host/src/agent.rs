@@ -870,6 +870,9 @@ impl<'a> Session<'a> {
         self.messages = after;
         self.sent = sent;
         self.compacted_steps = through_step;
+        // What the compaction freed lies between live allocations; give it
+        // back, so that a session of days keeps a flat resident set.
+        crate::process::release_free_memory();
         if self.time_left().is_some_and(|left| left.is_zero()) {
             return self.pause(self.out_of_time()).await.map(Some);
         }

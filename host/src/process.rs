@@ -1,5 +1,9 @@
-//! Process-wide settings that a long-running host makes once, at start,
-//! before it starts any thread.
+//! Process-wide memory settings of a long-running host: what it sets once,
+//! at start, before it starts any thread, and what it gives back to the
+//! operating system as it runs.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Cap glibc's malloc arenas at the number of cores.
 ///
@@ -26,5 +30,90 @@ pub fn limit_malloc_arenas() {
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, cap);
         }
+    }
+}
+
+/// Bytes the allocator has handed out and not had back (glibc's
+/// `mallinfo2`: its arenas plus the chunks it mapped on its own), or `None`
+/// elsewhere than glibc.
+///
+/// Beside the resident set it tells live growth from fragmentation: the
+/// resident set also counts freed memory the allocator still holds.
+pub fn heap_in_use() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics.
+        let info = unsafe { libc::mallinfo2() };
+        Some((info.uordblks + info.hblkhd) as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// The shortest time between two [`release_free_memory`] calls that trim:
+/// trimming walks every arena under its lock, so many sessions compacting
+/// at once share one trim.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Give the memory the allocator holds free back to the operating system
+/// (glibc's `malloc_trim`), at most once per [`TRIM_INTERVAL`] in the
+/// process. Returns whether it trimmed.
+///
+/// Why: glibc keeps freed memory in its arenas for reuse, and what a session
+/// frees at a compaction (its old context, the outputs folded away) lies
+/// between live allocations, where it stays resident. Measured with the
+/// 20,000-step endurance test: the heap in use is flat after the first
+/// 2,000 steps (about 41 MiB), while the resident set without trimming
+/// settled anywhere from 12 to 25 MiB above it, run to run (last quarter
+/// +2.5…+14.7% over the first in nine runs); trimming after compactions, it
+/// stays 8 to 11 MiB above (+3.0…+7.7% in six runs).
+pub fn release_free_memory() -> bool {
+    static LAST_TRIM: Mutex<Option<Instant>> = Mutex::new(None);
+    let Ok(mut last) = LAST_TRIM.try_lock() else {
+        // Another thread is trimming right now.
+        return false;
+    };
+    if last.is_some_and(|at| at.elapsed() < TRIM_INTERVAL) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only returns free pages to the system; it is
+        // safe to call from any thread at any time.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        true
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_memory_is_released_at_most_once_per_interval() {
+        let started = Instant::now();
+        while !release_free_memory() {
+            assert!(started.elapsed() < 2 * TRIM_INTERVAL, "never trimmed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!release_free_memory(), "trimmed again at once");
+    }
+
+    #[test]
+    fn the_heap_in_use_counts_a_live_allocation() {
+        let before = heap_in_use().unwrap();
+        let block = std::hint::black_box(vec![1u8; 8 << 20]);
+        let during = heap_in_use().unwrap();
+        drop(block);
+        assert!(during >= before + (8 << 20), "{before} then {during}");
     }
 }
