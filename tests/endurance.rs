@@ -118,15 +118,18 @@ async fn endurance_session() {
     .await
     .unwrap();
     let id = session.id();
-    let rss = Arc::new(Mutex::new(Vec::new()));
+    // (step, resident set, heap in use), every SAMPLE_EVERY steps.
+    let memory = Arc::new(Mutex::new(Vec::new()));
     let sizes = Arc::new(Mutex::new(Vec::new()));
     {
-        let (rss, sizes, journal) = (rss.clone(), sizes.clone(), journal.clone());
-        // The hook only reads a number from /proc and the journal's file
-        // sizes, so that measuring does not disturb what is measured.
+        let (memory, sizes, journal) = (memory.clone(), sizes.clone(), journal.clone());
+        // The hook only reads a number from /proc, the allocator's
+        // statistics and the journal's file sizes, so that measuring does
+        // not disturb what is measured.
         session.on_step(move |p| {
             if p.step % SAMPLE_EVERY == 0 {
-                rss.lock()
+                memory
+                    .lock()
                     .unwrap()
                     .push((p.step, rss_bytes(), heap_in_use().unwrap_or(0)));
             }
@@ -149,23 +152,26 @@ async fn endurance_session() {
     );
     assert_eq!(session.ledger().used.tool_calls, STEPS);
 
-    let rss = rss.lock().unwrap().clone();
+    let memory = memory.lock().unwrap().clone();
     if std::env::var_os("LONGRUN_ENDURANCE_CURVE").is_some() {
-        for (step, bytes, heap) in rss.iter().filter(|(s, _, _)| s % 1000 == 0 || *s <= 1000) {
+        for (step, rss, heap) in memory
+            .iter()
+            .filter(|(s, _, _)| s % 1000 == 0 || *s <= 1000)
+        {
             eprintln!(
                 "step {step}: rss {:.1} MiB, heap in use {:.1} MiB",
-                *bytes as f64 / 1048576.0,
+                *rss as f64 / 1048576.0,
                 *heap as f64 / 1048576.0
             );
         }
     }
     let quarter = STEPS / 4;
-    let first: Vec<u64> = rss
+    let first: Vec<u64> = memory
         .iter()
         .filter(|(s, _, _)| *s <= quarter)
         .map(|(_, b, _)| *b)
         .collect();
-    let last: Vec<u64> = rss
+    let last: Vec<u64> = memory
         .iter()
         .filter(|(s, _, _)| *s > STEPS - quarter)
         .map(|(_, b, _)| *b)
