@@ -1,11 +1,12 @@
 //! The quantized dot-product kernels of the patched candle-core (see
 //! `vendor/candle-core/LONGRUN-PATCH.md`): whatever kernel `vec_dot` picks on
 //! this machine (the AVX2 one, chosen at run time, where the CPU has it) gives
-//! what candle's scalar reference gives, for every format that has a kernel.
+//! what candle's scalar reference gives, for every format that has a kernel;
+//! so do the four-row kernel of prompts and the quantization of activations.
 
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K,
-    GgmlType, matmul,
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1,
+    BlockQ8K, GgmlType, matmul,
 };
 
 /// Deterministic values in [-1, 1), with a few outliers as real weights have.
@@ -58,11 +59,15 @@ fn q4_1_kernel_matches_the_scalar_reference() {
 }
 
 /// A prompt (several rows) goes through the patched matrix product, which
-/// works column by column; one row goes through candle's row-by-row one. Both
-/// give, for every row, the dot products of that row alone.
+/// works on a few columns at a time, four rows at a time (`vec_dot_4rows`),
+/// then row by row for the rest; one row goes through candle's row-by-row one.
+/// Both give, for every row, the dot products of that row alone, up to the
+/// order in which the kernels add.
 #[test]
 fn a_several_row_product_equals_its_rows_one_at_a_time() {
-    let (m, k, n) = (5, 576, 40);
+    // Seven rows: one group of four and three left over; 40 columns: two
+    // tasks of sixteen and one of eight.
+    let (m, k, n) = (7, 576, 40);
     let weights = values(k * n, 3);
     let input = values(m * k, 4);
     let mut w = vec![BlockQ4_1::zeros(); k * n / BlockQ4_1::BLCK_SIZE];
@@ -72,8 +77,75 @@ fn a_several_row_product_equals_its_rows_one_at_a_time() {
     for row in 0..m {
         let mut one_row = vec![0f32; n];
         matmul((1, k, n), &input[row * k..(row + 1) * k], &w, &mut one_row).unwrap();
-        assert_eq!(all_rows[row * n..(row + 1) * n], one_row[..], "row {row}");
+        let scale = one_row.iter().fold(0f32, |s, v| s.max(v.abs()));
+        for (col, (several, one)) in all_rows[row * n..(row + 1) * n]
+            .iter()
+            .zip(&one_row)
+            .enumerate()
+        {
+            assert!(
+                (several - one).abs() <= ROUNDING * scale,
+                "row {row} column {col}: {several} against {one}"
+            );
+        }
     }
+}
+
+#[test]
+fn the_four_row_q4_1_kernel_gives_each_rows_own_dot_product() {
+    let (k, columns) = (1536, 64);
+    let blocks = k / BlockQ4_1::BLCK_SIZE;
+    let mut w = vec![BlockQ4_1::zeros(); columns * blocks];
+    BlockQ4_1::from_float(&values(k * columns, 5), &mut w);
+    let mut x = vec![BlockQ8_1::zeros(); 4 * blocks];
+    BlockQ8_1::from_float(&values(4 * k, 6), &mut x);
+    let rows: Vec<&[BlockQ8_1]> = x.chunks(blocks).collect();
+    let rows = [rows[0], rows[1], rows[2], rows[3]];
+    let (mut diff, mut scale) = (0f32, 0f32);
+    for column in w.chunks(blocks) {
+        let four = BlockQ4_1::vec_dot_4rows(k, column, rows);
+        for (value, row) in four.into_iter().zip(rows) {
+            let reference = BlockQ4_1::vec_dot_unopt(k, column, row);
+            assert!(value.is_finite(), "a finite result");
+            diff = diff.max((value - reference).abs());
+            scale = scale.max(reference.abs());
+        }
+    }
+    assert!(
+        diff / scale < ROUNDING,
+        "largest difference {diff}, largest result {scale}"
+    );
+}
+
+#[test]
+fn activations_are_quantized_as_candles_scalar_code_does_halves_away_from_zero() {
+    // Random values, and a block whose largest value is 127, so that the
+    // scale is exactly 1 and values ending in .5 are ties: the scalar code
+    // rounds them away from zero (2.5 to 3, -0.5 to -1), not to even.
+    let mut input = values(32 * 48, 7);
+    let ties = [127.0, 2.5, -2.5, 0.5, -0.5, 1.5, -1.5, 126.5];
+    input[..8].copy_from_slice(&ties);
+    let mut fast = vec![BlockQ8_1::zeros(); 48];
+    let mut reference = vec![BlockQ8_1::zeros(); 48];
+    BlockQ8_1::from_float(&input, &mut fast);
+    BlockQ8_1::from_float_unopt(&input, &mut reference);
+    for (i, (fast, reference)) in fast.iter().zip(&reference).enumerate() {
+        assert_eq!(fast, reference, "block {i}");
+    }
+    // The tie block, read back through a dot product with ones (and 127
+    // beside them, for a scale of exactly 1): 127 + 3 - 3 + 1 - 1 + 2 - 2 + 127.
+    let tie_sum: f32 = [127.0, 3.0, -3.0, 1.0, -1.0, 2.0, -2.0, 127.0].iter().sum();
+    let mut first = vec![BlockQ8_1::zeros(); 1];
+    let mut block = [0f32; 32];
+    block[..8].copy_from_slice(&ties);
+    BlockQ8_1::from_float(&block, &mut first);
+    let mut ones = vec![BlockQ8_1::zeros(); 1];
+    let mut one_values = [0f32; 32];
+    one_values[..8].fill(1.0);
+    one_values[8] = 127.0; // a scale of exactly 1
+    BlockQ8_1::from_float(&one_values, &mut ones);
+    let sum = BlockQ8_1::vec_dot(32, &ones, &first);
+    assert_eq!(sum, tie_sum);
 }
 
 #[test]

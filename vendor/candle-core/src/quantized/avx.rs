@@ -135,6 +135,143 @@ pub(crate) fn vec_dot_q4_1_q8_1(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) ->
     }
 }
 
+// longrun patch: one Q4_1 weight row against four Q8_1 activation rows, for
+// matrix products over several rows (a prompt). The weight block is unpacked
+// once for the four rows, and the four rows' sums are independent chains. Each
+// result is what `vec_dot_q4_1_q8_1` gives for its row, up to rounding (the
+// sums are added in another order).
+#[inline(always)]
+pub(crate) fn vec_dot_q4_1_q8_1_4rows(
+    n: usize,
+    xs: &[BlockQ4_1],
+    ys: [&[BlockQ8_1]; 4],
+) -> [f32; 4] {
+    debug_assert!(
+        n.is_multiple_of(QK8_1),
+        "vec_dot_q4_1_q8_1_4rows: {n} is not divisible by {QK8_1}"
+    );
+    let blocks = ys.iter().fold(xs.len(), |blocks, y| blocks.min(y.len()));
+    let [y0, y1, y2, y3] = ys.map(|y| &y[..blocks]);
+    unsafe {
+        /// Lane `LANE` of `v` in all eight lanes.
+        #[inline(always)]
+        unsafe fn lane<const LANE: i32>(v: __m128) -> __m256 {
+            _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_set1_epi32(LANE))
+        }
+        /// Four f16 values in one register, from one 64-bit move (see
+        /// `f16_product` for why not one at a time).
+        #[inline(always)]
+        unsafe fn four(a: f16, b: f16, c: f16, d: f16) -> __m128 {
+            let bits = a.to_bits() as u64
+                | (b.to_bits() as u64) << 16
+                | (c.to_bits() as u64) << 32
+                | (d.to_bits() as u64) << 48;
+            _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64))
+        }
+        /// The unpacked weight block times one activation block.
+        #[inline(always)]
+        unsafe fn q(bx: __m256i, y: &BlockQ8_1) -> __m256 {
+            mul_sum_us8_pairs_float(bx, _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i))
+        }
+        // No closures in these kernels: a closure is compiled without the
+        // target features of the function around it.
+        let mut acc = [_mm256_setzero_ps(); 4];
+        // Lane r: the sum of m_x * s_y over the blocks of row r.
+        let mut mins = _mm_setzero_ps();
+        for (i, x) in xs[..blocks].iter().enumerate() {
+            let (b0, b1, b2, b3) = (&y0[i], &y1[i], &y2[i], &y3[i]);
+            let x_scales = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                (x.d.to_bits() as u32 | (x.m.to_bits() as u32) << 16) as i32,
+            ));
+            let d_xy = _mm_mul_ps(
+                _mm_broadcastss_ps(x_scales),
+                four(b0.d, b1.d, b2.d, b3.d),
+            );
+            let m_x = _mm_movehdup_ps(x_scales);
+            let m_x = _mm_movelh_ps(m_x, m_x);
+            mins = _mm_add_ps(mins, _mm_mul_ps(m_x, four(b0.s, b1.s, b2.s, b3.s)));
+            let bx = bytes_from_nibbles_32(x.qs.as_ptr());
+            acc[0] = _mm256_fmadd_ps(lane::<0>(d_xy), q(bx, b0), acc[0]);
+            acc[1] = _mm256_fmadd_ps(lane::<1>(d_xy), q(bx, b1), acc[1]);
+            acc[2] = _mm256_fmadd_ps(lane::<2>(d_xy), q(bx, b2), acc[2]);
+            acc[3] = _mm256_fmadd_ps(lane::<3>(d_xy), q(bx, b3), acc[3]);
+        }
+        let mut mins_out = [0f32; 4];
+        _mm_storeu_ps(mins_out.as_mut_ptr(), mins);
+        [
+            hsum_float_8(acc[0]) + mins_out[0],
+            hsum_float_8(acc[1]) + mins_out[1],
+            hsum_float_8(acc[2]) + mins_out[2],
+            hsum_float_8(acc[3]) + mins_out[3],
+        ]
+    }
+}
+
+// longrun patch: ggml's quantize_row_q8_1 for AVX2, rounding as candle's
+// scalar `BlockQ8_1::from_float` does (halves away from zero), so that both
+// give the same blocks.
+#[inline(always)]
+pub(crate) fn quantize_row_q8_1(xs: &[f32], ys: &mut [BlockQ8_1]) {
+    debug_assert_eq!(ys.len() * QK8_1, xs.len(), "quantize_row_q8_1: size mismatch");
+    unsafe {
+        let sign_bit = _mm256_set1_ps(-0.0);
+        let half = _mm256_set1_ps(0.5);
+        let one = _mm256_set1_ps(1.0);
+        /// `v` rounded to the nearest integer, halves away from zero (as
+        /// `f32::round`; the instruction's own mode rounds halves to even).
+        #[inline(always)]
+        unsafe fn round(v: __m256, sign_bit: __m256, half: __m256, one: __m256) -> __m256i {
+            let truncated = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            let fraction = _mm256_andnot_ps(sign_bit, _mm256_sub_ps(v, truncated));
+            let away = _mm256_cmp_ps(fraction, half, _CMP_GE_OQ);
+            let step = _mm256_or_ps(one, _mm256_and_ps(v, sign_bit));
+            _mm256_cvtps_epi32(_mm256_add_ps(truncated, _mm256_and_ps(away, step)))
+        }
+        for (x, y) in xs.chunks_exact(QK8_1).zip(ys.iter_mut()) {
+            let v = [
+                _mm256_loadu_ps(x.as_ptr()),
+                _mm256_loadu_ps(x.as_ptr().add(8)),
+                _mm256_loadu_ps(x.as_ptr().add(16)),
+                _mm256_loadu_ps(x.as_ptr().add(24)),
+            ];
+            let max_abs = _mm256_max_ps(
+                _mm256_max_ps(_mm256_andnot_ps(sign_bit, v[0]), _mm256_andnot_ps(sign_bit, v[1])),
+                _mm256_max_ps(_mm256_andnot_ps(sign_bit, v[2]), _mm256_andnot_ps(sign_bit, v[3])),
+            );
+            let max4 = _mm_max_ps(
+                _mm256_extractf128_ps(max_abs, 1),
+                _mm256_castps256_ps128(max_abs),
+            );
+            let max4 = _mm_max_ps(max4, _mm_movehl_ps(max4, max4));
+            let max4 = _mm_max_ss(max4, _mm_movehdup_ps(max4));
+            let d = _mm_cvtss_f32(max4) / ((1 << 7) - 1) as f32;
+            let id = if d != 0f32 { 1. / d } else { 0. };
+            y.d = f16::from_f32(d);
+            let id = _mm256_set1_ps(id);
+            let q = [
+                round(_mm256_mul_ps(v[0], id), sign_bit, half, one),
+                round(_mm256_mul_ps(v[1], id), sign_bit, half, one),
+                round(_mm256_mul_ps(v[2], id), sign_bit, half, one),
+                round(_mm256_mul_ps(v[3], id), sign_bit, half, one),
+            ];
+            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let sum = _mm_add_epi32(_mm256_extracti128_si256(sum, 1), _mm256_castsi256_si128(sum));
+            let sum = _mm_add_epi32(sum, _mm_unpackhi_epi64(sum, sum));
+            let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01));
+            y.s = f16::from_f32(_mm_cvtsi128_si32(sum) as f32) * y.d;
+            // Packing works within 128-bit lanes; the permutation puts the
+            // 32 values back in order.
+            let packed = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let packed =
+                _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(y.qs.as_mut_ptr() as *mut __m256i, packed);
+        }
+    }
+}
+
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
     debug_assert!(
@@ -760,6 +897,24 @@ pub(crate) mod runtime {
                 super::$kernel(n, xs, ys)
             }
         )*};
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C: see `available`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn vec_dot_q4_1_q8_1_4rows(
+        n: usize,
+        xs: &[BlockQ4_1],
+        ys: [&[BlockQ8_1]; 4],
+    ) -> [f32; 4] {
+        super::vec_dot_q4_1_q8_1_4rows(n, xs, ys)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C: see `available`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn quantize_row_q8_1(xs: &[f32], ys: &mut [BlockQ8_1]) {
+        super::quantize_row_q8_1(xs, ys)
     }
 
     with_avx2! {

@@ -52,6 +52,19 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
 
     /// Generic implementation of the dot product without simd optimizations.
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
+
+    /// longrun patch: the dot products of one weight row with four activation
+    /// rows, for matrix products over several rows (a prompt). Formats with a
+    /// kernel that reads the weights once for the four rows override it; each
+    /// result is `vec_dot`'s for its row, up to rounding.
+    fn vec_dot_4rows(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
+        [
+            Self::vec_dot(n, xs, ys[0]),
+            Self::vec_dot(n, xs, ys[1]),
+            Self::vec_dot(n, xs, ys[2]),
+            Self::vec_dot(n, xs, ys[3]),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -292,6 +305,19 @@ impl GgmlType for BlockQ4_1 {
             return unsafe { super::avx::runtime::vec_dot_q4_1_q8_1(n, xs, ys) };
         }
         Self::vec_dot_unopt(n, xs, ys)
+    }
+
+    #[allow(unreachable_code)]
+    fn vec_dot_4rows(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
+        // longrun patch: the four-row AVX2 kernel, at compile time or after a run-time check.
+        #[cfg(target_feature = "avx2")]
+        return super::avx::vec_dot_q4_1_q8_1_4rows(n, xs, ys);
+        #[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+        if super::avx::runtime::available() {
+            // SAFETY: the CPU has AVX2, FMA and F16C, checked just above.
+            return unsafe { super::avx::runtime::vec_dot_q4_1_q8_1_4rows(n, xs, ys) };
+        }
+        ys.map(|ys| Self::vec_dot(n, xs, ys))
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -730,7 +756,29 @@ impl GgmlType for BlockQ8_1 {
         sumf
     }
 
+    #[allow(unreachable_code)]
     fn from_float(xs: &[f32], ys: &mut [Self]) {
+        // longrun patch: the AVX2 version, at compile time or after a run-time check.
+        #[cfg(target_feature = "avx2")]
+        return super::avx::quantize_row_q8_1(xs, ys);
+        #[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+        if super::avx::runtime::available() {
+            // SAFETY: the CPU has AVX2, FMA and F16C, checked just above.
+            return unsafe { super::avx::runtime::quantize_row_q8_1(xs, ys) };
+        }
+        Self::from_float_unopt(xs, ys)
+    }
+
+    fn to_float(_xs: &[Self], _ys: &mut [f32]) {
+        unimplemented!("no support for vec-dot on Q8_1")
+    }
+}
+
+impl BlockQ8_1 {
+    /// longrun patch: candle's scalar quantization, the reference that the
+    /// AVX2 version of `from_float` must match block for block.
+    #[doc(hidden)]
+    pub fn from_float_unopt(xs: &[f32], ys: &mut [Self]) {
         // quantize_row_q8_1
         debug_assert_eq!(
             ys.len() * Self::BLCK_SIZE,
@@ -759,10 +807,6 @@ impl GgmlType for BlockQ8_1 {
             }
             ys.s = f16::from_f32(sum as f32) * ys.d;
         }
-    }
-
-    fn to_float(_xs: &[Self], _ys: &mut [f32]) {
-        unimplemented!("no support for vec-dot on Q8_1")
     }
 }
 
@@ -2346,40 +2390,66 @@ pub fn matmul<T: GgmlType>(
     // f32, f16, and bf16 support direct copy
     if T::DIRECT_COPY {
         T::VecDotType::direct_copy(lhs, &mut lhs_b);
+    } else if m > 1 {
+        // longrun patch: the rows of a prompt are quantized in parallel.
+        lhs_b
+            .par_chunks_mut(k_in_blocks)
+            .zip(lhs.par_chunks(k))
+            .for_each(|(lhs_b, lhs)| T::VecDotType::from_float(lhs, lhs_b));
     } else {
-        for row_idx in 0..m {
-            let lhs_b_mut = &mut lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
-            let lhs = &lhs[row_idx * k..(row_idx + 1) * k];
-            T::VecDotType::from_float(lhs, lhs_b_mut)
-        }
+        T::VecDotType::from_float(lhs, &mut lhs_b)
     }
 
     if m > 1 {
         // longrun patch: several rows (a prompt). Each task takes a few weight
-        // columns and computes them for every row, so that a column is read
-        // once, from cache, instead of once per row, and the pool is entered
-        // once instead of once per row. Results are computed column by column
-        // and then laid out row by row.
-        const COLUMNS_PER_TASK: usize = 8;
-        let mut by_column = vec![0f32; n * m];
-        by_column
-            .par_chunks_mut(m * COLUMNS_PER_TASK)
-            .enumerate()
-            .for_each(|(task, out)| {
-                for (i, out) in out.chunks_mut(m).enumerate() {
-                    let col_idx = task * COLUMNS_PER_TASK + i;
-                    let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-                    for (row_idx, out) in out.iter_mut().enumerate() {
-                        let lhs_row = &lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
-                        *out = T::vec_dot(k, rhs_col, lhs_row);
+        // rows (output columns) and computes them for every activation row,
+        // four rows at a time (`vec_dot_4rows`), so that a weight block is
+        // read once, from cache, and unpacked once for four rows, and the pool
+        // is entered once per product instead of once per row.
+        const COLUMNS_PER_TASK: usize = 16;
+        /// The destination, shared by the tasks: each writes only its own
+        /// columns.
+        struct Destination(*mut f32);
+        // SAFETY: the tasks write disjoint elements, and `dst` outlives them.
+        unsafe impl Send for Destination {}
+        unsafe impl Sync for Destination {}
+        impl Destination {
+            /// # Safety
+            /// `at` is within `dst`, and no other task writes it.
+            unsafe fn write(&self, at: usize, value: f32) {
+                *self.0.add(at) = value
+            }
+        }
+        if dst.len() < m * n {
+            crate::bail!("unexpected dst length {} ({m},{k},{n})", dst.len())
+        }
+        let destination = Destination(dst.as_mut_ptr());
+        let lhs_row = |row: usize| &lhs_b[row * k_in_blocks..(row + 1) * k_in_blocks];
+        let rhs_col = |col: usize| &rhs_t[col * k_in_blocks..(col + 1) * k_in_blocks];
+        (0..n.div_ceil(COLUMNS_PER_TASK))
+            .into_par_iter()
+            .for_each(|task| {
+                let columns = task * COLUMNS_PER_TASK..n.min((task + 1) * COLUMNS_PER_TASK);
+                let mut row = 0;
+                while row + 4 <= m {
+                    let rows = [lhs_row(row), lhs_row(row + 1), lhs_row(row + 2), lhs_row(row + 3)];
+                    for col in columns.clone() {
+                        let values = T::vec_dot_4rows(k, rhs_col(col), rows);
+                        for (r, value) in values.into_iter().enumerate() {
+                            // SAFETY: row + r < m and col < n; this task owns `columns`.
+                            unsafe { destination.write((row + r) * n + col, value) }
+                        }
+                    }
+                    row += 4;
+                }
+                for row in row..m {
+                    for col in columns.clone() {
+                        let value = T::vec_dot(k, rhs_col(col), lhs_row(row));
+                        // SAFETY: row < m and col < n; this task owns `columns`.
+                        unsafe { destination.write(row * n + col, value) }
                     }
                 }
             });
-        for (col_idx, column) in by_column.chunks(m).enumerate() {
-            for (row_idx, value) in column.iter().enumerate() {
-                dst[row_idx * n + col_idx] = *value;
-            }
-        }
         return Ok(());
     }
 

@@ -423,6 +423,41 @@ impl ForwardInputsResult {
     }
 }
 
+/// longrun patch: runs one forward pass on a thread of rayon's global pool when
+/// the model is on the CPU.
+///
+/// The CPU kernels (candle's quantized matmuls, the attention kernels) split
+/// each operation over rayon's pool. Called from the engine thread, which is
+/// not a pool thread, every one of those operations (a few hundred per decoded
+/// token) is injected into the pool from outside, and the engine thread sleeps
+/// on a futex until a pool thread wakes it. Run on a pool thread, the
+/// operations are split in place: the calling thread works on its share and
+/// the others steal, so a token costs one injection instead of hundreds.
+/// On other devices the pass runs where it was called (a CUDA context is bound
+/// to its thread).
+fn forward_on_cpu_pool<R>(cpu: bool, forward: impl FnOnce() -> R) -> R {
+    /// Moves the pass and its result between threads. The pass's inputs are
+    /// type-erased (`Box<dyn Any>`), so the compiler cannot see that they are
+    /// `Send`; they are plain tensors and vectors. The calling thread blocks
+    /// until the pass returns, so nothing it borrows is used concurrently.
+    struct AssertSend<T>(T);
+    // SAFETY: see above; the value is used by one thread at a time.
+    unsafe impl<T> Send for AssertSend<T> {}
+    impl<T> AssertSend<T> {
+        fn into_inner(self) -> T {
+            self.0
+        }
+    }
+
+    if !cpu || rayon::current_thread_index().is_some() {
+        return forward();
+    }
+    let forward = AssertSend(forward);
+    // `rayon::scope` called from outside the pool runs its body on a pool
+    // thread and blocks until it returns.
+    rayon::scope(move |_| AssertSend(forward.into_inner()())).into_inner()
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct FileListCache {
     files: Vec<String>,
@@ -503,7 +538,12 @@ pub trait Pipeline:
                     }
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    // longrun patch: on the CPU the forward pass runs on a thread of
+                    // rayon's pool (see `forward_on_cpu_pool`).
+                    let cpu = self.device().is_cpu();
+                    let raw_logits = forward_on_cpu_pool(cpu, || {
+                        self.forward_inputs(inputs, return_raw_logits)
+                    })?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 
@@ -739,7 +779,12 @@ pub trait Pipeline:
                     } = inputs.map_err(candle_core::Error::msg)?;
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    // longrun patch: on the CPU the forward pass runs on a thread of
+                    // rayon's pool (see `forward_on_cpu_pool`).
+                    let cpu = self.device().is_cpu();
+                    let raw_logits = forward_on_cpu_pool(cpu, || {
+                        self.forward_inputs(inputs, return_raw_logits)
+                    })?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 

@@ -5,8 +5,10 @@ use candle_core::{Context, Device, Result, Storage, Tensor, WithDType};
 use half::bf16;
 use half::f16;
 use rayon::prelude::*;
+#[cfg(target_os = "macos")]
 use rayon::ThreadPool;
 
+#[cfg(target_os = "macos")]
 use std::sync::LazyLock;
 use std::{f32, iter::Sum};
 
@@ -48,14 +50,13 @@ unsafe fn set_thread_affinity() {
     pthread_set_qos_class_self_np(QOS_CLASS_USER_INTERACTIVE, 0);
 }
 
-#[cfg(not(target_os = "macos"))]
-#[inline(always)]
-unsafe fn set_thread_affinity() {
-    // On non‑macOS platforms we currently leave affinity untouched.
-}
+// longrun patch: the non-macOS no-op is gone with the pool it served (see
+// `in_attention_pool`).
 
 /// Rayon pool used by the flash‑attention CPU kernels, with a per‑thread
 /// start handler that applies our affinity hint exactly once.
+// longrun patch: only on macOS, where the start handler does something.
+#[cfg(target_os = "macos")]
 static FLASH_ATTN_POOL: LazyLock<ThreadPool> = LazyLock::new(|| {
     rayon::ThreadPoolBuilder::new()
         .start_handler(|_| unsafe {
@@ -64,6 +65,25 @@ static FLASH_ATTN_POOL: LazyLock<ThreadPool> = LazyLock::new(|| {
         .build()
         .expect("Failed to build custom Rayon thread‑pool for flash‑attention")
 });
+
+/// longrun patch: runs an attention kernel's parallel loop.
+///
+/// Elsewhere than on macOS the pool's start handler does nothing, and a
+/// second pool of as many threads as cores only competes with rayon's global
+/// pool, where the rest of the forward pass runs: each call crossed from one
+/// pool to the other and back, and the idle threads of each pool spun
+/// (`sched_yield`) against the busy ones of the other. The loop now runs in
+/// the pool of the calling thread.
+fn in_attention_pool<R: Send>(op: impl FnOnce() -> R + Send) -> R {
+    #[cfg(target_os = "macos")]
+    {
+        FLASH_ATTN_POOL.install(op)
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        op()
+    }
+}
 
 const DOT_CHUNK: usize = 4;
 
@@ -544,7 +564,7 @@ where
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
+    in_attention_pool(|| {
         (0..kv_tiles).into_par_iter().for_each(|tile_idx| {
             let start = tile_idx * TILE_KV;
             let end = (start + TILE_KV).min(kv_len);
@@ -726,7 +746,7 @@ where
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
+    in_attention_pool(|| {
         out.par_chunks_mut(dv)
             .with_min_len(64)
             .enumerate()
