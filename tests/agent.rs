@@ -3,13 +3,15 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use longrun_host::agent::{AgentConfig, Resumed, Session, SessionStatus};
+use longrun_host::agent::{ANSWER_NOW, AgentConfig, Resumed, Session, SessionStatus};
 use longrun_host::budget::BudgetKind;
 use longrun_host::journal::{Journal, RecordKind, SessionId};
-use longrun_host::model::ScriptedModel;
+use longrun_host::model::{
+    Message, Model, ModelFuture, ModelRequest, Purpose, Role, ScriptedModel,
+};
 use longrun_host::policy::Policy;
 
 struct World {
@@ -147,6 +149,108 @@ async fn the_step_budget_stops_before_the_next_model_call() {
     }
     let kinds = w.kinds(session.id());
     assert_eq!(count(&kinds, RecordKind::ModelResponse), 1);
+}
+
+/// The scripted model, and how many tools each step's request offered.
+struct OfferedTools<'m> {
+    script: &'m ScriptedModel,
+    offered: Mutex<Vec<usize>>,
+}
+
+impl Model for OfferedTools<'_> {
+    fn name(&self) -> &str {
+        self.script.name()
+    }
+
+    fn complete<'a>(&'a self, request: &'a ModelRequest) -> ModelFuture<'a> {
+        if request.purpose == Purpose::Step {
+            self.offered.lock().unwrap().push(request.tools.len());
+        }
+        self.script.complete(request)
+    }
+}
+
+/// The session's goal and the messages the loop added, in the order sent.
+fn sent_messages(w: &World, session: SessionId) -> Vec<Message> {
+    w.journal
+        .records(session)
+        .map(|r| r.unwrap())
+        .filter(|r| r.kind == RecordKind::ModelRequest)
+        .flat_map(|r| serde_json::from_slice::<Vec<Message>>(&r.payload).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_step_of_the_step_budget_offers_no_tools_and_asks_for_the_answer() {
+    let w = world();
+    let toolbox = common::shared_toolbox(false).await;
+    let policy = w.policy("[session]\nmax_steps = 3\n[tools]\nallow = [\"fs_*\"]\n");
+    let script = ScriptedModel::parse(SCRIPT, "script").unwrap();
+    let model = OfferedTools {
+        script: &script,
+        offered: Mutex::default(),
+    };
+    let mut session = Session::start(&w.journal, toolbox, &policy, &model, config(), "goal")
+        .await
+        .unwrap();
+    assert_eq!(
+        session.run().await.unwrap(),
+        SessionStatus::Completed {
+            answer: "I wrote out.txt.".into()
+        }
+    );
+    let offered = model.offered.lock().unwrap().clone();
+    assert_eq!(offered.len(), 3);
+    assert!(offered[0] > 0 && offered[1] > 0, "tools in steps 1 and 2");
+    assert_eq!(offered[2], 0, "no tools in the last step");
+    let sent = sent_messages(&w, session.id());
+    let asked: Vec<_> = sent
+        .iter()
+        .filter(|m| m.content.as_deref() == Some(ANSWER_NOW))
+        .collect();
+    assert_eq!(asked.len(), 1, "asked once, and journaled");
+    assert_eq!(asked[0].role, Role::User);
+    assert_eq!(
+        sent.last().and_then(|m| m.content.as_deref()),
+        Some(ANSWER_NOW),
+        "just before the last step"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_the_tool_calls_are_spent_the_next_step_offers_no_tools() {
+    let w = world();
+    let toolbox = common::shared_toolbox(false).await;
+    let policy = w.policy("[session]\nmax_tool_calls = 1\n[tools]\nallow = [\"fs_*\"]\n");
+    let script = ScriptedModel::parse(
+        r#"
+{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}]}
+{"content": "The workspace is empty."}
+"#,
+        "script",
+    )
+    .unwrap();
+    let model = OfferedTools {
+        script: &script,
+        offered: Mutex::default(),
+    };
+    let mut session = Session::start(&w.journal, toolbox, &policy, &model, config(), "goal")
+        .await
+        .unwrap();
+    assert_eq!(
+        session.run().await.unwrap(),
+        SessionStatus::Completed {
+            answer: "The workspace is empty.".into()
+        }
+    );
+    let offered = model.offered.lock().unwrap().clone();
+    assert!(offered[0] > 0);
+    assert_eq!(offered[1], 0);
+    let sent = sent_messages(&w, session.id());
+    assert_eq!(
+        sent.last().and_then(|m| m.content.as_deref()),
+        Some(ANSWER_NOW)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

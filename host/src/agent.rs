@@ -34,6 +34,11 @@ const INLINE_OUTPUT: usize = 1024;
 /// The least context the loop works with: the goal, one step and a summary.
 const MIN_CONTEXT_TOKENS: u64 = 1024;
 
+/// What the loop tells the model before the last step in which tools could
+/// help (see [`Ledger::only_an_answer_fits`]); that step offers no tools.
+pub const ANSWER_NOW: &str = "The session's budget allows no more tool calls. \
+     Answer the goal now, with what you have found so far.";
+
 /// How the loop behaves, beyond the policy.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -410,6 +415,14 @@ impl<'a> Session<'a> {
             .collect()
     }
 
+    /// Whether the last message is the loop's request for the answer, so
+    /// that a step retried after a pause does not ask twice.
+    fn asked_for_the_answer(&self) -> bool {
+        self.messages
+            .last()
+            .is_some_and(|m| m.role == Role::User && m.content.as_deref() == Some(ANSWER_NOW))
+    }
+
     async fn record<T: Serialize>(
         &mut self,
         kind: RecordKind,
@@ -432,7 +445,19 @@ impl<'a> Session<'a> {
             if let Err(e) = self.ledger.check_step(self.elapsed()) {
                 return self.pause(e).await;
             }
-            let tools = self.tool_defs();
+            // When a tool call could no longer help (no call left, or this
+            // is the last step), the model is asked for its answer and
+            // offered no tools, so the session ends with an answer rather
+            // than a pause. The request is journaled with the note in it.
+            let answer_only = self.ledger.only_an_answer_fits();
+            if answer_only && !self.asked_for_the_answer() {
+                self.messages.push(Message::text(Role::User, ANSWER_NOW));
+            }
+            let tools = if answer_only {
+                Vec::new()
+            } else {
+                self.tool_defs()
+            };
             let mut estimate = context::estimate(&self.messages, &tools);
             if estimate > self.context_limit() {
                 if let Some(status) = self.compact(&tools).await? {

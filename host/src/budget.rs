@@ -195,6 +195,21 @@ impl Ledger {
         )
     }
 
+    /// Whether the next step is the last one in which a tool call could
+    /// still do anything: the step budget allows only it (a call made in it
+    /// would run, but its result would never reach the model), or no tool
+    /// call is left. The agent loop then offers no tools and asks for the
+    /// answer, so that the session ends with one instead of a pause.
+    pub fn only_an_answer_fits(&self) -> bool {
+        self.budgets
+            .max_steps
+            .is_some_and(|max| self.used.steps.saturating_add(1) >= max)
+            || self
+                .budgets
+                .max_tool_calls
+                .is_some_and(|max| self.used.tool_calls >= max)
+    }
+
     pub fn record_step(&mut self) {
         self.used.steps += 1;
     }
@@ -233,6 +248,33 @@ mod tests {
             l.check_step(Duration::ZERO).unwrap_err().kind,
             BudgetKind::Steps
         );
+    }
+
+    #[test]
+    fn only_an_answer_fits_in_the_last_step_or_once_the_tool_calls_are_spent() {
+        let mut steps = Ledger::new(SessionBudgets {
+            max_steps: Some(3),
+            ..Default::default()
+        });
+        steps.record_step();
+        assert!(!steps.only_an_answer_fits(), "steps 2 and 3 are left");
+        steps.record_step();
+        assert!(steps.only_an_answer_fits(), "step 3 is the last");
+
+        let mut calls = Ledger::new(SessionBudgets {
+            max_tool_calls: Some(1),
+            ..Default::default()
+        });
+        assert!(!calls.only_an_answer_fits());
+        calls.record_tool_call();
+        assert!(calls.only_an_answer_fits());
+
+        let mut unlimited = Ledger::new(SessionBudgets::default());
+        for _ in 0..1000 {
+            unlimited.record_step();
+            unlimited.record_tool_call();
+        }
+        assert!(!unlimited.only_an_answer_fits());
     }
 
     #[test]

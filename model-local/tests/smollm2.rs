@@ -1,7 +1,8 @@
 //! The local backend with the real default model (SmolLM2-135M-Instruct,
 //! Q4_1), on the CPU, through the agent loop, the sandbox and the journal:
 //! every step is either a final answer or a schema-valid call of an offered
-//! tool, which the sandbox runs, and all of it is journaled.
+//! tool, which the sandbox runs, and the session ends with the model's
+//! answer; all of it is journaled.
 //!
 //! Needs the model in the cache (`longrun model fetch`) and the built-in
 //! tools (`scripts/build-tools`, or `LONGRUN_TOOLS_DIR`).
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use longrun_host::agent::{AgentConfig, Session, SessionStatus};
 use longrun_host::journal::{Journal, RecordKind};
-use longrun_host::model::{Model, ModelRequest, ModelResponse, Purpose};
+use longrun_host::model::ModelResponse;
 use longrun_host::{Policy, Sandbox, SandboxConfig, Toolbox};
 use longrun_model_local::LocalModel;
 
@@ -85,25 +86,15 @@ async fn a_constrained_session_on_smollm2_calls_a_tool_and_answers() {
     );
     assert_eq!(journal.verify(session.id()), Ok(records.len() as u64));
 
-    // A final answer: asked of the same model with no tools offered, the
-    // constraint allows only an answer.
-    let answer = model
-        .complete(&ModelRequest {
-            messages: vec![longrun_host::model::Message::text(
-                longrun_host::model::Role::User,
-                "Say hello.",
-            )],
-            tools: vec![],
-            max_output_tokens: 200,
-            step: 0,
-            purpose: Purpose::Step,
-        })
-        .await
-        .unwrap();
-    assert!(answer.message.tool_calls.is_empty());
-    assert!(answer.message.content.is_some_and(|c| !c.is_empty()));
-    assert!(matches!(
-        status,
-        SessionStatus::Completed { .. } | SessionStatus::BudgetExhausted(_)
-    ));
+    // The final answer comes from the session itself: at the latest in its
+    // last step, which offers no tools, so the constraint allows only an
+    // answer. It is journaled as the session's end.
+    let SessionStatus::Completed { answer } = status else {
+        panic!("the session ends with an answer, not {status:?}")
+    };
+    assert!(!answer.trim().is_empty(), "a non-empty answer");
+    let last = records.last().unwrap();
+    assert_eq!(last.kind, RecordKind::SessionEnded);
+    let ended: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(ended["answer"], answer.as_str());
 }
