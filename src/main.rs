@@ -76,6 +76,20 @@ enum Command {
     /// Manage local models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Serve the HTTP agent API and the session viewer; unfinished sessions
+    /// of the journal are resumed first. Stops gracefully on Ctrl-C or
+    /// SIGTERM.
+    Serve {
+        /// The server's configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen here instead of at the configuration's address (port 0:
+        /// any free port; the address is printed).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        tools: ToolsDir,
+    },
     /// List the sessions in the journal.
     Sessions {
         #[command(flatten)]
@@ -214,6 +228,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let model = load_model(&model, base_url, api_key_env, no_stream).await?;
             run_session(&goal, &policy, model.as_ref(), config, &journal.dir, &tools).await
         }
+        Command::Serve {
+            config,
+            listen,
+            tools,
+        } => serve(&config, listen, tools).await,
         Command::Model(ModelCommand::Fetch { name }) => {
             let path = longrun_host::fetch::fetch(&name)?;
             println!("{}", path.display());
@@ -232,6 +251,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Some(RecordKind::SessionEnded) => "ended",
                     Some(RecordKind::BudgetEvent) => "paused (budget)",
                     Some(RecordKind::ApprovalAsked) => "paused (approval)",
+                    Some(RecordKind::Control) => "paused (by a person)",
                     _ => "unfinished",
                 };
                 println!(
@@ -375,6 +395,58 @@ async fn load_model(
     }
 }
 
+/// Run the HTTP API until Ctrl-C or SIGTERM, then shut down gracefully.
+async fn serve(
+    config_file: &Path,
+    listen: Option<std::net::SocketAddr>,
+    tools: ToolsDir,
+) -> Result<ExitCode> {
+    let mut config = longrun_server::ServerConfig::load(config_file)?;
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    let tools = ToolsDir {
+        dir: tools.dir.or_else(|| config.tools_dir.clone()),
+    };
+    let toolbox = Arc::new(tools.load().await?);
+    let mut models = std::collections::BTreeMap::new();
+    for (name, spec) in &config.models {
+        let model = load_model(spec, None, None, false)
+            .await
+            .with_context(|| format!("model {name:?}"))?;
+        models.insert(name.clone(), Arc::<dyn Model>::from(model));
+    }
+    std::fs::create_dir_all(&config.journal).with_context(|| {
+        format!(
+            "creating the journal directory {}",
+            config.journal.display()
+        )
+    })?;
+    let journal = Journal::open(&config.journal)
+        .with_context(|| format!("opening the journal in {}", config.journal.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let server = longrun_server::Server::start(
+        config,
+        journal,
+        toolbox,
+        models,
+        AgentConfig::default(),
+        listener,
+    )
+    .await?;
+    println!("listening on http://{}", server.local_addr());
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("shutting down");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Resume the first unfinished session of the journal, or start one.
 async fn run_session(
     goal: &str,
@@ -459,6 +531,11 @@ async fn run_session(
                 call.name, call.arguments
             );
             Ok(ExitCode::from(4))
+        }
+        // Only a steered session (the HTTP API) pauses or is cancelled.
+        SessionStatus::Paused | SessionStatus::Cancelled | SessionStatus::Halted => {
+            eprintln!("paused or cancelled from outside");
+            Ok(ExitCode::from(5))
         }
     }
 }

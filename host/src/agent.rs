@@ -27,6 +27,7 @@ use crate::model::{
 };
 use crate::policy::{Decision, Policy, Price};
 use crate::sandbox::{CallError, CallRequest, Toolbox};
+use crate::steer::{Control, Input, Steering, Verdict, Wanted};
 
 /// Tool outputs longer than this go to a blob; the record references it.
 const INLINE_OUTPUT: usize = 1024;
@@ -77,6 +78,13 @@ pub enum SessionStatus {
     BudgetExhausted(BudgetExceeded),
     /// A call needs a person's approval; the session is paused.
     AwaitingApproval { call: ToolCall },
+    /// A person paused the session (see [`Steering`]).
+    Paused,
+    /// A person cancelled the session; it has ended.
+    Cancelled,
+    /// The host asked the session to stop where it is ([`Steering::halt`]);
+    /// nothing was journaled for it, and a resume goes on from here.
+    Halted,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +126,10 @@ pub struct SessionCreated {
     pub policy_text: String,
     pub policy_hash: String,
     pub model: String,
+    /// What the host that started the session recorded with it (the HTTP
+    /// API: the tenant, the policy's name, the budgets asked for).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub labels: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,8 +185,15 @@ pub struct Session<'a> {
     /// When the session was created (its first record), for the wall-time
     /// budget: wall time counts from creation, across pauses and restarts.
     created_unix_millis: u64,
-    /// Calls of the last response that have no result yet (after a resume).
+    /// Calls of the last response that have no result yet, in order.
     pending: Vec<ToolCall>,
+    /// Calls for which a person's approval was asked.
+    asked: std::collections::HashSet<String>,
+    /// A person's decisions on calls that waited for approval.
+    verdicts: std::collections::HashMap<String, Verdict>,
+    /// Whether a person paused the session (journaled as a `Control`).
+    paused: bool,
+    steering: Option<Arc<Steering>>,
     /// Intents recorded without a result: calls a crash interrupted.
     interrupted: std::collections::HashMap<String, ToolIntent>,
     /// How many steps compaction has folded into the context's summary.
@@ -215,6 +234,28 @@ impl<'a> Session<'a> {
         config: AgentConfig,
         goal: &str,
     ) -> Result<Session<'a>, AgentError> {
+        Session::start_labelled(
+            journal,
+            toolbox,
+            policy,
+            model,
+            config,
+            goal,
+            serde_json::Map::new(),
+        )
+        .await
+    }
+
+    /// A new session whose first record also holds `labels`.
+    pub async fn start_labelled(
+        journal: &Arc<Journal>,
+        toolbox: &'a Toolbox,
+        policy: &'a Policy,
+        model: &'a dyn Model,
+        config: AgentConfig,
+        goal: &str,
+        labels: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Session<'a>, AgentError> {
         let price = price(policy, model)?;
         let mut writer = journal.create_session()?;
         let created = SessionCreated {
@@ -222,6 +263,7 @@ impl<'a> Session<'a> {
             policy_text: policy.text.clone(),
             policy_hash: blake3::hash(policy.text.as_bytes()).to_hex().to_string(),
             model: model.name().to_owned(),
+            labels,
         };
         writer
             .append_durable(
@@ -262,6 +304,10 @@ impl<'a> Session<'a> {
             sent: 0,
             created_unix_millis: unix_millis(),
             pending: Vec::new(),
+            asked: Default::default(),
+            verdicts: Default::default(),
+            paused: false,
+            steering: None,
             interrupted: Default::default(),
             compacted_steps: 0,
             outputs_cut: false,
@@ -287,6 +333,9 @@ impl<'a> Session<'a> {
         let mut interrupted = std::collections::HashMap::new();
         let mut created_unix_millis = unix_millis();
         let mut compacted_steps = 0;
+        let mut asked = std::collections::HashSet::new();
+        let mut verdicts = std::collections::HashMap::new();
+        let mut paused = false;
         let answered = |pending: &mut Vec<ToolCall>, id: &str| pending.retain(|c| c.id != id);
         for record in journal.records(session) {
             let record = record?;
@@ -347,12 +396,24 @@ impl<'a> Session<'a> {
                     }
                     compacted_steps = compaction.through_step;
                 }
+                RecordKind::ApprovalAsked => {
+                    let ask: Refusal = serde_json::from_slice(&record.payload)?;
+                    asked.insert(ask.call_id);
+                }
+                RecordKind::ApprovalGiven => {
+                    let verdict: Verdict = serde_json::from_slice(&record.payload)?;
+                    verdicts.insert(verdict.call_id.clone(), verdict);
+                }
+                RecordKind::UserMessage => {
+                    let input: Input = serde_json::from_slice(&record.payload)?;
+                    messages.push(Message::text(Role::User, input.text));
+                }
+                RecordKind::Control => {
+                    let control: Control = serde_json::from_slice(&record.payload)?;
+                    paused = control.action == "pause";
+                }
                 RecordKind::SessionEnded => return Ok(Resumed::Ended),
-                RecordKind::ModelRequest
-                | RecordKind::BudgetEvent
-                | RecordKind::ApprovalAsked
-                | RecordKind::ApprovalGiven
-                | RecordKind::Error => {}
+                RecordKind::ModelRequest | RecordKind::BudgetEvent | RecordKind::Error => {}
             }
         }
         let writer = journal.open_session(session)?;
@@ -362,6 +423,9 @@ impl<'a> Session<'a> {
             sent,
             created_unix_millis,
             pending,
+            asked,
+            verdicts,
+            paused,
             interrupted,
             compacted_steps,
             outputs_cut,
@@ -372,6 +436,25 @@ impl<'a> Session<'a> {
     /// Call `hook` after each step's model response is journaled.
     pub fn on_step(&mut self, hook: impl FnMut(&StepProgress) + Send + 'a) {
         self.progress = Some(Box::new(hook));
+    }
+
+    /// Take messages, decisions, pauses and cancels from `steering` at each
+    /// step boundary.
+    pub fn steer_by(&mut self, steering: Arc<Steering>) {
+        self.steering = Some(steering);
+    }
+
+    /// Whether a person paused the session (after a resume: whether the
+    /// journal says so), so that a host does not run it on its own.
+    pub fn paused_by_person(&self) -> bool {
+        self.paused
+    }
+
+    /// The call that waits for a person's approval, if one does.
+    pub fn awaiting_approval(&self) -> Option<&ToolCall> {
+        self.pending
+            .first()
+            .filter(|c| self.asked.contains(&c.id) && !self.verdicts.contains_key(&c.id))
     }
 
     pub fn id(&self) -> SessionId {
@@ -436,12 +519,19 @@ impl<'a> Session<'a> {
 
     /// Run until the session completes or pauses.
     pub async fn run(&mut self) -> Result<SessionStatus, AgentError> {
-        for call in std::mem::take(&mut self.pending) {
-            if let Some(status) = self.tool_call(call).await? {
+        loop {
+            if let Some(status) = self.steer().await? {
                 return Ok(status);
             }
-        }
-        loop {
+            // The calls of the last response, one at a time; a call that
+            // pauses the session stays first in line for the next run.
+            if let Some(call) = self.pending.first().cloned() {
+                if let Some(status) = self.tool_call(call).await? {
+                    return Ok(status);
+                }
+                self.pending.remove(0);
+                continue;
+            }
             if let Err(e) = self.ledger.check_step(self.elapsed()) {
                 return self.pause(e).await;
             }
@@ -496,6 +586,8 @@ impl<'a> Session<'a> {
             let response = match self.complete_with_retries(&request).await? {
                 Completion::Response(response) => response,
                 Completion::OutOfTime(e) => return self.pause(e).await,
+                // Cancelled or halted: the next boundary says which.
+                Completion::Interrupted => continue,
             };
             self.record(RecordKind::ModelResponse, &response).await?;
             charge(&mut self.ledger, &self.price, &response.usage);
@@ -527,12 +619,73 @@ impl<'a> Session<'a> {
                 .await?;
                 return Ok(SessionStatus::Completed { answer });
             }
-            for call in response.message.tool_calls {
-                if let Some(status) = self.tool_call(call).await? {
-                    return Ok(status);
-                }
+            self.pending = response.message.tool_calls;
+        }
+    }
+
+    /// Take what the steering side asked since the last boundary: journal
+    /// decisions and messages, and stop for a pause or a cancel. Messages
+    /// wait while calls of the last response are unanswered, since a
+    /// model's calls must be followed by their results.
+    async fn steer(&mut self) -> Result<Option<SessionStatus>, AgentError> {
+        let Some(steering) = self.steering.clone() else {
+            return Ok(None);
+        };
+        let taken = steering.take(self.pending.is_empty());
+        if taken.halted {
+            return Ok(Some(SessionStatus::Halted));
+        }
+        for verdict in taken.verdicts {
+            // Only a call that waits for one gets a decision.
+            if self.asked.contains(&verdict.call_id)
+                && !self.verdicts.contains_key(&verdict.call_id)
+                && self.pending.iter().any(|c| c.id == verdict.call_id)
+            {
+                self.record(RecordKind::ApprovalGiven, &verdict).await?;
+                self.verdicts.insert(verdict.call_id.clone(), verdict);
             }
         }
+        for input in taken.inputs {
+            self.record(RecordKind::UserMessage, &input).await?;
+            self.messages.push(Message::text(Role::User, input.text));
+        }
+        match taken.wanted {
+            Wanted::Cancel => return self.end_cancelled().await.map(Some),
+            Wanted::Pause => {
+                if !self.paused {
+                    self.paused = true;
+                    self.record(
+                        RecordKind::Control,
+                        &Control {
+                            action: "pause".into(),
+                        },
+                    )
+                    .await?;
+                }
+                return Ok(Some(SessionStatus::Paused));
+            }
+            Wanted::Run if self.paused => {
+                self.paused = false;
+                self.record(
+                    RecordKind::Control,
+                    &Control {
+                        action: "resume".into(),
+                    },
+                )
+                .await?;
+            }
+            Wanted::Run => {}
+        }
+        Ok(None)
+    }
+
+    async fn end_cancelled(&mut self) -> Result<SessionStatus, AgentError> {
+        self.record(
+            RecordKind::SessionEnded,
+            &serde_json::json!({"status": "cancelled"}),
+        )
+        .await?;
+        Ok(SessionStatus::Cancelled)
     }
 
     /// Ask the model, retrying transient failures with backoff. A call (or
@@ -546,13 +699,19 @@ impl<'a> Session<'a> {
         loop {
             attempt += 1;
             let outcome = match self.time_left() {
-                None => self.model.complete(request).await,
-                Some(left) => {
-                    match tokio::time::timeout(left, self.model.complete(request)).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => return Ok(Completion::OutOfTime(self.out_of_time())),
-                    }
-                }
+                None => ask_model(self.model, self.steering.as_deref(), request).await,
+                Some(left) => match tokio::time::timeout(
+                    left,
+                    ask_model(self.model, self.steering.as_deref(), request),
+                )
+                .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => return Ok(Completion::OutOfTime(self.out_of_time())),
+                },
+            };
+            let Some(outcome) = outcome else {
+                return Ok(Completion::Interrupted);
             };
             match outcome {
                 Ok(response) => return Ok(Completion::Response(response)),
@@ -576,7 +735,14 @@ impl<'a> Session<'a> {
                     if self.time_left().is_some_and(|left| left <= wait) {
                         return Ok(Completion::OutOfTime(self.out_of_time()));
                     }
-                    tokio::time::sleep(wait).await;
+                    if let Some(steering) = self.steering.clone() {
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = steering.interrupted() => return Ok(Completion::Interrupted),
+                        }
+                    } else {
+                        tokio::time::sleep(wait).await;
+                    }
                     backoff = backoff.saturating_mul(2);
                 }
                 Err(e) => {
@@ -632,38 +798,45 @@ impl<'a> Session<'a> {
         if call.name == context::READ_OUTPUT {
             return self.read_output(call).await;
         }
+        let approved = match self.verdicts.get(&call.id) {
+            Some(verdict) if !verdict.approved => {
+                let reason = format!(
+                    "a person ({}) denied this call{}",
+                    verdict.by,
+                    verdict
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                );
+                self.refuse(&call, reason).await?;
+                return Ok(None);
+            }
+            Some(_) => true,
+            None => false,
+        };
         let request = CallRequest {
             tool: &call.name,
             args: &call.arguments,
-            approved: false,
+            approved,
         };
         if let Err(refusal) = self.toolbox.admit(self.policy, &request) {
             if let CallError::NeedsApproval { .. } = refusal {
-                self.record(
-                    RecordKind::ApprovalAsked,
-                    &Refusal {
-                        call_id: call.id.clone(),
-                        tool: call.name.clone(),
-                        reason: refusal.to_string(),
-                    },
-                )
-                .await?;
+                // Asked once; a run after a restart or a message waits on.
+                if self.asked.insert(call.id.clone()) {
+                    self.record(
+                        RecordKind::ApprovalAsked,
+                        &Refusal {
+                            call_id: call.id.clone(),
+                            tool: call.name.clone(),
+                            reason: refusal.to_string(),
+                        },
+                    )
+                    .await?;
+                }
                 return Ok(Some(SessionStatus::AwaitingApproval { call }));
             }
-            // Refused: journaled with its reason and told to the model as a
-            // tool error; the session goes on.
-            let reason = refusal.to_string();
-            self.record(
-                RecordKind::PolicyDecision,
-                &Refusal {
-                    call_id: call.id.clone(),
-                    tool: call.name.clone(),
-                    reason: reason.clone(),
-                },
-            )
-            .await?;
-            self.messages
-                .push(Message::tool_result(&call.id, format!("error: {reason}")));
+            self.refuse(&call, refusal.to_string()).await?;
             return Ok(None);
         }
         let idempotent = self.toolbox.tool(&call.name).is_some_and(|t| t.idempotent);
@@ -675,6 +848,23 @@ impl<'a> Session<'a> {
         self.finish_call(&call.id, outcome, report.elapsed, true)
             .await?;
         Ok(None)
+    }
+
+    /// Refuse a call: journaled with its reason and told to the model as a
+    /// tool error; the session goes on.
+    async fn refuse(&mut self, call: &ToolCall, reason: String) -> Result<(), AgentError> {
+        self.record(
+            RecordKind::PolicyDecision,
+            &Refusal {
+                call_id: call.id.clone(),
+                tool: call.name.clone(),
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        self.messages
+            .push(Message::tool_result(&call.id, format!("error: {reason}")));
+        Ok(())
     }
 
     /// Check the tool-call budget and make the call's intent durable, so
@@ -914,6 +1104,23 @@ impl<'a> Session<'a> {
     }
 }
 
+/// The model's answer to `request`, or `None` when the session is
+/// cancelled or halted while it is awaited. (A free function: a future that
+/// held the whole session across the wait would need the session `Sync`.)
+async fn ask_model(
+    model: &dyn Model,
+    steering: Option<&Steering>,
+    request: &ModelRequest,
+) -> Option<Result<crate::model::ModelResponse, ModelError>> {
+    match steering {
+        None => Some(model.complete(request).await),
+        Some(steering) => tokio::select! {
+            outcome = model.complete(request) => Some(outcome),
+            () = steering.interrupted() => None,
+        },
+    }
+}
+
 /// Count a model call's tokens and cost against the budgets.
 fn charge(ledger: &mut Ledger, price: &Price, usage: &Usage) {
     let cost = price.cost_usd(
@@ -951,6 +1158,8 @@ enum Completion {
     Response(crate::model::ModelResponse),
     /// The wall-time budget ran out while waiting for the model.
     OutOfTime(BudgetExceeded),
+    /// The session was cancelled or halted while waiting for the model.
+    Interrupted,
 }
 
 fn unix_millis() -> u64 {

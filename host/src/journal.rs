@@ -27,7 +27,7 @@
 //! | hash [32] = BLAKE3(session_id u64 | everything before the hash)
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -60,10 +60,14 @@ pub enum RecordKind {
     Compaction = 10,
     Error = 11,
     SessionEnded = 12,
+    /// A person's message to the model, added while the session runs.
+    UserMessage = 13,
+    /// A person paused or resumed the session.
+    Control = 14,
 }
 
 impl RecordKind {
-    const ALL: [RecordKind; 12] = [
+    const ALL: [RecordKind; 14] = [
         RecordKind::SessionCreated,
         RecordKind::ModelRequest,
         RecordKind::ModelResponse,
@@ -76,7 +80,29 @@ impl RecordKind {
         RecordKind::Compaction,
         RecordKind::Error,
         RecordKind::SessionEnded,
+        RecordKind::UserMessage,
+        RecordKind::Control,
     ];
+
+    /// The kind's name in exports and APIs (`snake_case`), stable.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::SessionCreated => "session_created",
+            RecordKind::ModelRequest => "model_request",
+            RecordKind::ModelResponse => "model_response",
+            RecordKind::ToolIntent => "tool_intent",
+            RecordKind::ToolResult => "tool_result",
+            RecordKind::PolicyDecision => "policy_decision",
+            RecordKind::BudgetEvent => "budget_event",
+            RecordKind::ApprovalAsked => "approval_asked",
+            RecordKind::ApprovalGiven => "approval_given",
+            RecordKind::Compaction => "compaction",
+            RecordKind::Error => "error",
+            RecordKind::SessionEnded => "session_ended",
+            RecordKind::UserMessage => "user_message",
+            RecordKind::Control => "control",
+        }
+    }
 
     fn from_u8(v: u8) -> Option<RecordKind> {
         RecordKind::ALL.into_iter().find(|k| *k as u8 == v)
@@ -156,6 +182,8 @@ pub struct Journal {
     /// Blob number by blob hash.
     blob_index: sled::Tree,
     writers: Mutex<HashSet<SessionId>>,
+    /// Who waits for new records, by session (see [`Journal::watch`]).
+    watchers: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<u64>>>,
     flusher: Arc<Flusher>,
     flush_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -257,6 +285,7 @@ impl Journal {
             blob_data,
             blob_index,
             writers: Mutex::new(HashSet::new()),
+            watchers: Mutex::new(HashMap::new()),
             flusher,
             flush_thread: Some(flush_thread),
         }))
@@ -306,6 +335,23 @@ impl Journal {
         })
     }
 
+    /// A receiver that sees a change each time a record of `session` is
+    /// appended (the value is the new record's sequence number). It is a
+    /// wake-up, not a queue: a reader reads the records themselves from the
+    /// journal after the last one it has, so none is missed or repeated.
+    pub fn watch(&self, session: SessionId) -> tokio::sync::watch::Receiver<u64> {
+        let Ok(mut watchers) = self.watchers.lock() else {
+            // A poisoned map: a receiver that never changes; readers that
+            // also poll still make progress.
+            return tokio::sync::watch::channel(0).1;
+        };
+        watchers.retain(|_, tx| tx.receiver_count() > 0);
+        watchers
+            .entry(session)
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
     /// The sessions in the journal, in creation order.
     pub fn sessions(&self) -> Result<Vec<SessionId>, JournalError> {
         let mut out = Vec::new();
@@ -328,8 +374,17 @@ impl Journal {
         &self,
         session: SessionId,
     ) -> impl Iterator<Item = Result<Record, JournalError>> + '_ {
+        self.records_from(session, 0)
+    }
+
+    /// The records of a session from sequence number `from` on, in order.
+    pub fn records_from(
+        &self,
+        session: SessionId,
+        from: u64,
+    ) -> impl Iterator<Item = Result<Record, JournalError>> + '_ {
         self.records
-            .scan_prefix(session.to_be_bytes())
+            .range(record_key(session, from)..=record_key(session, u64::MAX))
             .map(move |kv| {
                 let (key, value) = kv?;
                 decode(session, &value).map_err(|why| JournalError::Corrupt {
@@ -549,6 +604,11 @@ impl SessionWriter {
             .insert(record_key(self.session, seq), bytes)?;
         self.next_seq += 1;
         self.prev_hash = hash;
+        if let Ok(watchers) = self.journal.watchers.lock()
+            && let Some(tx) = watchers.get(&self.session)
+        {
+            tx.send_replace(seq);
+        }
         Ok(Appended { seq, hash })
     }
 

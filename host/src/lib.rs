@@ -11,6 +11,7 @@
 //! - [`context`]: keeping a long session's context under its token limit.
 //! - [`fetch`]: the default local model's file, cached once.
 //! - [`openai`]: the OpenAI-compatible model backend (Kimi K2.6 and others).
+//! - [`steer`]: a person's messages, pauses, cancels and approvals.
 //! - [`process`]: process-wide settings made once at start.
 //! - [`tooldir`]: where the built-in tool components are found.
 
@@ -26,6 +27,7 @@ pub mod openai;
 pub mod policy;
 pub mod process;
 pub mod sandbox;
+pub mod steer;
 pub mod tooldir;
 
 pub use policy::{Policy, PolicyError};

@@ -1,0 +1,261 @@
+//! The server's configuration file: where it listens, which models and
+//! policies sessions may name, which bearer tokens belong to which tenant,
+//! and the limits of each request.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! journal = ".longrun/journal"
+//! default_model = "smollm2"
+//! default_policy = "default"
+//!
+//! [models]
+//! smollm2 = "local:smollm2-135m"
+//!
+//! [policies]
+//! default = "policies/default.toml"      # relative to this file
+//!
+//! [tenants.acme]
+//! token_env = "ACME_TOKEN"               # or: token = "..."
+//! inline_policies = false                # may its sessions bring their own policy?
+//!
+//! [http]
+//! max_body = "1MiB"
+//! request_timeout = "30s"
+//! shutdown_grace = "10s"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use longrun_host::model::ModelSpec;
+use longrun_host::policy::{ByteSize, HumanDuration};
+use serde::Deserialize;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+/// One tenant: who presents which token.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: String,
+    pub token: String,
+    /// May this tenant's sessions bring a policy of their own? An inline
+    /// policy can mount host directories, so only a trusted tenant may.
+    pub inline_policies: bool,
+}
+
+/// Limits on each HTTP request.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// The largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// How long a request (but an event stream) may take, headers included.
+    pub request_timeout: Duration,
+    /// How long a shutdown waits for sessions to reach a step boundary.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_body: 1 << 20,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The configuration, checked and with paths resolved.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub journal: PathBuf,
+    pub tools_dir: Option<PathBuf>,
+    pub models: BTreeMap<String, ModelSpec>,
+    pub default_model: String,
+    /// Policy files by name.
+    pub policies: BTreeMap<String, PathBuf>,
+    pub default_policy: String,
+    pub tenants: Vec<Tenant>,
+    pub http: HttpLimits,
+    /// Where relative paths of an inline policy are resolved.
+    pub base_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    journal: Option<PathBuf>,
+    tools_dir: Option<PathBuf>,
+    #[serde(default)]
+    models: BTreeMap<String, String>,
+    default_model: Option<String>,
+    #[serde(default)]
+    policies: BTreeMap<String, PathBuf>,
+    default_policy: Option<String>,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawTenant>,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    token: Option<String>,
+    token_env: Option<String>,
+    #[serde(default)]
+    inline_policies: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    max_body: Option<ByteSize>,
+    request_timeout: Option<HumanDuration>,
+    shutdown_grace: Option<HumanDuration>,
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        ServerConfig::parse(&text, &file, &base)
+    }
+
+    /// Parse a configuration; relative paths are taken from `base`.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<ServerConfig, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let listen = raw
+            .listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:8080")
+            .parse()
+            .map_err(|e| invalid(format!("listen: {e} (write an address and port)")))?;
+        let mut models = BTreeMap::new();
+        for (name, spec) in raw.models {
+            let spec =
+                ModelSpec::parse(&spec).map_err(|e| invalid(format!("models.{name}: {e}")))?;
+            let spec = match spec {
+                ModelSpec::Scripted(path) => ModelSpec::Scripted(base.join(path)),
+                other => other,
+            };
+            models.insert(name, spec);
+        }
+        let default_model = match raw.default_model {
+            Some(name) => name,
+            None => models
+                .keys()
+                .next()
+                .cloned()
+                .ok_or_else(|| invalid("no [models]: name at least one".into()))?,
+        };
+        if !models.contains_key(&default_model) {
+            return Err(invalid(format!(
+                "default_model {default_model:?} is not in [models]"
+            )));
+        }
+        let policies: BTreeMap<String, PathBuf> = raw
+            .policies
+            .into_iter()
+            .map(|(name, path)| (name, base.join(path)))
+            .collect();
+        let default_policy = match raw.default_policy {
+            Some(name) => name,
+            None => policies
+                .keys()
+                .next()
+                .cloned()
+                .ok_or_else(|| invalid("no [policies]: name at least one".into()))?,
+        };
+        if !policies.contains_key(&default_policy) {
+            return Err(invalid(format!(
+                "default_policy {default_policy:?} is not in [policies]"
+            )));
+        }
+        let mut tenants = Vec::new();
+        for (name, t) in raw.tenants {
+            let token = match (t.token, t.token_env) {
+                (Some(token), None) => token,
+                (None, Some(var)) => std::env::var(&var).map_err(|_| {
+                    invalid(format!(
+                        "tenants.{name}.token_env: the environment variable {var} is not set"
+                    ))
+                })?,
+                _ => {
+                    return Err(invalid(format!(
+                        "tenants.{name}: give exactly one of token or token_env"
+                    )));
+                }
+            };
+            if token.len() < 16 {
+                return Err(invalid(format!(
+                    "tenants.{name}: the token is shorter than 16 characters"
+                )));
+            }
+            if tenants.iter().any(|other: &Tenant| other.token == token) {
+                return Err(invalid(format!(
+                    "tenants.{name}: the same token belongs to another tenant"
+                )));
+            }
+            tenants.push(Tenant {
+                name,
+                token,
+                inline_policies: t.inline_policies,
+            });
+        }
+        if tenants.is_empty() {
+            return Err(invalid("no [tenants]: name at least one".into()));
+        }
+        let defaults = HttpLimits::default();
+        let max_body = raw.http.max_body.map_or(defaults.max_body, |s| {
+            usize::try_from(s.0).unwrap_or(usize::MAX)
+        });
+        Ok(ServerConfig {
+            listen,
+            journal: base.join(raw.journal.unwrap_or_else(|| ".longrun/journal".into())),
+            tools_dir: raw.tools_dir.map(|d| base.join(d)),
+            models,
+            default_model,
+            policies,
+            default_policy,
+            tenants,
+            http: HttpLimits {
+                max_body,
+                request_timeout: raw
+                    .http
+                    .request_timeout
+                    .map_or(defaults.request_timeout, |d| d.0),
+                shutdown_grace: raw
+                    .http
+                    .shutdown_grace
+                    .map_or(defaults.shutdown_grace, |d| d.0),
+            },
+            base_dir: base.to_path_buf(),
+        })
+    }
+}

@@ -1,0 +1,543 @@
+//! The sessions a server runs: one task per session drives the agent loop,
+//! steered by the API through the session's [`Steering`], and keeps a
+//! summary (status, usage, the call that waits for approval) that the API
+//! reads without touching the journal.
+//!
+//! The journal stays the truth: a session's tenant, policy, model and
+//! budgets are labels of its first record, so a restarted server finds its
+//! sessions again ([`load`]) and resumes the unfinished ones.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use longrun_host::agent::{Resumed, Session, SessionCreated, SessionStatus};
+use longrun_host::budget::Usage;
+use longrun_host::journal::{Journal, RecordKind, SessionId};
+use longrun_host::model::{Model, ModelResponse, ToolCall};
+use longrun_host::policy::{HumanDuration, NonNegative, Policy, SessionBudgets};
+use longrun_host::steer::{Steering, Wanted};
+use serde::{Deserialize, Serialize};
+
+use crate::Shared;
+
+/// Where a session stands, as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Paused,
+    AwaitingApproval,
+    BudgetExhausted,
+    Completed,
+    Cancelled,
+    /// The loop stopped on an error (the model failed for good, say); the
+    /// session is unfinished and a restarted server tries it again.
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Running,
+        Status::Paused,
+        Status::AwaitingApproval,
+        Status::BudgetExhausted,
+        Status::Completed,
+        Status::Cancelled,
+        Status::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::AwaitingApproval => "awaiting_approval",
+            Status::BudgetExhausted => "budget_exhausted",
+            Status::Completed => "completed",
+            Status::Cancelled => "cancelled",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the session has ended for good.
+    pub fn ended(self) -> bool {
+        matches!(self, Status::Completed | Status::Cancelled)
+    }
+}
+
+/// A call that waits for a person's decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Awaiting {
+    /// The sequence number of the journal's `approval_asked` record: the
+    /// `{step}` of the approvals endpoint.
+    pub step: u64,
+    pub call_id: String,
+    pub tool: String,
+    pub arguments: String,
+}
+
+/// Budgets a request may ask for; each can only tighten the policy's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budgets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tool_calls: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wall_time_secs: Option<u64>,
+}
+
+impl Budgets {
+    /// The budgets in force: for each, the smaller of the policy's and the
+    /// request's.
+    pub fn tighten(&self, policy: &SessionBudgets) -> SessionBudgets {
+        fn min<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(if b < a { b } else { a }),
+                (a, b) => a.or(b),
+            }
+        }
+        SessionBudgets {
+            max_steps: min(policy.max_steps, self.max_steps),
+            max_tool_calls: min(policy.max_tool_calls, self.max_tool_calls),
+            max_input_tokens: min(policy.max_input_tokens, self.max_input_tokens),
+            max_output_tokens: min(policy.max_output_tokens, self.max_output_tokens),
+            max_cost_usd: min(policy.max_cost_usd.map(|c| c.0), self.max_cost_usd).map(NonNegative),
+            max_wall_time: min(
+                policy.max_wall_time.map(|t| t.0),
+                self.max_wall_time_secs.map(std::time::Duration::from_secs),
+            )
+            .map(HumanDuration),
+        }
+    }
+
+    /// The budgets in force, as the API shows them.
+    pub fn of(budgets: &SessionBudgets) -> Budgets {
+        Budgets {
+            max_steps: budgets.max_steps,
+            max_tool_calls: budgets.max_tool_calls,
+            max_input_tokens: budgets.max_input_tokens,
+            max_output_tokens: budgets.max_output_tokens,
+            max_cost_usd: budgets.max_cost_usd.map(|c| c.0),
+            max_wall_time_secs: budgets.max_wall_time.map(|t| t.0.as_secs()),
+        }
+    }
+}
+
+/// What the API knows of a session without reading its journal.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub status: Status,
+    pub usage: Usage,
+    pub awaiting: Option<Awaiting>,
+    pub answer: Option<String>,
+    pub error: Option<String>,
+    pub budget_exhausted: Option<String>,
+}
+
+/// One session of the server.
+pub struct Entry {
+    pub id: SessionId,
+    pub tenant: String,
+    pub goal: String,
+    pub model: String,
+    /// The policy's name, or `"inline"`.
+    pub policy: String,
+    pub created_unix_millis: u64,
+    pub budgets: Budgets,
+    pub steering: Arc<Steering>,
+    summary: Mutex<Summary>,
+}
+
+impl Entry {
+    pub fn summary(&self) -> Summary {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Summary> {
+        // Plain data: valid after a panic of any holder.
+        self.summary.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Summary)) {
+        f(&mut self.lock());
+    }
+}
+
+/// The sessions by id.
+#[derive(Default)]
+pub struct Registry {
+    sessions: RwLock<BTreeMap<SessionId, Arc<Entry>>>,
+}
+
+impl Registry {
+    pub fn get(&self, id: SessionId) -> Option<Arc<Entry>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn insert(&self, entry: Arc<Entry>) {
+        self.sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(entry.id, entry);
+    }
+
+    /// Every session, in id order.
+    pub fn all(&self) -> Vec<Arc<Entry>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// What a new or resumed session runs with.
+pub struct Launch {
+    pub tenant: String,
+    pub goal: String,
+    pub policy_name: String,
+    pub policy: Arc<Policy>,
+    pub model_name: String,
+    pub model: Arc<dyn Model>,
+    pub budgets: Budgets,
+}
+
+impl Launch {
+    /// The labels of the session's first record: what a restarted server
+    /// needs to find the session's owner and run it as it was asked.
+    fn labels(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut labels = serde_json::Map::new();
+        labels.insert("tenant".into(), self.tenant.clone().into());
+        labels.insert("policy".into(), self.policy_name.clone().into());
+        labels.insert("model".into(), self.model_name.clone().into());
+        if let Ok(budgets) = serde_json::to_value(&self.budgets) {
+            labels.insert("budgets".into(), budgets);
+        }
+        labels
+    }
+
+    fn entry(&self, id: SessionId, created_unix_millis: u64, steering: Arc<Steering>) -> Entry {
+        Entry {
+            id,
+            tenant: self.tenant.clone(),
+            goal: self.goal.clone(),
+            model: self.model_name.clone(),
+            policy: self.policy_name.clone(),
+            created_unix_millis,
+            budgets: Budgets::of(&self.policy.session),
+            steering,
+            summary: Mutex::new(Summary {
+                status: Status::Running,
+                usage: Usage::default(),
+                awaiting: None,
+                answer: None,
+                error: None,
+                budget_exhausted: None,
+            }),
+        }
+    }
+}
+
+/// Start a new session: its first record is durable when this returns.
+pub async fn create(shared: &Arc<Shared>, launch: Launch) -> Result<Arc<Entry>, String> {
+    let (reply, created) = tokio::sync::oneshot::channel();
+    let task_shared = shared.clone();
+    shared.spawn(async move {
+        let shared = task_shared;
+        let journal = shared.journal.clone();
+        let toolbox = shared.toolbox.clone();
+        let (policy, model) = (launch.policy.clone(), launch.model.clone());
+        let session = Session::start_labelled(
+            &journal,
+            &toolbox,
+            &policy,
+            &*model,
+            shared.agent.clone(),
+            &launch.goal,
+            launch.labels(),
+        )
+        .await;
+        let session = match session {
+            Ok(session) => session,
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let entry = Arc::new(launch.entry(session.id(), unix_millis(), Steering::new()));
+        shared.sessions.insert(entry.clone());
+        let _ = reply.send(Ok(entry.clone()));
+        drive(&shared, &entry, session).await;
+    });
+    created
+        .await
+        .map_err(|_| "the session's task ended before it started".to_owned())?
+}
+
+/// Resume an unfinished session found in the journal.
+fn resume(shared: &Arc<Shared>, entry: Arc<Entry>, launch: Launch) {
+    let task_shared = shared.clone();
+    shared.spawn(async move {
+        let shared = task_shared;
+        let journal = shared.journal.clone();
+        let toolbox = shared.toolbox.clone();
+        let (policy, model) = (launch.policy.clone(), launch.model.clone());
+        let resumed = Session::resume(
+            &journal,
+            entry.id,
+            &toolbox,
+            &policy,
+            &*model,
+            shared.agent.clone(),
+        )
+        .await;
+        match resumed {
+            Ok(Resumed::Session(session)) => drive(&shared, &entry, *session).await,
+            Ok(Resumed::Ended) => entry.update(|s| s.status = Status::Completed),
+            Err(e) => entry.update(|s| {
+                s.status = Status::Failed;
+                s.error = Some(e.to_string());
+            }),
+        }
+    });
+}
+
+/// Run a session until it ends, the server halts it, or it fails; while it
+/// is paused or waits for approval, sleep until the API steers it.
+async fn drive(shared: &Shared, entry: &Arc<Entry>, mut session: Session<'_>) {
+    session.steer_by(entry.steering.clone());
+    if session.paused_by_person() {
+        entry.steering.want(Wanted::Pause);
+    }
+    let progress = entry.clone();
+    session.on_step(move |p| progress.update(|s| s.usage = p.usage.clone()));
+    let mut changes = entry.steering.subscribe();
+    loop {
+        entry.update(|s| {
+            s.status = Status::Running;
+            s.awaiting = None;
+            s.budget_exhausted = None;
+        });
+        let outcome = session.run().await;
+        let usage = session.ledger().used.clone();
+        let status = match outcome {
+            Ok(SessionStatus::Completed { answer }) => {
+                entry.update(|s| s.answer = Some(answer));
+                Status::Completed
+            }
+            Ok(SessionStatus::Cancelled) => Status::Cancelled,
+            Ok(SessionStatus::Halted) => return,
+            Ok(SessionStatus::Paused) => Status::Paused,
+            Ok(SessionStatus::AwaitingApproval { call }) => {
+                let awaiting = approval_step(&shared.journal, entry.id, &call);
+                entry.update(|s| s.awaiting = awaiting);
+                Status::AwaitingApproval
+            }
+            Ok(SessionStatus::BudgetExhausted(e)) => {
+                entry.update(|s| s.budget_exhausted = Some(e.to_string()));
+                Status::BudgetExhausted
+            }
+            Err(e) => {
+                tracing::warn!(session = entry.id, "session failed: {e}");
+                entry.update(|s| s.error = Some(e.to_string()));
+                Status::Failed
+            }
+        };
+        entry.update(|s| {
+            s.status = status;
+            s.usage = usage;
+        });
+        if status.ended() || status == Status::Failed {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The `approval_asked` record of `call`, the last one for it.
+fn approval_step(journal: &Journal, session: SessionId, call: &ToolCall) -> Option<Awaiting> {
+    let mut found = None;
+    for record in journal.records(session).flatten() {
+        if record.kind == RecordKind::ApprovalAsked
+            && let Ok(asked) = serde_json::from_slice::<serde_json::Value>(&record.payload)
+            && asked["call_id"] == call.id.as_str()
+        {
+            found = Some(record.seq);
+        }
+    }
+    found.map(|step| Awaiting {
+        step,
+        call_id: call.id.clone(),
+        tool: call.name.clone(),
+        arguments: call.arguments.clone(),
+    })
+}
+
+/// Find the server's sessions in the journal (those with a tenant label),
+/// register them, and resume the unfinished ones.
+pub fn load(shared: &Arc<Shared>) -> Result<usize, longrun_host::journal::JournalError> {
+    let mut resumed = 0;
+    for id in shared.journal.sessions()? {
+        let Some(found) = scan(&shared.journal, id)? else {
+            continue;
+        };
+        let policy = match shared.recorded_policy(&found) {
+            Ok(policy) => policy,
+            Err(e) => {
+                register_broken(shared, id, &found, e);
+                continue;
+            }
+        };
+        let Some(model) = shared.models.get(&found.model_name).cloned() else {
+            let why = format!("model {:?} is not configured", found.model_name);
+            register_broken(shared, id, &found, why);
+            continue;
+        };
+        let launch = Launch {
+            tenant: found.tenant.clone(),
+            goal: found.created.goal.clone(),
+            policy_name: found.policy_name.clone(),
+            policy: Arc::new(policy),
+            model_name: found.model_name.clone(),
+            model,
+            budgets: found.budgets.clone(),
+        };
+        let entry = Arc::new(launch.entry(id, found.created_unix_millis, Steering::new()));
+        entry.update(|s| s.usage = found.usage.clone());
+        shared.sessions.insert(entry.clone());
+        match found.ended {
+            Some((status, answer)) => entry.update(|s| {
+                s.status = status;
+                s.answer = answer;
+            }),
+            None => {
+                resume(shared, entry, launch);
+                resumed += 1;
+            }
+        }
+    }
+    Ok(resumed)
+}
+
+/// A session of this server whose policy or model can no longer be set up:
+/// listed as failed, with why.
+fn register_broken(shared: &Shared, id: SessionId, found: &Found, why: String) {
+    let (status, answer) = found.ended.clone().unwrap_or((Status::Failed, None));
+    shared.sessions.insert(Arc::new(Entry {
+        id,
+        tenant: found.tenant.clone(),
+        goal: found.created.goal.clone(),
+        model: found.model_name.clone(),
+        policy: found.policy_name.clone(),
+        created_unix_millis: found.created_unix_millis,
+        budgets: found.budgets.clone(),
+        steering: Steering::new(),
+        summary: Mutex::new(Summary {
+            status,
+            usage: found.usage.clone(),
+            awaiting: None,
+            answer,
+            error: (status == Status::Failed).then_some(why),
+            budget_exhausted: None,
+        }),
+    }));
+}
+
+/// What the journal says of one of the server's sessions.
+pub struct Found {
+    pub created: SessionCreated,
+    pub created_unix_millis: u64,
+    pub tenant: String,
+    pub policy_name: String,
+    pub model_name: String,
+    pub budgets: Budgets,
+    pub usage: Usage,
+    pub ended: Option<(Status, Option<String>)>,
+}
+
+fn scan(
+    journal: &Journal,
+    id: SessionId,
+) -> Result<Option<Found>, longrun_host::journal::JournalError> {
+    let mut records = journal.records(id);
+    let Some(first) = records.next().transpose()? else {
+        return Ok(None);
+    };
+    let Ok(created) = serde_json::from_slice::<SessionCreated>(&first.payload) else {
+        return Ok(None);
+    };
+    let label = |name: &str| {
+        created
+            .labels
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let Some(tenant) = label("tenant") else {
+        return Ok(None);
+    };
+    let budgets = created
+        .labels
+        .get("budgets")
+        .and_then(|b| serde_json::from_value(b.clone()).ok())
+        .unwrap_or_default();
+    let mut found = Found {
+        created_unix_millis: first.unix_millis,
+        tenant,
+        policy_name: label("policy").unwrap_or_else(|| "inline".into()),
+        model_name: label("model").unwrap_or_default(),
+        budgets,
+        usage: Usage::default(),
+        ended: None,
+        created,
+    };
+    for record in records {
+        let record = record?;
+        match record.kind {
+            RecordKind::ModelResponse => {
+                if let Ok(response) = serde_json::from_slice::<ModelResponse>(&record.payload) {
+                    found.usage.steps += 1;
+                    found.usage.input_tokens += response.usage.input_tokens;
+                    found.usage.output_tokens += response.usage.output_tokens;
+                }
+            }
+            RecordKind::ToolIntent => found.usage.tool_calls += 1,
+            RecordKind::SessionEnded => {
+                let ended: serde_json::Value =
+                    serde_json::from_slice(&record.payload).unwrap_or_default();
+                let status = match ended["status"].as_str() {
+                    Some("cancelled") => Status::Cancelled,
+                    _ => Status::Completed,
+                };
+                found.ended = Some((status, ended["answer"].as_str().map(str::to_owned)));
+            }
+            _ => {}
+        }
+    }
+    Ok(Some(found))
+}
+
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
