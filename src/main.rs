@@ -14,6 +14,7 @@ use longrun_host::openai::{OpenAiConfig, OpenAiModel};
 use longrun_host::policy::{Access, Decision, Policy};
 use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
 use longrun_model_local::LocalModel;
+use longrun_server::mcp::McpServer;
 
 #[derive(Parser)]
 #[command(
@@ -90,6 +91,25 @@ enum Command {
         #[command(flatten)]
         tools: ToolsDir,
     },
+    /// Serve the tools, under a policy, as an MCP server: over stdio, or
+    /// over streamable HTTP at /mcp with --http. Each call runs in the
+    /// sandbox and is journaled.
+    Mcp {
+        #[arg(long)]
+        policy: PathBuf,
+        /// Serve streamable HTTP here (e.g. 127.0.0.1:8765; port 0: any free
+        /// port, printed) instead of stdio.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// The environment variable holding the bearer token HTTP requests
+        /// must carry.
+        #[arg(long)]
+        token_env: Option<String>,
+        #[command(flatten)]
+        journal: JournalDir,
+        #[command(flatten)]
+        tools: ToolsDir,
+    },
     /// List the sessions in the journal.
     Sessions {
         #[command(flatten)]
@@ -110,7 +130,13 @@ enum ModelCommand {
 #[derive(clap::Args)]
 struct JournalDir {
     /// The journal directory.
-    #[arg(long = "journal", default_value = ".longrun/journal")]
+    // Distinct ids: clap names an argument after its field, and both
+    // flattened directories' fields are `dir`.
+    #[arg(
+        long = "journal",
+        id = "journal_dir",
+        default_value = ".longrun/journal"
+    )]
     dir: PathBuf,
 }
 
@@ -155,7 +181,7 @@ enum ToolCommand {
 struct ToolsDir {
     /// The directory of tool components (default: $LONGRUN_TOOLS_DIR, or the
     /// built-in tools beside this executable).
-    #[arg(long = "tools-dir")]
+    #[arg(long = "tools-dir", id = "tools_dir")]
     dir: Option<PathBuf>,
 }
 
@@ -233,6 +259,43 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             tools,
         } => serve(&config, listen, tools).await,
+        Command::Mcp {
+            policy,
+            http,
+            token_env,
+            journal,
+            tools,
+        } => {
+            let policy = Arc::new(Policy::load(&policy)?);
+            let toolbox = Arc::new(tools.load().await?);
+            std::fs::create_dir_all(&journal.dir).with_context(|| {
+                format!("creating the journal directory {}", journal.dir.display())
+            })?;
+            let journal = Journal::open(&journal.dir)
+                .with_context(|| format!("opening the journal in {}", journal.dir.display()))?;
+            let transport = if http.is_some() { "http" } else { "stdio" };
+            let server = Arc::new(McpServer::new(toolbox, policy, journal, transport).await?);
+            match http {
+                None => server.serve_stdio().await?,
+                Some(addr) => {
+                    let token = match token_env {
+                        Some(var) => Some(std::env::var(&var).with_context(|| {
+                            format!("the environment variable {var} is not set")
+                        })?),
+                        None => None,
+                    };
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("listening on {addr}"))?;
+                    println!(
+                        "listening on {}",
+                        longrun_server::mcp::endpoint(listener.local_addr()?)
+                    );
+                    server.serve_http(listener, token, shutdown_signal()).await;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Model(ModelCommand::Fetch { name }) => {
             let path = longrun_host::fetch::fetch(&name)?;
             println!("{}", path.display());
@@ -437,14 +500,25 @@ async fn serve(
     )
     .await?;
     println!("listening on http://{}", server.local_addr());
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    shutdown_signal().await;
     eprintln!("shutting down");
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Returns on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Resume the first unfinished session of the journal, or start one.
@@ -684,4 +758,29 @@ fn schema_summary(schema: &serde_json::Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_and_tools_directories_are_separate_arguments() {
+        for command in ["mcp", "run"] {
+            let mut args = vec!["longrun", command, "--policy", "p.toml"];
+            if command == "run" {
+                args.extend(["goal", "--model", "scripted:s.jsonl"]);
+            }
+            args.extend(["--journal", "j", "--tools-dir", "t"]);
+            let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{command}: {e}"));
+            let (journal, tools) = match cli.command {
+                Command::Mcp { journal, tools, .. } | Command::Run { journal, tools, .. } => {
+                    (journal, tools)
+                }
+                _ => unreachable!(),
+            };
+            assert_eq!(journal.dir, PathBuf::from("j"));
+            assert_eq!(tools.dir, Some(PathBuf::from("t")));
+        }
+    }
 }

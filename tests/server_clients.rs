@@ -399,3 +399,128 @@ async fn stream(sender: &mut Sender, id: u64) -> (StatusCode, String, Duration) 
         started.elapsed(),
     )
 }
+
+/// A policy for the MCP tests: reading allowed, writing needs a person.
+fn mcp_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ws")).unwrap();
+    std::fs::write(dir.path().join("ws/hello.txt"), "hello").unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[tools]\nallow = [\"fs_*\"]\napprove = [\"fs_write\"]\n[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-write\"\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// What the SDK client saw, checked the same for both transports, and the
+/// journal the server wrote.
+fn check_mcp_run(seen: &Value, dir: &std::path::Path) {
+    println!("mcp client saw: {seen}");
+    assert_eq!(seen["server"], "longrun");
+    let tools = seen["tools"].as_array().unwrap();
+    assert!(tools.contains(&json!("fs_read")) && tools.contains(&json!("fs_write")));
+    assert!(
+        !tools.contains(&json!("http_get")),
+        "a tool the policy denies is offered"
+    );
+    assert_eq!(seen["allowed"]["is_error"], false);
+    assert!(seen["allowed"]["text"].as_str().unwrap().contains("hello"));
+    assert_eq!(seen["refused"]["is_error"], true);
+    assert!(seen["refused"]["text"].as_str().unwrap().contains("approv"));
+    assert!(!dir.join("ws/new.txt").exists(), "the refused call ran");
+
+    let journal = longrun_host::journal::Journal::open_with(
+        &dir.join("journal"),
+        longrun_host::journal::JournalOptions::AUDIT,
+    )
+    .unwrap();
+    let session = journal.sessions().unwrap()[0];
+    let kinds: Vec<_> = journal
+        .records(session)
+        .map(|r| r.unwrap().kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "session_created",
+            "tool_intent",
+            "tool_result",
+            "policy_decision"
+        ]
+    );
+    journal.verify(session).unwrap();
+}
+
+#[test]
+fn the_mcp_sdk_lists_the_tools_and_calls_them_over_stdio_one_allowed_one_refused() {
+    let dir = mcp_dir();
+    let output = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/external/mcp_client.py"
+        ))
+        .arg("stdio")
+        .arg(env!("CARGO_BIN_EXE_longrun"))
+        .args(["mcp", "--policy"])
+        .arg(dir.path().join("policy.toml"))
+        .arg("--journal")
+        .arg(dir.path().join("journal"))
+        .arg("--tools-dir")
+        .arg(common::builtin_tools_dir())
+        .output()
+        .expect("the MCP client runs");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    check_mcp_run(&seen, dir.path());
+}
+
+#[test]
+fn the_mcp_sdk_lists_the_tools_and_calls_them_over_streamable_http_one_allowed_one_refused() {
+    let dir = mcp_dir();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["mcp", "--http", "127.0.0.1:0", "--policy"])
+        .arg(dir.path().join("policy.toml"))
+        .arg("--journal")
+        .arg(dir.path().join("journal"))
+        .arg("--tools-dir")
+        .arg(common::builtin_tools_dir())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("longrun mcp starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let output = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/external/mcp_client.py"
+        ))
+        .arg("http")
+        .arg(&url)
+        .output()
+        .expect("the MCP client runs");
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    check_mcp_run(&seen, dir.path());
+}

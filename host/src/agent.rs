@@ -901,39 +901,19 @@ impl<'a> Session<'a> {
         elapsed: Duration,
         view: bool,
     ) -> Result<(), AgentError> {
-        let mut result = ToolResult {
-            call_id: call_id.to_owned(),
-            output: None,
-            output_blob: None,
-            error: None,
-            elapsed_ms: elapsed.as_millis() as u64,
-            view_bytes: None,
-        };
-        let mut blobs = Vec::new();
+        let (mut result, blobs) = tool_result(&self.journal, call_id, &outcome, elapsed)?;
         let content = match outcome {
             Ok(output) => {
                 let cap = self.config.output_view_bytes;
-                let content = if view && output.len() > cap {
+                if view && output.len() > cap {
                     result.view_bytes = Some(cap);
                     self.outputs_cut = true;
                     context::output_view(&output, &context::handle(self.writer.next_seq()), cap)
                 } else {
-                    output.clone()
-                };
-                if output.len() > INLINE_OUTPUT {
-                    let hash = self.journal.put_blob(output.as_bytes())?;
-                    result.output_blob = Some(blake3::Hash::from_bytes(hash).to_hex().to_string());
-                    blobs.push(hash);
-                } else {
-                    result.output = Some(output);
+                    output
                 }
-                content
             }
-            Err(e) => {
-                let content = format!("error: {e}");
-                result.error = Some(e);
-                content
-            }
+            Err(e) => format!("error: {e}"),
         };
         self.writer
             .append_durable(
@@ -1102,6 +1082,36 @@ impl<'a> Session<'a> {
         .await?;
         Ok(SessionStatus::BudgetExhausted(exceeded))
     }
+}
+
+/// The record of a call's outcome, as every host that runs tools journals
+/// it (the agent loop, the MCP server): the output inline when short, else
+/// in a blob, stored here, whose hash the record must reference.
+pub fn tool_result(
+    journal: &Journal,
+    call_id: &str,
+    outcome: &Result<String, String>,
+    elapsed: Duration,
+) -> Result<(ToolResult, Vec<crate::journal::Hash>), AgentError> {
+    let mut result = ToolResult {
+        call_id: call_id.to_owned(),
+        output: None,
+        output_blob: None,
+        error: None,
+        elapsed_ms: elapsed.as_millis() as u64,
+        view_bytes: None,
+    };
+    let mut blobs = Vec::new();
+    match outcome {
+        Ok(output) if output.len() > INLINE_OUTPUT => {
+            let hash = journal.put_blob(output.as_bytes())?;
+            result.output_blob = Some(blake3::Hash::from_bytes(hash).to_hex().to_string());
+            blobs.push(hash);
+        }
+        Ok(output) => result.output = Some(output.clone()),
+        Err(e) => result.error = Some(e.clone()),
+    }
+    Ok((result, blobs))
 }
 
 /// The model's answer to `request`, or `None` when the session is

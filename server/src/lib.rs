@@ -12,9 +12,11 @@
 //! - [`sessions`]: the session tasks and what the API knows of them.
 //! - [`api`]: the handlers.
 //! - [`metrics`]: counters in the Prometheus text format.
+//! - [`mcp`]: the tools as an MCP server (`longrun mcp`).
 
 pub mod api;
 pub mod config;
+pub mod mcp;
 pub mod metrics;
 pub mod problem;
 pub mod routes;
