@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use crate::sessions::{Registry, Status};
 
+/// Requests are counted by route pattern, method and status.
+type RequestKey = (&'static str, String, u16);
+
 #[derive(Default)]
 pub struct Metrics {
-    /// (route pattern, method, status) → (count, seconds).
-    requests: Mutex<BTreeMap<(&'static str, String, u16), (u64, f64)>>,
+    /// How many requests, and the seconds they took.
+    requests: Mutex<BTreeMap<RequestKey, (u64, f64)>>,
     pub event_streams: AtomicI64,
 }
 
