@@ -13,6 +13,7 @@ use longrun_host::model::{
     Message, Model, ModelFuture, ModelRequest, Purpose, Role, ScriptedModel,
 };
 use longrun_host::policy::Policy;
+use longrun_host::steer::{Steering, Wanted};
 
 struct World {
     dir: tempfile::TempDir,
@@ -800,4 +801,68 @@ async fn a_resumed_session_rebuilds_the_compacted_context_the_model_last_saw() {
         assert!(c["tokens_before"].as_u64().unwrap() < 8000 + 2000, "{c}");
     }
     assert_eq!(count(&w.kinds(id), RecordKind::ToolResult), 30);
+}
+
+/// A model that takes a minute to answer, so that only an interruption
+/// ends its call.
+const SLOW_ANSWER: &str = r#"{"content": "too late", "delay_ms": 60000}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_cuts_a_model_call_short_and_ends_the_session_in_the_journal() {
+    let w = world();
+    let toolbox = common::shared_toolbox(false).await;
+    let policy = w.policy("[tools]\nallow = [\"fs_*\"]\n");
+    let model = ScriptedModel::parse(SLOW_ANSWER, "script").unwrap();
+    let mut session = Session::start(&w.journal, toolbox, &policy, &model, config(), "wait")
+        .await
+        .unwrap();
+    let steering = Steering::new();
+    session.steer_by(steering.clone());
+    tokio::spawn({
+        let steering = steering.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            steering.want(Wanted::Cancel);
+        }
+    });
+    assert_eq!(session.run().await.unwrap(), SessionStatus::Cancelled);
+    let kinds = w.kinds(session.id());
+    assert!(!kinds.contains(&RecordKind::ModelResponse), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&RecordKind::SessionEnded));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_session_stops_without_ending_and_a_resume_goes_on_from_there() {
+    let w = world();
+    let toolbox = common::shared_toolbox(false).await;
+    let policy = w.policy("[tools]\nallow = [\"fs_*\"]\n");
+    let slow = ScriptedModel::parse(SLOW_ANSWER, "script").unwrap();
+    let mut session = Session::start(&w.journal, toolbox, &policy, &slow, config(), "wait")
+        .await
+        .unwrap();
+    let id = session.id();
+    let steering = Steering::new();
+    session.steer_by(steering.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        steering.halt();
+    });
+    assert_eq!(session.run().await.unwrap(), SessionStatus::Halted);
+    drop(session);
+    assert!(!w.kinds(id).contains(&RecordKind::SessionEnded));
+
+    let quick = ScriptedModel::parse(r#"{"content": "in time"}"#, "script").unwrap();
+    let Resumed::Session(mut resumed) =
+        Session::resume(&w.journal, id, toolbox, &policy, &quick, config())
+            .await
+            .unwrap()
+    else {
+        panic!("the halted session had ended");
+    };
+    assert_eq!(
+        resumed.run().await.unwrap(),
+        SessionStatus::Completed {
+            answer: "in time".into()
+        }
+    );
 }
