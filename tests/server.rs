@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use longrun_host::agent::AgentConfig;
 use longrun_host::journal::Journal;
 use longrun_host::model::{Model, ScriptedModel};
@@ -196,6 +195,16 @@ impl Harness {
         panic!("session {id} never got there");
     }
 
+    /// A session on the slow model, once it has taken two steps.
+    async fn slow_session_at_step_two(&self) -> u64 {
+        let id = self
+            .create(ACME, json!({"goal": "list", "model": "slow"}))
+            .await;
+        self.until(id, ACME, |s| s["step"].as_u64().unwrap() >= 2)
+            .await;
+        id
+    }
+
     async fn until_status(&self, id: u64, token: &str, status: &str) -> Value {
         self.until(id, token, |s| s["status"] == status).await
     }
@@ -223,17 +232,8 @@ struct Reply {
     json: Value,
 }
 
-async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    sender
-}
-
 async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
-    let mut sender = connect(addr).await;
+    let mut sender = common::connect(addr).await;
     let response = sender.send_request(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
@@ -468,11 +468,7 @@ async fn a_denied_call_is_refused_and_the_model_is_told_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_resume_and_cancel_steer_a_running_session_at_its_step_boundaries() {
     let h = Harness::new().await;
-    let id = h
-        .create(ACME, json!({"goal": "list", "model": "slow"}))
-        .await;
-    h.until(id, ACME, |s| s["step"].as_u64().unwrap() >= 2)
-        .await;
+    let id = h.slow_session_at_step_two().await;
 
     let paused = h
         .post(&format!("/v1/sessions/{id}/pause"), ACME, json!({}))
@@ -533,11 +529,7 @@ async fn pause_resume_and_cancel_steer_a_running_session_at_its_step_boundaries(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persons_message_is_journaled_and_reaches_the_model_at_the_next_step() {
     let h = Harness::new().await;
-    let id = h
-        .create(ACME, json!({"goal": "list", "model": "slow"}))
-        .await;
-    h.until(id, ACME, |s| s["step"].as_u64().unwrap() >= 2)
-        .await;
+    let id = h.slow_session_at_step_two().await;
     let sent = h
         .post(
             &format!("/v1/sessions/{id}/messages"),
@@ -588,7 +580,7 @@ async fn read_events(
     if let Some(last) = last_event_id {
         request = request.header("last-event-id", last.to_string());
     }
-    let mut sender = connect(addr).await;
+    let mut sender = common::connect(addr).await;
     let response: hyper::Response<Incoming> = sender
         .send_request(request.body(Full::new(Bytes::new())).unwrap())
         .await

@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +15,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "acme-token-0123456789";
@@ -47,24 +45,14 @@ fn serve(script: &str) -> ServerProcess {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_longrun"))
-        .args(["serve", "--config"])
-        .arg(p.join("server.toml"))
-        .args(["--listen", "127.0.0.1:0", "--tools-dir"])
-        .arg(common::builtin_tools_dir())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("longrun serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
+    let (child, url) = common::spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .args(["serve", "--config"])
+            .arg(p.join("server.toml"))
+            .args(["--listen", "127.0.0.1:0", "--tools-dir"])
+            .arg(common::builtin_tools_dir()),
+    );
+    let addr = url.strip_prefix("http://").unwrap().parse().unwrap();
     ServerProcess { child, addr, dir }
 }
 
@@ -94,15 +82,6 @@ fn python() -> PathBuf {
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(addr: std::net::SocketAddr) -> Sender {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    sender
-}
 
 /// One request on a kept-alive connection: status, JSON body, time taken.
 async fn call(
@@ -183,7 +162,7 @@ fn the_viewer_in_headless_chromium_shows_a_sessions_steps_as_they_happen() {
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let id = runtime.block_on(async {
-        let mut sender = connect(server.addr).await;
+        let mut sender = common::connect(server.addr).await;
         let (status, session, _) = call(
             &mut sender,
             Method::POST,
@@ -269,7 +248,7 @@ fn two_hundred_sessions_and_five_hundred_readers_see_no_error() {
                 .map(|i| {
                     let errors = errors.clone();
                     tokio::spawn(async move {
-                        let mut sender = connect(addr).await;
+                        let mut sender = common::connect(addr).await;
                         let (status, session, took) = call(
                             &mut sender,
                             Method::POST,
@@ -298,7 +277,7 @@ fn two_hundred_sessions_and_five_hundred_readers_see_no_error() {
                     let id = ids[i % SESSIONS];
                     let errors = errors.clone();
                     tokio::spawn(async move {
-                        let mut sender = connect(addr).await;
+                        let mut sender = common::connect(addr).await;
                         let mut latencies = Vec::new();
                         if i % 2 == 0 {
                             loop {
@@ -483,25 +462,15 @@ fn the_mcp_sdk_lists_the_tools_and_calls_them_over_stdio_one_allowed_one_refused
 #[test]
 fn the_mcp_sdk_lists_the_tools_and_calls_them_over_streamable_http_one_allowed_one_refused() {
     let dir = mcp_dir();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_longrun"))
-        .args(["mcp", "--http", "127.0.0.1:0", "--policy"])
-        .arg(dir.path().join("policy.toml"))
-        .arg("--journal")
-        .arg(dir.path().join("journal"))
-        .arg("--tools-dir")
-        .arg(common::builtin_tools_dir())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("longrun mcp starts");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    let (mut server, url) = common::spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .args(["mcp", "--http", "127.0.0.1:0", "--policy"])
+            .arg(dir.path().join("policy.toml"))
+            .arg("--journal")
+            .arg(dir.path().join("journal"))
+            .arg("--tools-dir")
+            .arg(common::builtin_tools_dir()),
+    );
     let output = Command::new(python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),

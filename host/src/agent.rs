@@ -132,6 +132,25 @@ pub struct SessionCreated {
     pub labels: serde_json::Map<String, serde_json::Value>,
 }
 
+impl SessionCreated {
+    /// The first record of a session that pursues `goal` under `policy`
+    /// (its text and hash) with `model`.
+    pub fn new(
+        goal: &str,
+        policy: &Policy,
+        model: &str,
+        labels: serde_json::Map<String, serde_json::Value>,
+    ) -> SessionCreated {
+        SessionCreated {
+            goal: goal.to_owned(),
+            policy_text: policy.text.clone(),
+            policy_hash: blake3::hash(policy.text.as_bytes()).to_hex().to_string(),
+            model: model.to_owned(),
+            labels,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolIntent {
     pub call_id: String,
@@ -258,13 +277,7 @@ impl<'a> Session<'a> {
     ) -> Result<Session<'a>, AgentError> {
         let price = price(policy, model)?;
         let mut writer = journal.create_session()?;
-        let created = SessionCreated {
-            goal: goal.to_owned(),
-            policy_text: policy.text.clone(),
-            policy_hash: blake3::hash(policy.text.as_bytes()).to_hex().to_string(),
-            model: model.name().to_owned(),
-            labels,
-        };
+        let created = SessionCreated::new(goal, policy, model.name(), labels);
         writer
             .append_durable(
                 RecordKind::SessionCreated,
@@ -652,31 +665,28 @@ impl<'a> Session<'a> {
         match taken.wanted {
             Wanted::Cancel => return self.end_cancelled().await.map(Some),
             Wanted::Pause => {
-                if !self.paused {
-                    self.paused = true;
-                    self.record(
-                        RecordKind::Control,
-                        &Control {
-                            action: "pause".into(),
-                        },
-                    )
-                    .await?;
-                }
+                self.set_paused(true).await?;
                 return Ok(Some(SessionStatus::Paused));
             }
-            Wanted::Run if self.paused => {
-                self.paused = false;
-                self.record(
-                    RecordKind::Control,
-                    &Control {
-                        action: "resume".into(),
-                    },
-                )
-                .await?;
-            }
-            Wanted::Run => {}
+            Wanted::Run => self.set_paused(false).await?,
         }
         Ok(None)
+    }
+
+    /// Journal a person's pause or resume, when it changes anything.
+    async fn set_paused(&mut self, paused: bool) -> Result<(), AgentError> {
+        if self.paused != paused {
+            self.paused = paused;
+            let action = if paused { "pause" } else { "resume" };
+            self.record(
+                RecordKind::Control,
+                &Control {
+                    action: action.into(),
+                },
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn end_cancelled(&mut self) -> Result<SessionStatus, AgentError> {

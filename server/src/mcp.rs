@@ -78,13 +78,12 @@ impl McpServer {
         let mut writer = journal.create_session()?;
         let mut labels = serde_json::Map::new();
         labels.insert("mcp".into(), transport.into());
-        let created = SessionCreated {
-            goal: format!("MCP server over {transport}"),
-            policy_text: policy.text.clone(),
-            policy_hash: blake3::hash(policy.text.as_bytes()).to_hex().to_string(),
-            model: "mcp-client".into(),
+        let created = SessionCreated::new(
+            &format!("MCP server over {transport}"),
+            &policy,
+            "mcp-client",
             labels,
-        };
+        );
         writer
             .append_durable(
                 RecordKind::SessionCreated,
