@@ -8,13 +8,16 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use longrun_host::agent::{AgentConfig, Resumed, Session, SessionStatus};
-use longrun_host::journal::{Journal, JournalOptions, RecordKind};
+use longrun_host::journal::Journal;
 use longrun_host::model::{Model, ModelSpec, ScriptedModel};
 use longrun_host::openai::{OpenAiConfig, OpenAiModel};
 use longrun_host::policy::{Access, Decision, Policy};
 use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
 use longrun_model_local::LocalModel;
 use longrun_server::mcp::McpServer;
+
+mod replay;
+use replay::{ReplayCommand, replay};
 
 #[derive(Parser)]
 #[command(
@@ -110,11 +113,11 @@ enum Command {
         #[command(flatten)]
         tools: ToolsDir,
     },
-    /// List the sessions in the journal.
-    Sessions {
-        #[command(flatten)]
-        journal: JournalDir,
-    },
+    /// Audit a journal: list, show, verify, re-execute, fork, stats. Every
+    /// command but `fork` reads a private copy of the journal and never
+    /// writes to it (so a journal a host has open can be read too).
+    #[command(subcommand)]
+    Replay(ReplayCommand),
 }
 
 #[derive(Subcommand)]
@@ -301,29 +304,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sessions { journal } => {
-            let journal = Journal::open_with(&journal.dir, JournalOptions::AUDIT)
-                .with_context(|| format!("opening the journal in {}", journal.dir.display()))?;
-            for session in journal.sessions()? {
-                let records: Vec<_> = journal.records(session).collect::<Result<_, _>>()?;
-                let last = records
-                    .last()
-                    .map(|r| format!("{:?}", r.kind))
-                    .unwrap_or_default();
-                let status = match records.last().map(|r| r.kind) {
-                    Some(RecordKind::SessionEnded) => "ended",
-                    Some(RecordKind::BudgetEvent) => "paused (budget)",
-                    Some(RecordKind::ApprovalAsked) => "paused (approval)",
-                    Some(RecordKind::Control) => "paused (by a person)",
-                    _ => "unfinished",
-                };
-                println!(
-                    "{session:>6}  {status:<18} {:>7} records  last: {last}",
-                    records.len()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Replay(command) => replay(command).await,
         Command::Policy(PolicyCommand::Check { file }) => {
             let policy = Policy::load(&file)?;
             println!("{}: ok", file.display());
@@ -538,8 +519,7 @@ async fn run_session(
         .with_context(|| format!("opening the journal in {}", journal_dir.display()))?;
     let mut unfinished = None;
     for session in journal.sessions()? {
-        let last = journal.records(session).last().transpose()?.map(|r| r.kind);
-        if last != Some(RecordKind::SessionEnded) {
+        if longrun_host::agent::resumable(&journal, session)? {
             unfinished = Some(session);
             break;
         }
@@ -556,6 +536,12 @@ async fn run_session(
         }
         None => Session::start(&journal, &toolbox, &policy, model, config, goal).await?,
     };
+    drive(&mut session, &policy).await
+}
+
+/// Run a session to its end or a pause, showing each step; the exit code
+/// says how it stopped.
+async fn drive(session: &mut Session<'_>, policy: &Policy) -> Result<ExitCode> {
     let budgets = policy.session.clone();
     session.on_step(move |p| {
         let of = |limit: Option<u64>| limit.map(|l| format!("/{l}")).unwrap_or_default();

@@ -1,12 +1,12 @@
 //! The step journal on sled: records chain by hash, survive a reopen, share
 //! flushes between sessions, and any change to history is found and named.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use longrun_host::journal::{
-    Hash, Journal, JournalError, RecordKind, SessionId, VerifyError, open_storage,
-};
+use longrun_host::journal::{Hash, Journal, JournalError, RecordKind, SessionId, VerifyError};
+
+mod common;
+use common::tamper::{key, open_raw, tamper};
 
 /// A session of `steps` records; every third one references a blob (a
 /// shared one, stored once, and one of its own).
@@ -33,52 +33,6 @@ fn write_session(journal: &Arc<Journal>, steps: u64) -> SessionId {
 }
 
 /// The raw blob store of a closed journal: bytes by number, numbers by hash.
-struct RawBlobs {
-    data: sled::Tree,
-    index: sled::Tree,
-}
-
-impl RawBlobs {
-    fn number(&self, hash: Hash) -> sled::IVec {
-        self.index.get(hash).unwrap().unwrap()
-    }
-
-    fn get(&self, hash: Hash) -> Vec<u8> {
-        self.data.get(self.number(hash)).unwrap().unwrap().to_vec()
-    }
-
-    fn replace(&self, hash: Hash, bytes: &[u8]) {
-        self.data.insert(self.number(hash), bytes).unwrap();
-    }
-}
-
-/// Run `f` on the raw sled trees of a closed journal, the way someone
-/// editing the files would.
-fn tamper(dir: &Path, f: impl FnOnce(&sled::Tree, &RawBlobs)) {
-    let db = open_raw(dir);
-    f(
-        &db.open_tree("records").unwrap(),
-        &RawBlobs {
-            data: db.open_tree("blob_data").unwrap(),
-            index: db.open_tree("blob_index").unwrap(),
-        },
-    );
-    db.flush().unwrap();
-}
-
-/// The sled database under a closed journal, opened the way the journal
-/// opens it (waiting for the lock a just-closed journal gives up).
-fn open_raw(dir: &Path) -> sled::Db {
-    open_storage(sled::Config::new().path(dir)).unwrap()
-}
-
-fn key(session: SessionId, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&session.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
 #[test]
 fn records_chain_and_read_back_in_order_with_their_blobs() {
     let dir = tempfile::tempdir().unwrap();

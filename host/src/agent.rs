@@ -55,6 +55,9 @@ pub struct AgentConfig {
     /// Tool outputs longer than this many bytes reach the model cut, with a
     /// handle to read the rest through `read_output`.
     pub output_view_bytes: usize,
+    /// The most bytes of the mounts' files a new session stores in its
+    /// journal (see [`crate::snapshot`]); 0 stores none.
+    pub snapshot_bytes: u64,
 }
 
 impl Default for AgentConfig {
@@ -65,6 +68,7 @@ impl Default for AgentConfig {
             first_backoff: Duration::from_millis(200),
             context_tokens: 32_000,
             output_view_bytes: 8 << 10,
+            snapshot_bytes: 64 << 20,
         }
     }
 }
@@ -105,6 +109,8 @@ pub enum AgentError {
     ContextOverflow { tokens: u64, limit: u64 },
     #[error("the journal does not match this session: {0}")]
     Inconsistent(String),
+    #[error("cannot snapshot the mounts: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// What `model` costs under `policy`. A model without a price is free only
@@ -130,23 +136,96 @@ pub struct SessionCreated {
     /// API: the tenant, the policy's name, the budgets asked for).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub labels: serde_json::Map<String, serde_json::Value>,
+    /// The tools the session could call, as loaded when it started: what an
+    /// auditor checks each call's arguments against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<RecordedTool>,
+    /// The hex hash of the blob holding the mounts' snapshot manifest (see
+    /// [`crate::snapshot`]), when one was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// For a session forked from another: where it was forked from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ForkPoint>,
+}
+
+/// A tool as a session's first record keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedTool {
+    pub name: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: serde_json::Value,
+    pub idempotent: bool,
+    /// The component's file name and the hex hash of its bytes.
+    pub component: String,
+    pub component_hash: String,
+}
+
+/// Where a forked session branched off: the parent's record `at` (whose
+/// hash it was, so the link can be checked) is the last one they share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkPoint {
+    pub session: SessionId,
+    pub at: u64,
+    pub hash: String,
+}
+
+/// The payload of a `PolicyChanged` record: the policy in force from here on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChanged {
+    pub policy_text: String,
+    pub policy_hash: String,
+}
+
+impl PolicyChanged {
+    pub fn new(policy: &Policy) -> PolicyChanged {
+        PolicyChanged {
+            policy_text: policy.text.clone(),
+            policy_hash: policy_hash(policy),
+        }
+    }
+}
+
+/// The hex BLAKE3 hash of a policy's text, as records hold it.
+pub fn policy_hash(policy: &Policy) -> String {
+    blake3::hash(policy.text.as_bytes()).to_hex().to_string()
+}
+
+/// The payload of a parent's `Forked` record: the other side of the link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forked {
+    pub child: SessionId,
+    pub at: u64,
 }
 
 impl SessionCreated {
     /// The first record of a session that pursues `goal` under `policy`
-    /// (its text and hash) with `model`.
+    /// (its text and hash) with `model` and the tools of `toolbox`.
     pub fn new(
         goal: &str,
         policy: &Policy,
         model: &str,
+        toolbox: &Toolbox,
         labels: serde_json::Map<String, serde_json::Value>,
     ) -> SessionCreated {
         SessionCreated {
             goal: goal.to_owned(),
             policy_text: policy.text.clone(),
-            policy_hash: blake3::hash(policy.text.as_bytes()).to_hex().to_string(),
+            policy_hash: policy_hash(policy),
             model: model.to_owned(),
             labels,
+            tools: toolbox
+                .tools()
+                .map(|t| RecordedTool {
+                    name: t.name.clone(),
+                    parameters: t.parameters.clone(),
+                    idempotent: t.idempotent,
+                    component: t.component.clone(),
+                    component_hash: t.component_hash.clone(),
+                })
+                .collect(),
+            snapshot: None,
+            parent: None,
         }
     }
 }
@@ -235,6 +314,26 @@ pub struct StepProgress {
 
 type ProgressHook<'a> = Box<dyn FnMut(&StepProgress) + Send + 'a>;
 
+/// Whether a host should go on with `session`: it has not ended and it is
+/// not a fork (a fork runs under `longrun replay fork`, against a scratch
+/// copy of the mounts, never against the real ones).
+pub fn resumable(journal: &Journal, session: SessionId) -> Result<bool, AgentError> {
+    let mut records = journal.records(session);
+    let Some(first) = records.next().transpose()? else {
+        return Ok(false);
+    };
+    let created: SessionCreated = serde_json::from_slice(&first.payload)?;
+    if created.parent.is_some() {
+        return Ok(false);
+    }
+    for record in records {
+        if record?.kind == RecordKind::SessionEnded {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// What [`Session::resume`] found.
 pub enum Resumed<'a> {
     /// The session had already ended.
@@ -277,12 +376,18 @@ impl<'a> Session<'a> {
     ) -> Result<Session<'a>, AgentError> {
         let price = price(policy, model)?;
         let mut writer = journal.create_session()?;
-        let created = SessionCreated::new(goal, policy, model.name(), labels);
+        let mut created = SessionCreated::new(goal, policy, model.name(), toolbox, labels);
+        let mut blobs = Vec::new();
+        if config.snapshot_bytes > 0 && !policy.filesystem.is_empty() {
+            let taken = crate::snapshot::take(journal, &policy.filesystem, config.snapshot_bytes)?;
+            created.snapshot = Some(crate::journal::hex(&taken.manifest));
+            blobs = taken.blobs;
+        }
         writer
             .append_durable(
                 RecordKind::SessionCreated,
                 &serde_json::to_vec(&created)?,
-                &[],
+                &blobs,
             )
             .await?;
         let created_unix_millis = unix_millis();
@@ -349,6 +454,7 @@ impl<'a> Session<'a> {
         let mut asked = std::collections::HashSet::new();
         let mut verdicts = std::collections::HashMap::new();
         let mut paused = false;
+        let mut recorded_policy = String::new();
         let answered = |pending: &mut Vec<ToolCall>, id: &str| pending.retain(|c| c.id != id);
         for record in journal.records(session) {
             let record = record?;
@@ -356,7 +462,12 @@ impl<'a> Session<'a> {
                 RecordKind::SessionCreated => {
                     let created: SessionCreated = serde_json::from_slice(&record.payload)?;
                     created_unix_millis = record.unix_millis;
+                    recorded_policy = created.policy_hash;
                     messages.push(Message::text(Role::User, created.goal));
+                }
+                RecordKind::PolicyChanged => {
+                    let changed: PolicyChanged = serde_json::from_slice(&record.payload)?;
+                    recorded_policy = changed.policy_hash;
                 }
                 RecordKind::ModelResponse => {
                     let response: crate::model::ModelResponse =
@@ -426,10 +537,24 @@ impl<'a> Session<'a> {
                     paused = control.action == "pause";
                 }
                 RecordKind::SessionEnded => return Ok(Resumed::Ended),
-                RecordKind::ModelRequest | RecordKind::BudgetEvent | RecordKind::Error => {}
+                RecordKind::ModelRequest
+                | RecordKind::BudgetEvent
+                | RecordKind::Error
+                | RecordKind::Forked => {}
             }
         }
-        let writer = journal.open_session(session)?;
+        let mut writer = journal.open_session(session)?;
+        // The policy in force is part of the record: an auditor checks each
+        // call against the policy the session ran under at the time.
+        if recorded_policy != policy_hash(policy) {
+            writer
+                .append_durable(
+                    RecordKind::PolicyChanged,
+                    &serde_json::to_vec(&PolicyChanged::new(policy))?,
+                    &[],
+                )
+                .await?;
+        }
         Ok(Resumed::Session(Box::new(Session {
             ledger,
             messages,
@@ -1161,7 +1286,7 @@ pub struct JournaledCompaction {
 }
 
 /// The whole output a tool-result record holds (inline or in its blob).
-fn output_of(
+pub fn output_of(
     journal: &Journal,
     record: &crate::journal::Record,
     result: &ToolResult,

@@ -64,10 +64,16 @@ pub enum RecordKind {
     UserMessage = 13,
     /// A person paused or resumed the session.
     Control = 14,
+    /// A new session was forked from this one (`longrun replay fork`): the
+    /// parent's side of the link (the child's first record holds the other).
+    Forked = 15,
+    /// The session went on under another policy than the one recorded
+    /// before (a host resumed it with a changed policy file).
+    PolicyChanged = 16,
 }
 
 impl RecordKind {
-    const ALL: [RecordKind; 14] = [
+    pub const ALL: [RecordKind; 16] = [
         RecordKind::SessionCreated,
         RecordKind::ModelRequest,
         RecordKind::ModelResponse,
@@ -82,6 +88,8 @@ impl RecordKind {
         RecordKind::SessionEnded,
         RecordKind::UserMessage,
         RecordKind::Control,
+        RecordKind::Forked,
+        RecordKind::PolicyChanged,
     ];
 
     /// The kind's name in exports and APIs (`snake_case`), stable.
@@ -101,7 +109,14 @@ impl RecordKind {
             RecordKind::SessionEnded => "session_ended",
             RecordKind::UserMessage => "user_message",
             RecordKind::Control => "control",
+            RecordKind::Forked => "forked",
+            RecordKind::PolicyChanged => "policy_changed",
         }
+    }
+
+    /// The kind [`RecordKind::as_str`] names.
+    pub fn from_name(name: &str) -> Option<RecordKind> {
+        RecordKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
     fn from_u8(v: u8) -> Option<RecordKind> {
@@ -416,6 +431,11 @@ impl Journal {
         Ok(bytes.to_vec())
     }
 
+    /// The size of a stored blob, if it is stored.
+    pub fn blob_len(&self, hash: &Hash) -> Result<Option<u64>, JournalError> {
+        Ok(self.blob_bytes(hash)?.map(|b| b.len() as u64))
+    }
+
     /// A blob's stored bytes, unchecked.
     fn blob_bytes(&self, hash: &Hash) -> Result<Option<sled::IVec>, JournalError> {
         match self.blob_index.get(hash)? {
@@ -445,6 +465,17 @@ impl Journal {
     /// Check a session's hash chain and blobs. Returns the number of
     /// records verified, or the first bad record.
     pub fn verify(&self, session: SessionId) -> Result<u64, VerifyError> {
+        self.verify_with(session, |_| Ok(()))
+    }
+
+    /// [`Journal::verify`], and also `check` on each record whose hash,
+    /// place in the chain and blobs hold, in order: the first error it
+    /// returns fails verification at that record.
+    pub fn verify_with(
+        &self,
+        session: SessionId,
+        mut check: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<u64, VerifyError> {
         let bad = |seq: u64, why: String| VerifyError { session, seq, why };
         let mut expected_seq = 0u64;
         let mut prev = genesis(session);
@@ -458,7 +489,8 @@ impl Journal {
                     format!("missing: the next record stored is {key_seq}"),
                 ));
             }
-            let record = decode_unchecked(&value).map_err(|why| bad(expected_seq, why))?;
+            let mut record = decode_unchecked(&value).map_err(|why| bad(expected_seq, why))?;
+            record.session = session;
             if record.seq != expected_seq {
                 return Err(bad(
                     expected_seq,
@@ -503,6 +535,7 @@ impl Journal {
                     }
                 }
             }
+            check(&record).map_err(|why| bad(expected_seq, why))?;
             prev = record.hash;
             expected_seq += 1;
         }
@@ -665,8 +698,14 @@ fn key_seq(key: &[u8]) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-fn hex(hash: &Hash) -> String {
+/// A hash as lowercase hex, as records and exports write it.
+pub fn hex(hash: &Hash) -> String {
     blake3::Hash::from_bytes(*hash).to_hex().to_string()
+}
+
+/// The hash that [`hex`] wrote, if `text` is one.
+pub fn parse_hex(text: &str) -> Option<Hash> {
+    blake3::Hash::from_hex(text).ok().map(|h| *h.as_bytes())
 }
 
 /// Decode and check a record's own hash.

@@ -7,6 +7,8 @@
 //!   call, under a policy's mounts, network allow-list and limits.
 //! - [`netgate`]: the check every outgoing HTTP request of a tool passes.
 //! - [`journal`]: the hash-chained step journal on sled.
+//! - [`snapshot`]: the mounts' files at a session's start, kept in the
+//!   journal for auditors.
 //! - [`model`]: the model interface of the agent loop, and the scripted model.
 //! - [`context`]: keeping a long session's context under its token limit.
 //! - [`fetch`]: the default local model's file, cached once.
@@ -27,6 +29,7 @@ pub mod openai;
 pub mod policy;
 pub mod process;
 pub mod sandbox;
+pub mod snapshot;
 pub mod steer;
 pub mod tooldir;
 

@@ -168,6 +168,9 @@ pub struct ToolInfo {
     pub idempotent: bool,
     /// The file name of the component that exports it.
     pub component: String,
+    /// The BLAKE3 hash (hex) of that component's bytes, so a record of the
+    /// tool says exactly which code answered.
+    pub component_hash: String,
 }
 
 /// Per-call store state: WASI, `wasi:http`, the network gate, limits.
@@ -524,6 +527,12 @@ impl Toolbox {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let component_hash = std::fs::read(path)
+            .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
+            .map_err(|source| SandboxError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
 
         // Ask the component for its tools, in a sandbox with nothing granted.
         let limits = Limits::default();
@@ -572,6 +581,7 @@ impl Toolbox {
                 },
                 idempotent: spec.idempotent,
                 component: file.clone(),
+                component_hash: component_hash.clone(),
             };
             self.tools.insert(
                 spec.name,

@@ -82,6 +82,7 @@ impl McpServer {
             &format!("MCP server over {transport}"),
             &policy,
             "mcp-client",
+            &toolbox,
             labels,
         );
         writer

@@ -484,6 +484,10 @@ fn scan(
     let Ok(created) = serde_json::from_slice::<SessionCreated>(&first.payload) else {
         return Ok(None);
     };
+    // A fork belongs to the replay command that made it, not to a tenant.
+    if created.parent.is_some() {
+        return Ok(None);
+    }
     let label = |name: &str| {
         created
             .labels

@@ -13,6 +13,8 @@ use hyper::{Request, Response};
 use longrun_host::policy::Policy;
 use longrun_host::sandbox::{CallReport, CallRequest, Sandbox, SandboxConfig, Toolbox};
 
+pub mod tamper;
+
 /// `target/longrun-tools`, as `scripts/build-tools` lays it out.
 pub fn builtin_tools_dir() -> PathBuf {
     longrun_host::tooldir::builtin_tools_dir()

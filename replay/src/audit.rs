@@ -1,0 +1,511 @@
+//! `verify`: is the record intact, and was every action allowed?
+//!
+//! One pass over a session's records checks, for each record in order:
+//! - its hash, its place in the chain and its blobs ([`Journal::verify_with`]);
+//! - against the policy in force (the text recorded at the session's start,
+//!   or by a later `policy_changed` record), for each tool call: the tool is
+//!   allowed; a tool that needs approval was approved by a person before it
+//!   ran; the call is one the model asked for (for a session that a model
+//!   drove); its arguments fit the size limit and the JSON Schema recorded
+//!   for the tool; its output fits the output limit;
+//! - the session budgets (steps, tool calls, input and output tokens, cost
+//!   at the recorded prices, wall time) never exceeded by an action;
+//! - the links: a snapshot's blobs are covered by the first record, a fork's
+//!   parent record has the hash the fork says, a parent's `forked` record
+//!   names a child that points back.
+//!
+//! The first record that breaks any of these fails verification, named with
+//! why. A deleted last record leaves a shorter chain that is still whole;
+//! `--anchor SEQ:HASH` (a head that `list` printed earlier, kept elsewhere)
+//! catches that.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use longrun_host::agent::{
+    Forked, JournaledCompaction, PolicyChanged, SessionCreated, ToolIntent, ToolResult,
+};
+use longrun_host::context::READ_OUTPUT;
+use longrun_host::journal::{
+    Hash, Journal, Record, RecordKind, SessionId, VerifyError, hex, parse_hex,
+};
+use longrun_host::model::{ModelResponse, Usage};
+use longrun_host::policy::{Decision, Policy, Price};
+use longrun_host::steer::Verdict;
+
+use crate::summary::cost;
+
+/// Wall-time slack for the record of an action: the agent cuts a model call
+/// at the limit, and writing its record takes a moment more.
+const WALL_TIME_SLACK_MS: u64 = 1000;
+
+/// A head to check the chain against: record `seq` must exist with `hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+impl FromStr for Anchor {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Anchor, String> {
+        let (seq, hash) = text
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?} is not SEQ:HASH"))?;
+        Ok(Anchor {
+            seq: seq
+                .parse()
+                .map_err(|_| format!("{seq:?} is not a record number"))?,
+            hash: parse_hex(hash).ok_or_else(|| format!("{hash:?} is not a hex hash"))?,
+        })
+    }
+}
+
+/// What a verification that passed covered.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Verified {
+    pub session: SessionId,
+    pub records: u64,
+    pub tool_calls: u64,
+    /// What could not be checked, and why (an older session without
+    /// recorded tool schemas, a fork whose parent is in another journal).
+    pub warnings: Vec<String>,
+}
+
+/// Verify a session: chain, blobs, policy, budgets and links.
+pub fn verify(
+    journal: &Journal,
+    session: SessionId,
+    anchor: Option<Anchor>,
+) -> Result<Verified, VerifyError> {
+    let mut check = Check {
+        journal,
+        session,
+        in_force: None,
+        started: 0,
+        used: Used::default(),
+        model_driven: true,
+        asked: HashMap::new(),
+        approvals: HashMap::new(),
+        calls: HashMap::new(),
+        warnings: Vec::new(),
+    };
+    let records = journal.verify_with(session, |record| check.record(record))?;
+    if records == 0 {
+        return Err(VerifyError {
+            session,
+            seq: 0,
+            why: "the session has no records".into(),
+        });
+    }
+    if let Some(anchor) = anchor {
+        let at = |why: String| VerifyError {
+            session,
+            seq: anchor.seq,
+            why,
+        };
+        if anchor.seq >= records {
+            return Err(at(format!(
+                "missing: the anchor names record {} but the session ends at record {}",
+                anchor.seq,
+                records - 1
+            )));
+        }
+        match journal.record(session, anchor.seq) {
+            Ok(Some(record)) if record.hash == anchor.hash => {}
+            Ok(_) => return Err(at("its hash is not the anchor's".into())),
+            Err(e) => return Err(at(e.to_string())),
+        }
+    }
+    Ok(Verified {
+        session,
+        records,
+        tool_calls: check.used.tool_calls,
+        warnings: check.warnings,
+    })
+}
+
+/// The policy a session runs under, ready to check calls against.
+struct InForce {
+    policy: Policy,
+    price: Option<Price>,
+    /// Validators of the recorded tools' schemas; `None` when the session
+    /// recorded none (older journals).
+    schemas: Option<HashMap<String, jsonschema::Validator>>,
+    model: String,
+}
+
+#[derive(Default)]
+struct Used {
+    steps: u64,
+    tool_calls: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+}
+
+struct Check<'j> {
+    journal: &'j Journal,
+    session: SessionId,
+    in_force: Option<InForce>,
+    started: u64,
+    used: Used,
+    /// Whether a model proposes the calls (not so for an MCP server's
+    /// session, whose calls come from its client).
+    model_driven: bool,
+    /// The calls of the last model response, by id: (tool, arguments).
+    asked: HashMap<String, (String, String)>,
+    /// People's decisions, by call id.
+    approvals: HashMap<String, bool>,
+    /// The tool of each announced call, by call id.
+    calls: HashMap<String, String>,
+    warnings: Vec<String>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(record: &Record) -> Result<T, String> {
+    serde_json::from_slice(&record.payload)
+        .map_err(|e| format!("its {} payload does not parse: {e}", record.kind.as_str()))
+}
+
+impl Check<'_> {
+    fn record(&mut self, record: &Record) -> Result<(), String> {
+        if record.seq == 0 {
+            return self.created(record);
+        }
+        match record.kind {
+            RecordKind::SessionCreated => Err("a second session_created record".into()),
+            RecordKind::PolicyChanged => {
+                let changed: PolicyChanged = parse(record)?;
+                let model = self.in_force()?.model.clone();
+                let schemas = self.in_force.take().and_then(|f| f.schemas);
+                self.in_force = Some(in_force(
+                    &changed.policy_text,
+                    &changed.policy_hash,
+                    model,
+                    schemas,
+                )?);
+                Ok(())
+            }
+            RecordKind::ModelResponse => {
+                let response: ModelResponse = parse(record)?;
+                self.used.steps += 1;
+                self.charge(&response.usage)?;
+                self.asked = response
+                    .message
+                    .tool_calls
+                    .into_iter()
+                    .map(|c| (c.id, (c.name, c.arguments)))
+                    .collect();
+                let budgets = &self.in_force()?.policy.session;
+                over("steps", self.used.steps, budgets.max_steps)?;
+                self.wall_time(record)
+            }
+            RecordKind::Compaction => {
+                let compaction: JournaledCompaction = parse(record)?;
+                match &compaction.compaction.usage {
+                    Some(usage) => self.charge(usage),
+                    None => Ok(()),
+                }
+            }
+            RecordKind::ApprovalGiven => {
+                let verdict: Verdict = parse(record)?;
+                self.approvals.insert(verdict.call_id, verdict.approved);
+                Ok(())
+            }
+            RecordKind::ToolIntent => self.intent(record),
+            RecordKind::ToolResult => self.result(record),
+            RecordKind::Forked => self.forked(record),
+            _ => Ok(()),
+        }
+    }
+
+    fn in_force(&self) -> Result<&InForce, String> {
+        self.in_force
+            .as_ref()
+            .ok_or_else(|| "no policy is in force".to_owned())
+    }
+
+    fn created(&mut self, record: &Record) -> Result<(), String> {
+        if record.kind != RecordKind::SessionCreated {
+            return Err(format!(
+                "the first record is {}, not session_created",
+                record.kind.as_str()
+            ));
+        }
+        let created: SessionCreated = parse(record)?;
+        self.started = record.unix_millis;
+        self.model_driven = !created.labels.contains_key("mcp");
+        let schemas = if created.tools.is_empty() {
+            self.warnings.push(
+                "the session recorded no tool schemas: arguments were not checked against them"
+                    .into(),
+            );
+            None
+        } else {
+            let mut schemas = HashMap::new();
+            for tool in &created.tools {
+                let validator = jsonschema::validator_for(&tool.parameters).map_err(|e| {
+                    format!(
+                        "the recorded schema of tool {:?} is not valid: {e}",
+                        tool.name
+                    )
+                })?;
+                schemas.insert(tool.name.clone(), validator);
+            }
+            Some(schemas)
+        };
+        self.in_force = Some(in_force(
+            &created.policy_text,
+            &created.policy_hash,
+            created.model.clone(),
+            schemas,
+        )?);
+        if let Some(manifest) = &created.snapshot {
+            self.snapshot_covered(record, manifest)?;
+        }
+        if let Some(parent) = &created.parent {
+            match self.journal.record(parent.session, parent.at) {
+                Ok(Some(at)) if hex(&at.hash) == parent.hash => {}
+                Ok(Some(_)) => {
+                    return Err(format!(
+                        "it says it was forked from record {} of session {}, whose hash differs",
+                        parent.at, parent.session
+                    ));
+                }
+                Ok(None) => self.warnings.push(format!(
+                    "the parent session {} (record {}) is not in this journal: the fork's link was not checked",
+                    parent.session, parent.at
+                )),
+                Err(e) => return Err(format!("its parent record is unreadable: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The snapshot's manifest and files are blobs the first record covers.
+    fn snapshot_covered(&self, record: &Record, manifest: &str) -> Result<(), String> {
+        let covered = |hash: &str| parse_hex(hash).is_some_and(|h| record.blobs.contains(&h));
+        if !covered(manifest) {
+            return Err("its snapshot manifest is not among the blobs it references".into());
+        }
+        let manifest = longrun_host::snapshot::manifest_by_hex(self.journal, manifest)
+            .map_err(|e| e.to_string())?;
+        for file in manifest.mounts.iter().flat_map(|m| &m.files) {
+            if !covered(&file.blob) {
+                return Err(format!(
+                    "its snapshot file {:?} is not among the blobs it references",
+                    file.path
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn charge(&mut self, usage: &Usage) -> Result<(), String> {
+        let price = self.in_force()?.price.unwrap_or(Price::FREE);
+        self.used.input_tokens += usage.input_tokens;
+        self.used.output_tokens += usage.output_tokens;
+        self.used.cost_usd += cost(&price, usage);
+        let budgets = &self.in_force()?.policy.session;
+        over(
+            "input tokens",
+            self.used.input_tokens,
+            budgets.max_input_tokens,
+        )?;
+        over(
+            "output tokens",
+            self.used.output_tokens,
+            budgets.max_output_tokens,
+        )?;
+        if let Some(limit) = budgets.max_cost_usd
+            && self.used.cost_usd > limit.0 * (1.0 + 1e-9)
+        {
+            return Err(format!(
+                "the cost budget is exceeded: ${:.6} used of ${:.6}",
+                self.used.cost_usd, limit.0
+            ));
+        }
+        Ok(())
+    }
+
+    fn wall_time(&self, record: &Record) -> Result<(), String> {
+        if let Some(limit) = self.in_force()?.policy.session.max_wall_time {
+            let elapsed = record.unix_millis.saturating_sub(self.started);
+            let limit_ms = limit.0.as_millis() as u64;
+            if elapsed > limit_ms + WALL_TIME_SLACK_MS {
+                return Err(format!(
+                    "the wall-time budget is exceeded: this action came {elapsed} ms after the start, the limit is {limit_ms} ms"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn intent(&mut self, record: &Record) -> Result<(), String> {
+        let intent: ToolIntent = parse(record)?;
+        self.used.tool_calls += 1;
+        self.calls
+            .insert(intent.call_id.clone(), intent.tool.clone());
+        if self.model_driven {
+            match self.asked.get(&intent.call_id) {
+                Some((tool, arguments))
+                    if *tool == intent.tool && *arguments == intent.arguments => {}
+                Some(_) => {
+                    return Err(format!(
+                        "call {} runs {} with other arguments or another tool than the model asked for",
+                        intent.call_id, intent.tool
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "call {} ({}) is not among the calls of the model's last response",
+                        intent.call_id, intent.tool
+                    ));
+                }
+            }
+        }
+        let in_force = self.in_force()?;
+        over(
+            "tool calls",
+            self.used.tool_calls,
+            in_force.policy.session.max_tool_calls,
+        )?;
+        self.wall_time(record)?;
+        if intent.tool == READ_OUTPUT && self.model_driven {
+            // The host's own pager over this session's outputs.
+            return Ok(());
+        }
+        let in_force = self.in_force()?;
+        match in_force.policy.decide(&intent.tool) {
+            Decision::Allow => {}
+            Decision::Deny(why) => {
+                return Err(format!(
+                    "tool call {} is outside the recorded policy: {why}",
+                    intent.call_id
+                ));
+            }
+            Decision::NeedsApproval(pattern) => {
+                if self.approvals.get(&intent.call_id) != Some(&true) {
+                    return Err(format!(
+                        "tool call {} ({}) needs a person's approval (pattern {pattern:?}) and ran without it",
+                        intent.call_id, intent.tool
+                    ));
+                }
+            }
+        }
+        let limits = in_force.policy.limits_for(&intent.tool);
+        if intent.arguments.len() as u64 > limits.max_args {
+            return Err(format!(
+                "the arguments of call {} are {} bytes, over the limit of {}",
+                intent.call_id,
+                intent.arguments.len(),
+                limits.max_args
+            ));
+        }
+        if let Some(schemas) = &in_force.schemas {
+            let validator = schemas.get(&intent.tool).ok_or_else(|| {
+                format!(
+                    "tool {:?} is not among the session's recorded tools",
+                    intent.tool
+                )
+            })?;
+            let args: serde_json::Value = serde_json::from_str(&intent.arguments).map_err(|e| {
+                format!("the arguments of call {} are not JSON: {e}", intent.call_id)
+            })?;
+            if let Some(error) = validator.iter_errors(&args).next() {
+                return Err(format!(
+                    "the arguments of call {} do not match the recorded schema of {}: {error}",
+                    intent.call_id, intent.tool
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn result(&mut self, record: &Record) -> Result<(), String> {
+        let result: ToolResult = parse(record)?;
+        let tool = self.calls.get(&result.call_id).ok_or_else(|| {
+            format!(
+                "a result for call {}, which no tool_intent announced",
+                result.call_id
+            )
+        })?;
+        let size = match (&result.output, record.blobs.first()) {
+            (Some(output), _) => output.len() as u64,
+            (None, Some(blob)) => self
+                .journal
+                .blob_len(blob)
+                .map_err(|e| e.to_string())?
+                .unwrap_or(0),
+            (None, None) => 0,
+        };
+        if tool != READ_OUTPUT {
+            let limit = self.in_force()?.policy.limits_for(tool).max_output;
+            if size > limit {
+                return Err(format!(
+                    "the output of call {} is {size} bytes, over the limit of {limit}",
+                    result.call_id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn forked(&self, record: &Record) -> Result<(), String> {
+        let forked: Forked = parse(record)?;
+        let first = self
+            .journal
+            .record(forked.child, 0)
+            .map_err(|e| format!("the fork's first record is unreadable: {e}"))?
+            .ok_or_else(|| {
+                format!(
+                    "it names fork {}, which is not in the journal",
+                    forked.child
+                )
+            })?;
+        let child: SessionCreated = parse(&first)?;
+        match child.parent {
+            Some(p) if p.session == self.session && p.at == forked.at => Ok(()),
+            _ => Err(format!(
+                "it names fork {}, which does not name this session and record {} as its parent",
+                forked.child, forked.at
+            )),
+        }
+    }
+}
+
+/// A count over its budget, as an error.
+fn over(what: &str, used: u64, limit: Option<u64>) -> Result<(), String> {
+    match limit {
+        Some(limit) if used > limit => Err(format!(
+            "the {what} budget is exceeded: {used} used of {limit}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn in_force(
+    text: &str,
+    hash: &str,
+    model: String,
+    schemas: Option<HashMap<String, jsonschema::Validator>>,
+) -> Result<InForce, String> {
+    if blake3::hash(text.as_bytes()).to_hex().as_str() != hash {
+        return Err("the recorded policy text does not match its recorded hash".into());
+    }
+    let policy = Policy::parse(text, "the recorded policy", Path::new("/"))
+        .map_err(|e| format!("the recorded policy does not parse: {e}"))?;
+    let price = policy.price_for(&model);
+    if price.is_none() && policy.session.max_cost_usd.is_some() {
+        return Err(format!(
+            "the recorded policy sets a cost budget but has no price for model {model:?}"
+        ));
+    }
+    Ok(InForce {
+        policy,
+        price,
+        schemas,
+        model,
+    })
+}

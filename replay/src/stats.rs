@@ -1,0 +1,155 @@
+//! `stats`: steps per tool, time per tool, tokens and cost over time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use longrun_host::agent::{JournaledCompaction, Refusal, ToolIntent, ToolResult};
+use longrun_host::journal::{Journal, RecordKind, SessionId};
+use longrun_host::model::{ModelResponse, Usage};
+use longrun_host::policy::Price;
+use serde::Serialize;
+
+use crate::summary::{cost, recorded_price};
+use crate::{ReplayError, payload};
+
+/// One tool's calls in a session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ToolStats {
+    pub calls: u64,
+    /// Calls that ran and failed.
+    pub errors: u64,
+    /// Calls the policy (or a person) refused: they never ran.
+    pub refused: u64,
+    pub total_ms: u64,
+    pub max_ms: u64,
+}
+
+/// The session's totals after one model call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    pub seq: u64,
+    /// Since the session's first record.
+    pub offset_ms: u64,
+    pub steps: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    pub session: SessionId,
+    pub tools: BTreeMap<String, ToolStats>,
+    pub over_time: Vec<Point>,
+}
+
+pub fn stats(journal: &Journal, session: SessionId) -> Result<Stats, ReplayError> {
+    let (first, created) = crate::created(journal, session)?;
+    let price = recorded_price(&created).unwrap_or(Price::FREE);
+    let mut out = Stats {
+        session,
+        tools: BTreeMap::new(),
+        over_time: Vec::new(),
+    };
+    let mut calls: HashMap<String, String> = HashMap::new();
+    let mut totals = Point {
+        seq: 0,
+        offset_ms: 0,
+        steps: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: 0.0,
+    };
+    let charge = |totals: &mut Point, usage: &Usage, seq: u64, millis: u64| {
+        totals.seq = seq;
+        totals.offset_ms = millis.saturating_sub(first.unix_millis);
+        totals.input_tokens += usage.input_tokens;
+        totals.output_tokens += usage.output_tokens;
+        totals.cost_usd += cost(&price, usage);
+    };
+    for record in journal.records(session) {
+        let record = record?;
+        match record.kind {
+            RecordKind::ModelResponse => {
+                let response: ModelResponse = payload(&record)?;
+                totals.steps += 1;
+                charge(&mut totals, &response.usage, record.seq, record.unix_millis);
+                out.over_time.push(totals.clone());
+            }
+            RecordKind::Compaction => {
+                let compaction: JournaledCompaction = payload(&record)?;
+                if let Some(usage) = &compaction.compaction.usage {
+                    charge(&mut totals, usage, record.seq, record.unix_millis);
+                    out.over_time.push(totals.clone());
+                }
+            }
+            RecordKind::ToolIntent => {
+                let intent: ToolIntent = payload(&record)?;
+                out.tools.entry(intent.tool.clone()).or_default().calls += 1;
+                calls.insert(intent.call_id, intent.tool);
+            }
+            RecordKind::ToolResult => {
+                let result: ToolResult = payload(&record)?;
+                if let Some(tool) = calls.get(&result.call_id) {
+                    let entry = out.tools.entry(tool.clone()).or_default();
+                    entry.total_ms += result.elapsed_ms;
+                    entry.max_ms = entry.max_ms.max(result.elapsed_ms);
+                    entry.errors += u64::from(result.error.is_some());
+                }
+            }
+            RecordKind::PolicyDecision => {
+                let refusal: Refusal = payload(&record)?;
+                out.tools.entry(refusal.tool).or_default().refused += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The stats as text: a table per tool, and the totals over time (at most
+/// `rows` points, evenly spaced, the last always shown).
+pub fn render(stats: &Stats, rows: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "session {}", stats.session);
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:>7} {:>7} {:>8} {:>11} {:>9} {:>9}",
+        "tool", "calls", "errors", "refused", "total ms", "mean ms", "max ms"
+    );
+    for (tool, s) in &stats.tools {
+        let ran = s.calls.max(1);
+        let _ = writeln!(
+            out,
+            "{tool:<16} {:>7} {:>7} {:>8} {:>11} {:>9.1} {:>9}",
+            s.calls,
+            s.errors,
+            s.refused,
+            s.total_ms,
+            s.total_ms as f64 / ran as f64,
+            s.max_ms
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:>8} {:>11} {:>7} {:>12} {:>12} {:>11}",
+        "record", "time", "steps", "tokens in", "tokens out", "cost $"
+    );
+    let n = stats.over_time.len();
+    let every = n.div_ceil(rows.max(1)).max(1);
+    for (i, p) in stats.over_time.iter().enumerate() {
+        if i % every == 0 || i + 1 == n {
+            let _ = writeln!(
+                out,
+                "{:>8} {:>10.1}s {:>7} {:>12} {:>12} {:>11.4}",
+                p.seq,
+                p.offset_ms as f64 / 1000.0,
+                p.steps,
+                p.input_tokens,
+                p.output_tokens,
+                p.cost_usd
+            );
+        }
+    }
+    out
+}
