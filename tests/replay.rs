@@ -601,3 +601,76 @@ fn a_journal_that_is_not_there_is_a_clear_error() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn verify_rechecks_approvals_budgets_and_schemas_against_what_was_recorded() {
+    let f = Fixture::new();
+    let session = f.run_session();
+    let records = f.records(session);
+    let intents = |tool: &str| {
+        seqs_of(
+            &records,
+            RecordKind::ToolIntent,
+            &format!(r#""tool":"{tool}""#),
+        )
+    };
+    // Each forgery records a stricter session start than the one that ran.
+    type Forgery = Box<dyn Fn(&mut SessionCreated)>;
+    let cases: Vec<(&str, Forgery, u64, &str)> = vec![
+        (
+            "approval",
+            Box::new(|c| c.policy_text.push_str("approve = [\"echo\"]\n")),
+            intents("echo")[0],
+            "tool call call_2_0 (echo) needs a person's approval (pattern \"echo\") and ran without it",
+        ),
+        (
+            "budget",
+            Box::new(|c| {
+                c.policy_text = c
+                    .policy_text
+                    .replace("max_tool_calls = 50", "max_tool_calls = 3")
+            }),
+            records
+                .iter()
+                .filter(|r| r.kind == RecordKind::ToolIntent)
+                .nth(3)
+                .unwrap()
+                .seq,
+            "the tool calls budget is exceeded: 4 used of 3",
+        ),
+        (
+            "schema",
+            Box::new(|c| {
+                let echo = c.tools.iter_mut().find(|t| t.name == "echo").unwrap();
+                echo.parameters["properties"]["text"]["maxLength"] = 5.into();
+            }),
+            intents("echo")[0],
+            "the arguments of call call_2_0 do not match the recorded schema of echo",
+        ),
+    ];
+    for (name, forge, seq, why) in cases {
+        let journal = f.root.join(format!("forged-{name}"));
+        let forged = rewrite(&records, &f.journal(), &journal, |record| {
+            if record.kind != RecordKind::SessionCreated {
+                return record.payload.clone();
+            }
+            let mut created: SessionCreated = serde_json::from_slice(&record.payload).unwrap();
+            forge(&mut created);
+            created.policy_hash = blake3::hash(created.policy_text.as_bytes())
+                .to_hex()
+                .to_string();
+            serde_json::to_vec(&created).unwrap()
+        });
+        let out = Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .args(["replay", "verify", &forged.to_string(), "--journal"])
+            .arg(&journal)
+            .output()
+            .unwrap();
+        let said = text(&out.stdout);
+        assert!(!out.status.success(), "{name}: {said}");
+        assert!(
+            said.contains(&format!("record {seq} is bad: {why}")),
+            "{name}: {said}"
+        );
+    }
+}

@@ -470,11 +470,12 @@ impl Journal {
 
     /// [`Journal::verify`], and also `check` on each record whose hash,
     /// place in the chain and blobs hold, in order: the first error it
-    /// returns fails verification at that record.
+    /// returns fails verification at that record. (The record is handed
+    /// over, so a check may go on with it on another thread.)
     pub fn verify_with(
         &self,
         session: SessionId,
-        mut check: impl FnMut(&Record) -> Result<(), String>,
+        mut check: impl FnMut(Record) -> Result<(), String>,
     ) -> Result<u64, VerifyError> {
         let bad = |seq: u64, why: String| VerifyError { session, seq, why };
         let mut expected_seq = 0u64;
@@ -535,8 +536,8 @@ impl Journal {
                     }
                 }
             }
-            check(&record).map_err(|why| bad(expected_seq, why))?;
             prev = record.hash;
+            check(record).map_err(|why| bad(expected_seq, why))?;
             expected_seq += 1;
         }
         Ok(expected_seq)
