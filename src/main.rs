@@ -45,21 +45,8 @@ enum Command {
         goal: String,
         #[arg(long)]
         policy: PathBuf,
-        /// The model: `openai-compatible:PROFILE` (e.g. `kimi-k2.6`, or a
-        /// model id with --base-url) or `scripted:FILE` (a recorded script,
-        /// JSON Lines).
-        #[arg(long)]
-        model: ModelSpec,
-        /// The API's base URL, for an `openai-compatible` model.
-        #[arg(long)]
-        base_url: Option<String>,
-        /// The environment variable holding the API key, for an
-        /// `openai-compatible` model (the profile's default otherwise).
-        #[arg(long)]
-        api_key_env: Option<String>,
-        /// Ask an `openai-compatible` API for whole answers instead of streams.
-        #[arg(long)]
-        no_stream: bool,
+        #[command(flatten)]
+        model: ModelArgs,
         /// The most tokens of context sent to the model; older steps are
         /// compacted past it.
         #[arg(long, default_value_t = AgentConfig::default().context_tokens)]
@@ -180,6 +167,32 @@ enum ToolCommand {
     },
 }
 
+/// Which model a session runs on.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// The model: `local:NAME` (a GGUF file, or the default model's name),
+    /// `openai-compatible:PROFILE` (e.g. `kimi-k2.6`, or a model id with
+    /// --base-url) or `scripted:FILE` (a recorded script, JSON Lines).
+    #[arg(long)]
+    model: ModelSpec,
+    /// The API's base URL, for an `openai-compatible` model.
+    #[arg(long)]
+    base_url: Option<String>,
+    /// The environment variable holding the API key, for an
+    /// `openai-compatible` model (the profile's default otherwise).
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// Ask an `openai-compatible` API for whole answers instead of streams.
+    #[arg(long)]
+    no_stream: bool,
+}
+
+impl ModelArgs {
+    async fn load(self) -> Result<Box<dyn Model>> {
+        load_model(&self.model, self.base_url, self.api_key_env, self.no_stream).await
+    }
+}
+
 #[derive(clap::Args)]
 struct ToolsDir {
     /// The directory of tool components (default: $LONGRUN_TOOLS_DIR, or the
@@ -239,9 +252,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             goal,
             policy,
             model,
-            base_url,
-            api_key_env,
-            no_stream,
             context_tokens,
             max_output_tokens,
             output_view,
@@ -254,7 +264,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 output_view_bytes: output_view,
                 ..AgentConfig::default()
             };
-            let model = load_model(&model, base_url, api_key_env, no_stream).await?;
+            let model = model.load().await?;
             run_session(&goal, &policy, model.as_ref(), config, &journal.dir, &tools).await
         }
         Command::Serve {

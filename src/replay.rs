@@ -9,10 +9,9 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use longrun_host::agent::{AgentConfig, Resumed, Session};
 use longrun_host::journal::Journal;
-use longrun_host::model::ModelSpec;
 use longrun_replay::{audit, copy, export, reexecute, stats, summary, timeline};
 
-use crate::{JournalDir, ToolsDir, drive, load_model};
+use crate::{JournalDir, ModelArgs, ToolsDir, drive};
 
 #[derive(Subcommand)]
 pub enum ReplayCommand {
@@ -95,12 +94,8 @@ pub enum ReplayCommand {
         #[arg(long)]
         at: u64,
         /// The model the fork runs on (as for `run`).
-        #[arg(long)]
-        model: ModelSpec,
-        #[arg(long)]
-        base_url: Option<String>,
-        #[arg(long)]
-        api_key_env: Option<String>,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Where the fork's mounts are rebuilt (default:
         /// .longrun/forks/SESSION-at-STEP); must be empty or absent.
         #[arg(long)]
@@ -323,8 +318,6 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
             session,
             at,
             model,
-            base_url,
-            api_key_env,
             workspace,
             journal,
             tools,
@@ -337,7 +330,7 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
                     workspace.display()
                 );
             }
-            let model = load_model(&model, base_url, api_key_env, false).await?;
+            let model = model.load().await?;
             let toolbox = tools.load().await?;
             let journal = Journal::open(&journal.dir)
                 .with_context(|| format!("opening the journal in {}", journal.dir.display()))?;

@@ -383,34 +383,48 @@ fn rewrite(
     writer.session()
 }
 
-#[test]
-fn verify_names_a_tool_call_outside_the_recorded_policy_in_a_chain_that_is_otherwise_whole() {
-    let f = Fixture::new();
-    let session = f.run_session();
-    let records = f.records(session);
-    let forged_journal = f.root.join("forged");
-    // The record says word_count was never allowed; the calls stay.
-    let forged = rewrite(&records, &f.journal(), &forged_journal, |record| {
+/// `replay verify` of the session rewritten with a forged first record:
+/// `forge` edits what the start recorded, and the policy hash is made to
+/// match. Whether it passed, and what it said.
+fn verify_forged(
+    f: &Fixture,
+    records: &[Record],
+    name: &str,
+    forge: impl Fn(&mut SessionCreated),
+) -> (bool, String) {
+    let journal = f.root.join(format!("forged-{name}"));
+    let forged = rewrite(records, &f.journal(), &journal, |record| {
         if record.kind != RecordKind::SessionCreated {
             return record.payload.clone();
         }
         let mut created: SessionCreated = serde_json::from_slice(&record.payload).unwrap();
-        created.policy_text = created.policy_text.replace(r#", "word_count""#, "");
+        forge(&mut created);
         created.policy_hash = blake3::hash(created.policy_text.as_bytes())
             .to_hex()
             .to_string();
         serde_json::to_vec(&created).unwrap()
     });
-    let first_count = seqs_of(&records, RecordKind::ToolIntent, "word_count")[0];
-
     let out = Command::new(env!("CARGO_BIN_EXE_longrun"))
         .args(["replay", "verify", &forged.to_string(), "--journal"])
-        .arg(&forged_journal)
+        .arg(&journal)
         .output()
         .unwrap();
-    let said = text(&out.stdout);
+    (out.status.success(), text(&out.stdout))
+}
 
-    assert!(!out.status.success());
+#[test]
+fn verify_names_a_tool_call_outside_the_recorded_policy_in_a_chain_that_is_otherwise_whole() {
+    let f = Fixture::new();
+    let session = f.run_session();
+    let records = f.records(session);
+    let first_count = seqs_of(&records, RecordKind::ToolIntent, "word_count")[0];
+
+    // The record says word_count was never allowed; the calls stay.
+    let (ok, said) = verify_forged(&f, &records, "outside", |created| {
+        created.policy_text = created.policy_text.replace(r#", "word_count""#, "");
+    });
+
+    assert!(!ok, "{said}");
     assert!(
         said.contains(&format!("record {first_count} is bad: tool call call_1_1 is outside the recorded policy: tool \"word_count\" is not in the policy's [tools] allow list")),
         "{said}"
@@ -649,25 +663,8 @@ fn verify_rechecks_approvals_budgets_and_schemas_against_what_was_recorded() {
         ),
     ];
     for (name, forge, seq, why) in cases {
-        let journal = f.root.join(format!("forged-{name}"));
-        let forged = rewrite(&records, &f.journal(), &journal, |record| {
-            if record.kind != RecordKind::SessionCreated {
-                return record.payload.clone();
-            }
-            let mut created: SessionCreated = serde_json::from_slice(&record.payload).unwrap();
-            forge(&mut created);
-            created.policy_hash = blake3::hash(created.policy_text.as_bytes())
-                .to_hex()
-                .to_string();
-            serde_json::to_vec(&created).unwrap()
-        });
-        let out = Command::new(env!("CARGO_BIN_EXE_longrun"))
-            .args(["replay", "verify", &forged.to_string(), "--journal"])
-            .arg(&journal)
-            .output()
-            .unwrap();
-        let said = text(&out.stdout);
-        assert!(!out.status.success(), "{name}: {said}");
+        let (ok, said) = verify_forged(&f, &records, name, forge);
+        assert!(!ok, "{name}: {said}");
         assert!(
             said.contains(&format!("record {seq} is bad: {why}")),
             "{name}: {said}"
