@@ -130,6 +130,7 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
         ReplayCommand::List { json, journal } => {
             let copy = open(&journal)?;
             let mut out = String::new();
+            let mut unreadable = 0;
             if !json {
                 out.push_str(&format!(
                     "{:>7}  {:<22} {:>7} {:>6} {:>6} {:>10} {:>9} {:>9}  {:<19} {:<19} {:<12} {}\n",
@@ -148,7 +149,21 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
                 ));
             }
             for session in copy.journal.sessions()? {
-                let s = summary::summarise(&copy.journal, session)?;
+                // One unreadable session must not hide the others.
+                let s = match summary::summarise(&copy.journal, session) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        unreadable += 1;
+                        if json {
+                            let line =
+                                serde_json::json!({"session": session, "error": e.to_string()});
+                            out.push_str(&format!("{line}\n"));
+                        } else {
+                            out.push_str(&format!("{session:>7}  unreadable: {e}\n"));
+                        }
+                        continue;
+                    }
+                };
                 if json {
                     out.push_str(&serde_json::to_string(&s)?);
                     out.push('\n');
@@ -173,7 +188,11 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
                 }
             }
             print!("{out}");
-            Ok(ExitCode::SUCCESS)
+            Ok(if unreadable == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         ReplayCommand::Show {
             session,

@@ -671,3 +671,30 @@ fn verify_rechecks_approvals_budgets_and_schemas_against_what_was_recorded() {
         );
     }
 }
+
+#[test]
+fn list_names_an_unreadable_session_and_goes_on_with_the_others() {
+    let f = Fixture::new();
+    let first = f.run_session();
+    let second = f.run_session();
+    tamper(&f.journal(), |raw, _| {
+        let mut bytes = raw.get(key(first, 0)).unwrap().unwrap().to_vec();
+        bytes[60] ^= 0xff;
+        raw.insert(key(first, 0), bytes).unwrap();
+    });
+
+    let out = f.longrun(&["replay", "list"]);
+
+    assert_eq!(out.status.code(), Some(1));
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains(&format!("{first:>7}  unreadable: ")),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{second} ")) && l.contains("completed")),
+        "{listed}"
+    );
+}
