@@ -66,6 +66,18 @@ impl Drop for ServerProcess {
 }
 
 /// The Python of the test clients' virtual environment.
+/// The JSON report a Python driver in `tests/external/` printed, once it
+/// exited with success (its output in the message otherwise).
+fn driver_report(output: &std::process::Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the driver prints a JSON report")
+}
+
 fn python() -> PathBuf {
     let python = std::env::var_os("LONGRUN_TEST_PYTHON")
         .map(PathBuf::from)
@@ -187,13 +199,7 @@ fn the_viewer_in_headless_chromium_shows_a_sessions_steps_as_they_happen() {
         .arg(&shot)
         .output()
         .expect("the viewer driver runs");
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = driver_report(&output);
     println!("viewer saw: {seen}\nscreenshot: {}", shot.display());
     assert_eq!(
         seen["ended_at_first"], false,
@@ -449,13 +455,7 @@ fn the_mcp_sdk_lists_the_tools_and_calls_them_over_stdio_one_allowed_one_refused
         .arg(common::builtin_tools_dir())
         .output()
         .expect("the MCP client runs");
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = driver_report(&output);
     check_mcp_run(&seen, dir.path());
 }
 
@@ -484,12 +484,6 @@ fn the_mcp_sdk_lists_the_tools_and_calls_them_over_streamable_http_one_allowed_o
         .args(["-TERM", &server.id().to_string()])
         .status();
     let _ = server.wait();
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = driver_report(&output);
     check_mcp_run(&seen, dir.path());
 }

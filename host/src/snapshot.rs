@@ -115,12 +115,10 @@ pub fn take(journal: &Journal, mounts: &[Mount], limit_bytes: u64) -> Result<Tak
     let bytes =
         serde_json::to_vec(&manifest).map_err(|e| SnapshotError::Manifest(e.to_string()))?;
     let hash = journal.put_blob(&bytes)?;
+    // Each once (identical files share a blob), in the order first met.
+    let mut seen = std::collections::HashSet::from([hash]);
     let mut all = vec![hash];
-    for blob in blobs {
-        if !all.contains(&blob) {
-            all.push(blob);
-        }
-    }
+    all.extend(blobs.into_iter().filter(|blob| seen.insert(*blob)));
     Ok(Taken {
         manifest: hash,
         blobs: all,

@@ -75,7 +75,7 @@ pub async fn reexecute(
     to: Option<u64>,
     scratch_root: &Path,
 ) -> Result<Reexecuted, ReplayError> {
-    let (first, created) = crate::created(journal, session)?;
+    let (_, created) = crate::created(journal, session)?;
     let mut warnings = Vec::new();
     let mut policy = scratch_policy(&created.policy_text, scratch_root)?;
     restore(journal, &created, &policy, &mut warnings)?;
@@ -93,7 +93,7 @@ pub async fn reexecute(
             None => warnings.push(format!("tool {} is not installed now", recorded.name)),
         }
     }
-    let total = records_between(journal, session, first.seq, to)
+    let total = records_between(journal, session, 0, to)
         .filter(|r| matches!(r, Ok(r) if r.kind == RecordKind::ToolResult))
         .count() as u64;
     let bar = crate::progress(total, "re-executing");

@@ -77,58 +77,60 @@ pub fn summarise(journal: &Journal, session: SessionId) -> Result<SessionSummary
         summary.output_tokens += usage.output_tokens;
         summary.cost_usd += cost(&price, usage);
     };
+    let mut ended = false;
     for record in journal.records(session) {
         let record = record?;
         summary.records += 1;
         summary.last_unix_millis = record.unix_millis;
         summary.head = hex(&record.hash);
+        // What the record says of the session's status, if anything.
         let status = match record.kind {
             RecordKind::ModelResponse => {
                 let response: ModelResponse = payload(&record)?;
                 summary.steps += 1;
                 charge(&mut summary, &response.usage);
-                "unfinished".to_owned()
+                Some("unfinished".to_owned())
             }
             RecordKind::Compaction => {
                 let compaction: JournaledCompaction = payload(&record)?;
                 if let Some(usage) = &compaction.compaction.usage {
                     charge(&mut summary, usage);
                 }
-                "unfinished".to_owned()
+                Some("unfinished".to_owned())
             }
             RecordKind::ToolIntent => {
                 let _: ToolIntent = payload(&record)?;
                 summary.tool_calls += 1;
-                "unfinished".to_owned()
+                Some("unfinished".to_owned())
             }
             RecordKind::SessionEnded => {
                 let ended: serde_json::Value = payload(&record)?;
-                ended["status"].as_str().unwrap_or("ended").to_owned()
+                Some(ended["status"].as_str().unwrap_or("ended").to_owned())
             }
             RecordKind::BudgetEvent => {
                 let event: serde_json::Value = payload(&record)?;
-                match event.get("exhausted") {
-                    Some(kind) => format!("paused ({} budget)", kind.as_str().unwrap_or("a")),
-                    None => summary.status.clone(),
-                }
+                event
+                    .get("exhausted")
+                    .map(|kind| format!("paused ({} budget)", kind.as_str().unwrap_or("a")))
             }
-            RecordKind::ApprovalAsked => "awaiting approval".to_owned(),
+            RecordKind::ApprovalAsked => Some("awaiting approval".to_owned()),
             RecordKind::Control => {
                 let control: serde_json::Value = payload(&record)?;
-                if control["action"] == "pause" {
+                Some(if control["action"] == "pause" {
                     "paused by a person".to_owned()
                 } else {
                     "unfinished".to_owned()
-                }
+                })
             }
             // A fork of this session changes nothing about it.
-            RecordKind::Forked => summary.status.clone(),
-            _ => "unfinished".to_owned(),
+            RecordKind::Forked => None,
+            _ => Some("unfinished".to_owned()),
         };
         // Nothing after its end changes how a session ended.
-        if !matches!(summary.status.as_str(), "completed" | "cancelled" | "ended") {
+        if !ended && let Some(status) = status {
             summary.status = status;
         }
+        ended |= record.kind == RecordKind::SessionEnded;
     }
     Ok(summary)
 }
