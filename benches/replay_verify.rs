@@ -75,6 +75,7 @@ fn write_session(dir: &std::path::Path) -> SessionId {
             "additionalProperties": false
         }),
         idempotent: true,
+        effects: Some(longrun_host::sandbox::Effects::Reads),
         component: "longrun_tool_fs.wasm".into(),
         component_hash: "0".repeat(64),
     });

@@ -203,13 +203,17 @@ struct ToolsDir {
 
 impl ToolsDir {
     async fn load(&self) -> Result<Toolbox> {
+        self.load_with(SandboxConfig::default()).await
+    }
+
+    async fn load_with(&self, sandbox: SandboxConfig) -> Result<Toolbox> {
         let dir = match &self.dir {
             Some(dir) => dir.clone(),
             None => longrun_host::tooldir::builtin_tools_dir().context(
                 "cannot find the built-in tools: run scripts/build-tools, or pass --tools-dir",
             )?,
         };
-        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
+        let sandbox = Arc::new(Sandbox::new(sandbox)?);
         Toolbox::load_dir(sandbox, &dir)
             .await
             .with_context(|| format!("loading tools from {}", dir.display()))
@@ -218,6 +222,7 @@ impl ToolsDir {
 
 fn main() -> ExitCode {
     longrun_host::process::limit_malloc_arenas();
+    longrun_host::process::raise_open_file_limit();
     // The local backend (mistral.rs) must never reach for a model hub: the
     // model is a local file. Set before any thread exists that could read it.
     // SAFETY: no other thread runs yet.
@@ -381,6 +386,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             for denial in &report.log.net_denials {
                 eprintln!("[{name} network refused] {denial}");
             }
+            for denial in &report.log.fs_denials {
+                eprintln!("[{name} file system refused] {denial}");
+            }
             match report.outcome {
                 Ok(output) => {
                     let pretty = serde_json::from_str::<serde_json::Value>(&output)
@@ -462,7 +470,14 @@ async fn serve(
     let tools = ToolsDir {
         dir: tools.dir.or_else(|| config.tools_dir.clone()),
     };
-    let toolbox = Arc::new(tools.load().await?);
+    let toolbox = Arc::new(
+        tools
+            .load_with(SandboxConfig {
+                max_concurrent_calls: config.max_concurrent_calls,
+                ..SandboxConfig::default()
+            })
+            .await?,
+    );
     let mut models = std::collections::BTreeMap::new();
     for (name, spec) in &config.models {
         let model = load_model(spec, None, None, false)

@@ -80,6 +80,20 @@ pub enum ReplayCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Run calls of tools with external effects again (an HTTP POST is
+        /// sent again). Without it their recorded results stand in and no
+        /// call reaches the network.
+        #[arg(long)]
+        live_effects: bool,
+        /// With --live-effects: a loopback, private or link-local
+        /// `host:port` the calls may reach (the recorded policy cannot grant
+        /// those to an auditor's machine). Repeatable.
+        #[arg(
+            long = "allow-net",
+            value_name = "HOST:PORT",
+            requires = "live_effects"
+        )]
+        allow_net: Vec<longrun_host::policy::HostPattern>,
         #[command(flatten)]
         journal: JournalDir,
         #[command(flatten)]
@@ -288,6 +302,8 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
             from,
             to,
             json,
+            live_effects,
+            allow_net,
             journal,
             tools,
         } => {
@@ -297,9 +313,21 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
                 .prefix("longrun-reexecute-")
                 .tempdir()
                 .context("creating the scratch mounts")?;
-            let report =
-                reexecute::reexecute(&copy.journal, session, &toolbox, from, to, scratch.path())
-                    .await?;
+            let live = if live_effects {
+                reexecute::LiveEffects::Live { allow: allow_net }
+            } else {
+                reexecute::LiveEffects::Recorded
+            };
+            let report = reexecute::reexecute(
+                &copy.journal,
+                session,
+                &toolbox,
+                from,
+                to,
+                scratch.path(),
+                &live,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -308,6 +336,9 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
                 }
                 for skipped in &report.skipped {
                     println!("skipped: {skipped}");
+                }
+                for stood_in in &report.effects_not_repeated {
+                    println!("not repeated: {stood_in}");
                 }
                 for d in &report.differences {
                     println!(

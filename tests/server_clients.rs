@@ -41,7 +41,7 @@ fn serve(script: &str) -> ServerProcess {
     std::fs::write(
         p.join("server.toml"),
         format!(
-            "journal = \"journal\"\n[models]\nscripted = \"scripted:script.jsonl\"\n[policies]\ndefault = \"default.toml\"\n[tenants.acme]\ntoken = \"{TOKEN}\"\n[http]\nrequest_timeout = \"30s\"\n"
+            "journal = \"journal\"\n[models]\nscripted = \"scripted:script.jsonl\"\n[policies]\ndefault = \"default.toml\"\n[tenants.acme]\ntoken = \"{TOKEN}\"\n[http]\nrequest_timeout = \"30s\"\n# 700 clients, all from one loopback address\nmax_connections_per_peer = 1000\nmax_connections = 2000\n"
         ),
     )
     .unwrap();

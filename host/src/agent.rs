@@ -156,6 +156,10 @@ pub struct RecordedTool {
     /// JSON Schema of the arguments object.
     pub parameters: serde_json::Value,
     pub idempotent: bool,
+    /// What running it may do to the world (absent in journals written
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effects: Option<crate::sandbox::Effects>,
     /// The component's file name and the hex hash of its bytes.
     pub component: String,
     pub component_hash: String,
@@ -220,6 +224,7 @@ impl SessionCreated {
                     name: t.name.clone(),
                     parameters: t.parameters.clone(),
                     idempotent: t.idempotent,
+                    effects: Some(t.effects),
                     component: t.component.clone(),
                     component_hash: t.component_hash.clone(),
                 })

@@ -24,6 +24,7 @@ pub mod context;
 pub mod fetch;
 pub mod journal;
 pub mod model;
+pub mod mount;
 pub mod netgate;
 pub mod openai;
 pub mod policy;

@@ -17,9 +17,13 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 use serde_spanned::Spanned;
+
+use crate::mount::{MountError, MountHandle, OpenedDir};
 
 /// A policy that failed to load: where, which key, and why.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +174,10 @@ impl LimitOverrides {
 }
 
 /// A host directory that a tool sees at a guest path.
+///
+/// The directory is opened once, on first use, and every later use starts
+/// from that handle ([`Mount::open`]), never from `host` again: see
+/// [`crate::mount`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     /// Absolute (resolved against the policy file's directory).
@@ -177,6 +185,42 @@ pub struct Mount {
     /// Where the tool sees it, e.g. `/workspace`.
     pub guest: String,
     pub access: Access,
+    /// Which symbolic links a tool may create beneath it.
+    pub symlinks: Symlinks,
+    handle: MountHandle,
+}
+
+impl Mount {
+    pub fn new(host: PathBuf, guest: String, access: Access) -> Mount {
+        Mount {
+            host,
+            guest,
+            access,
+            symlinks: Symlinks::default(),
+            handle: MountHandle::default(),
+        }
+    }
+
+    /// The mount's directory handle: opened the first time, the same one
+    /// every time after (unless `host` was changed in between).
+    pub fn open(&self) -> Result<Arc<OpenedDir>, MountError> {
+        self.handle.get(&self.host)
+    }
+}
+
+/// Which symbolic links a tool may create beneath a mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Symlinks {
+    /// Only links whose target, read from where the link is made, stays
+    /// inside the mount (relative, never climbing above its root).
+    #[default]
+    WithinMount,
+    /// Any relative link, pointing anywhere (wasmtime-wasi refuses an
+    /// absolute target whatever the policy says): the sandbox still never
+    /// follows one out of a mount, but other programs on the host that walk
+    /// the directory will.
+    Any,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -224,6 +268,14 @@ impl HostPattern {
                 .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
             HostMatch::Ip(ip) => host.parse::<IpAddr>().is_ok_and(|h| h == *ip),
         }
+    }
+}
+
+/// `host:port` as a policy's `[network] allow` writes it.
+impl std::str::FromStr for HostPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<HostPattern, String> {
+        parse_host_pattern(s)
     }
 }
 
@@ -314,6 +366,28 @@ impl Policy {
     /// Parse a policy's text. `source` names it in errors; relative mount
     /// paths are resolved against `base_dir`.
     pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Policy, PolicyError> {
+        Policy::parse_with(text, source, base_dir, Mounts::Enforced)
+    }
+
+    /// Parse a policy recorded in a journal, to check what happened under
+    /// it or to run its calls again against scratch mounts: everything is
+    /// checked but whether its mounts nest, which matters only for a policy
+    /// about to guard real directories (journals written before the rule
+    /// still verify).
+    pub fn parse_recorded(
+        text: &str,
+        source: &str,
+        base_dir: &Path,
+    ) -> Result<Policy, PolicyError> {
+        Policy::parse_with(text, source, base_dir, Mounts::Recorded)
+    }
+
+    fn parse_with(
+        text: &str,
+        source: &str,
+        base_dir: &Path,
+        mounts: Mounts,
+    ) -> Result<Policy, PolicyError> {
         let invalid =
             |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
                 let (line, column) = line_column(text, span.map(|s| s.start).unwrap_or(0));
@@ -336,6 +410,7 @@ impl Policy {
 
         let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
         let mut filesystem: Vec<Mount> = Vec::new();
+        let mut host_spans = Vec::new();
         for (i, mount) in raw.filesystem.into_iter().enumerate() {
             let key = format!("filesystem[{i}].guest");
             let guest = mount.guest.get_ref().clone();
@@ -348,11 +423,33 @@ impl Policy {
                     format!("guest path {guest:?} is mounted twice"),
                 ));
             }
-            filesystem.push(Mount {
-                host: base_dir.join(mount.host.get_ref()),
+            let mut opened = Mount::new(
+                normalize(&base_dir.join(mount.host.get_ref())),
                 guest,
-                access: mount.access,
-            });
+                mount.access,
+            );
+            opened.symlinks = mount.symlinks.unwrap_or_default();
+            filesystem.push(opened);
+            host_spans.push(mount.host.span());
+        }
+        if mounts == Mounts::Enforced
+            && let Some((inner, outer)) = nested_mount(&filesystem)
+        {
+            let (inner_mount, outer_mount) = (&filesystem[inner], &filesystem[outer]);
+            return Err(invalid(
+                Some(host_spans[inner].clone()),
+                Some(format!("filesystem[{inner}].host")),
+                format!(
+                    "{} (mounted at {}) lies inside {}, which is mounted read-write at {}: \
+                     a tool could rename it away and put a link in its place through {}; \
+                     mount directories that do not nest",
+                    inner_mount.host.display(),
+                    inner_mount.guest,
+                    outer_mount.host.display(),
+                    outer_mount.guest,
+                    outer_mount.guest,
+                ),
+            ));
         }
         // Validates each list entry on its own, so an error points at the
         // entry rather than at the list.
@@ -457,6 +554,13 @@ impl Policy {
     }
 }
 
+/// Whether a parsed policy's mounts are about to guard real directories.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mounts {
+    Enforced,
+    Recorded,
+}
+
 /// 1-based line and character column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -498,6 +602,48 @@ struct RawMount {
     host: Spanned<String>,
     guest: Spanned<String>,
     access: Access,
+    symlinks: Option<Symlinks>,
+}
+
+/// `path` with `.` and `..` taken out lexically (it is absolute).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The first mount that lies strictly inside a read-write one, as
+/// `(inner, outer)` indices: written as the policy says, or as the file
+/// system resolves it where both exist (a link in the path is no way
+/// around the rule).
+fn nested_mount(mounts: &[Mount]) -> Option<(usize, usize)> {
+    let resolved: Vec<Option<PathBuf>> = mounts
+        .iter()
+        .map(|m| std::fs::canonicalize(&m.host).ok())
+        .collect();
+    let inside = |inner: &Path, outer: &Path| inner != outer && inner.starts_with(outer);
+    for (o, outer) in mounts.iter().enumerate() {
+        if outer.access != Access::ReadWrite {
+            continue;
+        }
+        for (i, inner) in mounts.iter().enumerate() {
+            let lexical = inside(&inner.host, &outer.host);
+            let real = matches!((&resolved[i], &resolved[o]), (Some(a), Some(b)) if inside(a, b));
+            if lexical || real {
+                return Some((i, o));
+            }
+        }
+    }
+    None
 }
 
 #[derive(Deserialize, Default)]

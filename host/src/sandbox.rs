@@ -15,18 +15,23 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+use wasmtime::component::{Component, Linker, Resource, ResourceTable};
+use wasmtime::{
+    Config, Engine, PoolingAllocationConfig, ResourceLimiter, Store, StoreContextMut, Trap,
+};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, HostDescriptor};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::capture::Capture;
+use crate::mount::OpenedDir;
 use crate::netgate::NetGate;
-use crate::policy::{Access, Decision, HostPattern, Limits, Policy};
+use crate::policy::{Access, Decision, HostPattern, Limits, Policy, Symlinks};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -46,6 +51,20 @@ const KEEP_RESIDENT: usize = 2 << 20;
 
 /// The largest linear memory any policy may grant one instance.
 const MAX_MEMORY_CEILING: u64 = 4 << 30;
+
+/// What a component may spend answering `tools()` when it is loaded: a
+/// component that loops, traps or floods is refused, and the others load.
+pub const LISTING_TIMEOUT: Duration = Duration::from_secs(5);
+pub const LISTING_MEMORY: u64 = 64 << 20;
+/// The most tools one component may export.
+pub const MAX_TOOLS_PER_COMPONENT: usize = 1_000;
+/// The most bytes one component's tool list (names, descriptions, schemas)
+/// may hold.
+pub const MAX_TOOL_LIST_BYTES: usize = 4 << 20;
+
+/// The WASI interface whose `symlink-at` the host checks before a tool may
+/// make a link (see [`Sandbox::new`]).
+const WASI_FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
 /// A tool name must match `^[a-zA-Z0-9_-]{1,64}$`, the function-name rule of
 /// OpenAI-compatible APIs.
@@ -71,14 +90,20 @@ pub enum SandboxError {
     },
     #[error("{path} is not a valid tool component: {reason}")]
     InvalidComponent { path: PathBuf, reason: String },
-    #[error("tool {name:?} is exported by both {first} and {second}")]
-    DuplicateTool {
-        name: String,
-        first: String,
-        second: String,
-    },
     #[error("no tool components (*.wasm) found in {0}")]
     NoComponents(PathBuf),
+    #[error("no tool component could be loaded: {}", refused.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NothingLoaded { refused: Vec<Refused> },
+}
+
+/// A component, or one tool of it, that was not loaded, and why. The other
+/// components load all the same.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {reason}")]
+pub struct Refused {
+    /// The component's file name.
+    pub file: String,
+    pub reason: String,
 }
 
 /// Why a call did not produce a result.
@@ -112,6 +137,8 @@ pub enum CallError {
     ToolFailed(String),
     #[error("cannot set up the sandbox: {0}")]
     Setup(String),
+    #[error("every sandbox slot stayed busy for the call's timeout of {0:?}")]
+    PoolBusy(Duration),
 }
 
 /// What a tool printed, kept up to the policy's `max_log` per stream, and
@@ -125,6 +152,9 @@ pub struct CallLog {
     pub stderr_dropped: u64,
     /// Outgoing requests the network gate refused, and why.
     pub net_denials: Vec<String>,
+    /// File-system operations the host refused (a symbolic link pointing
+    /// out of its mount), and why.
+    pub fs_denials: Vec<String>,
 }
 
 /// The full account of one call.
@@ -148,7 +178,7 @@ pub struct CallRequest<'a> {
 }
 
 /// What running a tool may do to the world.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Effects {
     None,
@@ -173,13 +203,85 @@ pub struct ToolInfo {
     pub component_hash: String,
 }
 
-/// Per-call store state: WASI, `wasi:http`, the network gate, limits.
+/// Per-call store state: WASI, `wasi:http`, the network gate, limits, and
+/// the mounts (for checking the links a tool makes).
 pub struct CallState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
     gate: NetGate,
     limiter: MemoryLimiter,
+    mounts: Vec<(Arc<OpenedDir>, Symlinks, String)>,
+    fs_denials: Arc<Mutex<Vec<String>>>,
+}
+
+impl CallState {
+    /// May a link to `target` be made at `link`, relative to the directory
+    /// `dir`? Only where the mount holding `dir` allows any link, or where
+    /// the target, read from the link's own directory, stays inside that
+    /// mount. The position of `dir` is asked of the kernel (its current
+    /// name), and a directory no mount holds any more is refused.
+    fn check_symlink(&self, dir: &Descriptor, target: &str, link: &str) -> Result<(), String> {
+        let Descriptor::Dir(dir) = dir else {
+            // Not a directory: the real call fails on its own.
+            return Ok(());
+        };
+        use std::os::fd::AsRawFd;
+        let at = std::fs::read_link(format!("/proc/self/fd/{}", dir.dir.as_raw_fd())).ok();
+        let holder = self
+            .mounts
+            .iter()
+            .filter_map(|(opened, rule, guest)| {
+                let root = opened.current_path()?;
+                let rel = at.as_ref()?.strip_prefix(&root).ok()?.to_path_buf();
+                Some((root.components().count(), rel, *rule, guest))
+            })
+            .max_by_key(|(depth, ..)| *depth);
+        let Some((_, rel, rule, guest)) = holder else {
+            return Err(format!(
+                "link {link:?} -> {target:?}: its directory is in no mount"
+            ));
+        };
+        if rule == Symlinks::Any {
+            return Ok(());
+        }
+        let rel: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if link_stays_within(&rel, link, target) {
+            Ok(())
+        } else {
+            Err(format!(
+                "link {link:?} -> {target:?} would point out of the mount {guest} \
+                 (the policy's symlinks = \"within-mount\")"
+            ))
+        }
+    }
+}
+
+/// Does a link made at `link` (relative to a directory at `dir` beneath a
+/// mount's root) with target `target` resolve inside the mount, read as
+/// text? An absolute target never does: it names the host's root.
+fn link_stays_within(dir: &[String], link: &str, target: &str) -> bool {
+    fn step(stack: &mut Vec<String>, part: &str) -> bool {
+        match part {
+            "" | "." => true,
+            ".." => stack.pop().is_some(),
+            name => {
+                stack.push(name.to_owned());
+                true
+            }
+        }
+    }
+    if target.starts_with('/') || target.is_empty() {
+        return false;
+    }
+    let mut stack = dir.to_vec();
+    let mut link_parts: Vec<&str> = link.split('/').collect();
+    link_parts.pop();
+    link_parts.into_iter().all(|p| step(&mut stack, p))
+        && target.split('/').all(|p| step(&mut stack, p))
 }
 
 impl WasiView for CallState {
@@ -237,7 +339,9 @@ impl ResourceLimiter for MemoryLimiter {
 pub struct SandboxConfig {
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
-    /// How many calls may run at once (the size of the instance pool).
+    /// How many calls may run at once (the size of the instance pool). A
+    /// call that finds every slot taken waits for one, for at most its own
+    /// timeout.
     pub max_concurrent_calls: u32,
 }
 
@@ -268,6 +372,35 @@ pub struct Sandbox {
     linker: Linker<CallState>,
     cache_dir: Option<PathBuf>,
     ticker_stop: Arc<AtomicBool>,
+    pool: Pool,
+}
+
+/// The instance pool's slots: one per call that may run at once. Calls
+/// beyond that wait their turn, and the waits are counted.
+struct Pool {
+    size: u32,
+    slots: tokio::sync::Semaphore,
+    waiting: AtomicI64,
+    waits: AtomicU64,
+    wait_micros: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+/// What the instance pool has done so far (for `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolStats {
+    /// Slots in all.
+    pub size: u32,
+    /// Slots taken now.
+    pub in_use: u32,
+    /// Calls waiting for a slot now.
+    pub waiting: i64,
+    /// Calls that had to wait, ever.
+    pub waits: u64,
+    /// Seconds spent waiting, all calls together.
+    pub wait_seconds: f64,
+    /// Calls whose timeout ran out while they waited.
+    pub timeouts: u64,
 }
 
 impl Drop for Sandbox {
@@ -306,6 +439,23 @@ impl Sandbox {
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        // The one WASI call the host checks before wasmtime-wasi runs it:
+        // making a symbolic link. The sandbox itself never follows a link
+        // out of a mount, but every other program on the host would.
+        linker.allow_shadowing(true);
+        linker
+            .instance(WASI_FILESYSTEM_TYPES)
+            .and_then(|mut types| {
+                types.func_wrap_async(
+                    "[method]descriptor.symlink-at",
+                    |mut store: StoreContextMut<'_, CallState>,
+                     (fd, target, link): (Resource<Descriptor>, String, String)| {
+                        Box::new(async move { symlink_at(&mut store, fd, target, link).await })
+                    },
+                )
+            })
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        linker.allow_shadowing(false);
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
@@ -326,7 +476,54 @@ impl Sandbox {
             linker,
             cache_dir: config.cache_dir,
             ticker_stop,
+            pool: Pool {
+                size: n,
+                slots: tokio::sync::Semaphore::new(n as usize),
+                waiting: AtomicI64::new(0),
+                waits: AtomicU64::new(0),
+                wait_micros: AtomicU64::new(0),
+                timeouts: AtomicU64::new(0),
+            },
         })
+    }
+
+    /// What the instance pool has done so far.
+    pub fn pool_stats(&self) -> PoolStats {
+        let pool = &self.pool;
+        PoolStats {
+            size: pool.size,
+            in_use: pool
+                .size
+                .saturating_sub(u32::try_from(pool.slots.available_permits()).unwrap_or(u32::MAX)),
+            waiting: pool.waiting.load(Ordering::Relaxed),
+            waits: pool.waits.load(Ordering::Relaxed),
+            wait_seconds: pool.wait_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            timeouts: pool.timeouts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A slot in the instance pool, held until the call's store is gone:
+    /// at once when one is free, else after waiting at most `within`.
+    async fn slot(&self, within: Duration) -> Result<tokio::sync::SemaphorePermit<'_>, CallError> {
+        let pool = &self.pool;
+        if let Ok(slot) = pool.slots.try_acquire() {
+            return Ok(slot);
+        }
+        pool.waits.fetch_add(1, Ordering::Relaxed);
+        pool.waiting.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let got = tokio::time::timeout(within, pool.slots.acquire()).await;
+        pool.waiting.fetch_sub(1, Ordering::Relaxed);
+        let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        pool.wait_micros.fetch_add(waited, Ordering::Relaxed);
+        match got {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(closed)) => Err(CallError::Setup(format!("the instance pool: {closed}"))),
+            Err(_elapsed) => {
+                pool.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(CallError::PoolBusy(within))
+            }
+        }
     }
 
     /// Load a component, from the compiled cache when it holds this exact
@@ -394,21 +591,28 @@ impl Sandbox {
         let stderr = Capture::new(limits.max_log);
         let mut builder = WasiCtxBuilder::new();
         builder.stdout(stdout.clone()).stderr(stderr.clone());
+        let mut mounts = Vec::with_capacity(policy.filesystem.len());
         for mount in &policy.filesystem {
             let perms = match mount.access {
                 Access::ReadOnly => FsPerms::ReadOnly,
                 Access::ReadWrite => FsPerms::ReadWrite,
             };
+            let setup = |e: &dyn std::fmt::Display| {
+                CallError::Setup(format!(
+                    "cannot open mount {} for {}: {e:#}",
+                    mount.host.display(),
+                    mount.guest
+                ))
+            };
+            // The mount's handle, opened once; the preopen is made from
+            // that handle's own descriptor link, never from the path.
+            let opened = mount.open().map_err(|e| setup(&e))?;
             builder
-                .preopened_dir(&mount.host, &mount.guest, perms)
-                .map_err(|e| {
-                    CallError::Setup(format!(
-                        "cannot open mount {} for {}: {e:#}",
-                        mount.host.display(),
-                        mount.guest
-                    ))
-                })?;
+                .preopened_dir(opened.reopen_path(), &mount.guest, perms)
+                .map_err(|e| setup(&e))?;
+            mounts.push((opened, mount.symlinks, mount.guest.clone()));
         }
+        let fs_denials = Arc::new(Mutex::new(Vec::new()));
         let denials = Arc::new(Mutex::new(Vec::new()));
         let allow: Arc<Vec<HostPattern>> = Arc::new(policy.network.allow.clone());
         let state = CallState {
@@ -420,6 +624,8 @@ impl Sandbox {
                 max_memory: limits.memory,
                 hit: false,
             },
+            mounts,
+            fs_denials: fs_denials.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -431,17 +637,45 @@ impl Sandbox {
             stdout,
             stderr,
             denials,
+            fs_denials,
         })
     }
 }
 
+/// `descriptor.symlink-at`, checked against the mount's rule first; a
+/// refusal is the guest's `not-permitted` and is noted in the call's log.
+async fn symlink_at(
+    store: &mut StoreContextMut<'_, CallState>,
+    fd: Resource<Descriptor>,
+    target: String,
+    link: String,
+) -> wasmtime::Result<(Result<(), ErrorCode>,)> {
+    let state = store.data_mut();
+    let verdict = {
+        let descriptor = state.table.get(&fd)?;
+        state.check_symlink(descriptor, &target, &link)
+    };
+    if let Err(why) = verdict {
+        if let Ok(mut denials) = state.fs_denials.lock() {
+            denials.push(why);
+        }
+        return Ok((Err(ErrorCode::NotPermitted),));
+    }
+    let mut fs = state.filesystem();
+    match HostDescriptor::symlink_at(&mut fs, fd, target, link).await {
+        Ok(()) => Ok((Ok(()),)),
+        Err(e) => Ok((Err(e.downcast()?),)),
+    }
+}
+
 /// A store for one call, and the handles that outlive it: the captured
-/// streams and the network gate's refusals.
+/// streams and the refusals of the network gate and of the file system.
 struct CallStore {
     store: Store<CallState>,
     stdout: Capture,
     stderr: Capture,
     denials: Arc<Mutex<Vec<String>>>,
+    fs_denials: Arc<Mutex<Vec<String>>>,
 }
 
 fn write_cache_entry(
@@ -478,6 +712,7 @@ pub struct Toolbox {
     sandbox: Arc<Sandbox>,
     components: Vec<LoadedComponent>,
     tools: BTreeMap<String, ToolEntry>,
+    refused: Vec<Refused>,
 }
 
 impl Toolbox {
@@ -498,20 +733,74 @@ impl Toolbox {
         Toolbox::load(sandbox, &paths).await
     }
 
-    /// Load the given components.
+    /// Load the given components. A bad one (not a tool component, a
+    /// `tools()` that traps, loops or floods, an invalid schema) is refused
+    /// with the reason, and a tool name that two components export is
+    /// refused in both; the rest load. Only when nothing loads is it an
+    /// error.
     pub async fn load(sandbox: Arc<Sandbox>, paths: &[PathBuf]) -> Result<Toolbox, SandboxError> {
         let mut toolbox = Toolbox {
             sandbox,
             components: Vec::new(),
             tools: BTreeMap::new(),
+            refused: Vec::new(),
         };
+        let mut exported: BTreeMap<String, Vec<ToolEntry>> = BTreeMap::new();
         for path in paths {
-            toolbox.add(path).await?;
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match toolbox.add(path, &file).await {
+                Ok(entries) => {
+                    for entry in entries {
+                        exported
+                            .entry(entry.info.name.clone())
+                            .or_default()
+                            .push(entry);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("tool component refused: {e}");
+                    toolbox.refused.push(Refused {
+                        file,
+                        reason: match e {
+                            SandboxError::InvalidComponent { reason, .. } => reason,
+                            other => other.to_string(),
+                        },
+                    });
+                }
+            }
+        }
+        for (name, mut entries) in exported {
+            if entries.len() == 1 {
+                toolbox.tools.extend(entries.pop().map(|e| (name, e)));
+                continue;
+            }
+            let files: Vec<&str> = entries.iter().map(|e| e.info.component.as_str()).collect();
+            for entry in &entries {
+                let reason = format!(
+                    "tool {name:?} is refused: it is exported by {} (a name must be exported once)",
+                    files.join(" and ")
+                );
+                tracing::warn!("{}: {reason}", entry.info.component);
+                toolbox.refused.push(Refused {
+                    file: entry.info.component.clone(),
+                    reason,
+                });
+            }
+        }
+        if toolbox.tools.is_empty() && !toolbox.refused.is_empty() {
+            return Err(SandboxError::NothingLoaded {
+                refused: toolbox.refused,
+            });
         }
         Ok(toolbox)
     }
 
-    async fn add(&mut self, path: &Path) -> Result<(), SandboxError> {
+    /// Load one component and list its tools, in a sandbox with nothing
+    /// granted and small limits.
+    async fn add(&mut self, path: &Path, file: &str) -> Result<Vec<ToolEntry>, SandboxError> {
         let invalid = |reason: String| SandboxError::InvalidComponent {
             path: path.to_owned(),
             reason,
@@ -523,10 +812,6 @@ impl Toolbox {
             .instantiate_pre(&component)
             .map_err(|e| invalid(format!("{e:#}")))?;
         let pre = bindings::ToolPre::new(pre).map_err(|e| invalid(format!("{e:#}")))?;
-        let file = path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let component_hash = std::fs::read(path)
             .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
             .map_err(|source| SandboxError::Read {
@@ -534,23 +819,59 @@ impl Toolbox {
                 source,
             })?;
 
-        // Ask the component for its tools, in a sandbox with nothing granted.
-        let limits = Limits::default();
-        let mut store = self
-            .sandbox
-            .store(&Policy::deny_all(), &limits)
-            .map_err(|e| invalid(e.to_string()))?
-            .store;
-        let instance = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| invalid(format!("{e:#}")))?;
-        let specs = tokio::time::timeout(limits.timeout, instance.call_tools(&mut store))
-            .await
-            .map_err(|_| invalid("listing its tools timed out".into()))?
-            .map_err(|e| invalid(format!("listing its tools failed: {e:#}")))?;
+        let limits = Limits {
+            timeout: LISTING_TIMEOUT,
+            memory: LISTING_MEMORY,
+            ..Limits::default()
+        };
+        let specs = {
+            let _slot = self
+                .sandbox
+                .slot(limits.timeout)
+                .await
+                .map_err(|e| invalid(e.to_string()))?;
+            let mut store = self
+                .sandbox
+                .store(&Policy::deny_all(), &limits)
+                .map_err(|e| invalid(e.to_string()))?
+                .store;
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| invalid(format!("{e:#}")))?;
+            match tokio::time::timeout(limits.timeout, instance.call_tools(&mut store)).await {
+                Err(_) => Err(format!(
+                    "listing its tools took longer than {LISTING_TIMEOUT:?}"
+                )),
+                Ok(Err(trap)) => match classify_trap(&trap, &store, &limits, "") {
+                    // The epoch deadline can stop it before the timer does.
+                    CallError::Timeout(_) => Err(format!(
+                        "listing its tools took longer than {LISTING_TIMEOUT:?}"
+                    )),
+                    other => Err(format!("listing its tools failed: {other}")),
+                },
+                Ok(Ok(specs)) => Ok(specs),
+            }
+            .map_err(invalid)?
+        };
+        if specs.len() > MAX_TOOLS_PER_COMPONENT {
+            return Err(invalid(format!(
+                "it exports {} tools, more than the {MAX_TOOLS_PER_COMPONENT} a component may",
+                specs.len()
+            )));
+        }
+        let bytes: usize = specs
+            .iter()
+            .map(|s| s.name.len() + s.description.len() + s.parameters.len())
+            .sum();
+        if bytes > MAX_TOOL_LIST_BYTES {
+            return Err(invalid(format!(
+                "its tool list is {bytes} bytes, more than the {MAX_TOOL_LIST_BYTES} a component may export"
+            )));
+        }
 
         let index = self.components.len();
+        let mut entries: Vec<ToolEntry> = Vec::with_capacity(specs.len());
         for spec in specs {
             if !is_valid_tool_name(&spec.name) {
                 return Err(invalid(format!(
@@ -558,19 +879,21 @@ impl Toolbox {
                     spec.name
                 )));
             }
+            if entries.iter().any(|e| e.info.name == spec.name) {
+                return Err(invalid(format!("it exports tool {:?} twice", spec.name)));
+            }
             let parameters: serde_json::Value = serde_json::from_str(&spec.parameters)
                 .map_err(|e| invalid(format!("tool {:?}: schema is not JSON: {e}", spec.name)))?;
+            if let Some(reference) = remote_reference(&parameters) {
+                return Err(invalid(format!(
+                    "tool {:?}: its schema references {reference:?}: only references inside the schema (\"#...\") are allowed",
+                    spec.name
+                )));
+            }
             let validator = jsonschema::validator_for(&parameters)
                 .map_err(|e| invalid(format!("tool {:?}: invalid JSON Schema: {e}", spec.name)))?;
-            if let Some(existing) = self.tools.get(&spec.name) {
-                return Err(SandboxError::DuplicateTool {
-                    name: spec.name,
-                    first: existing.info.component.clone(),
-                    second: file,
-                });
-            }
             let info = ToolInfo {
-                name: spec.name.clone(),
+                name: spec.name,
                 description: spec.description,
                 parameters,
                 effects: match spec.effects {
@@ -580,20 +903,30 @@ impl Toolbox {
                     wit::Effects::External => Effects::External,
                 },
                 idempotent: spec.idempotent,
-                component: file.clone(),
+                component: file.to_owned(),
                 component_hash: component_hash.clone(),
             };
-            self.tools.insert(
-                spec.name,
-                ToolEntry {
-                    info,
-                    component: index,
-                    validator,
-                },
-            );
+            entries.push(ToolEntry {
+                info,
+                component: index,
+                validator,
+            });
         }
-        self.components.push(LoadedComponent { file, pre });
-        Ok(())
+        self.components.push(LoadedComponent {
+            file: file.to_owned(),
+            pre,
+        });
+        Ok(entries)
+    }
+
+    /// The components and tools that were refused at loading, and why.
+    pub fn refused(&self) -> &[Refused] {
+        &self.refused
+    }
+
+    /// The sandbox the tools run in.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
     }
 
     /// All tools, by name.
@@ -689,11 +1022,14 @@ impl Toolbox {
             .ok_or_else(|| CallError::UnknownTool(request.tool.to_owned()))?;
         let component = &self.components[entry.component];
         let limits = policy.limits_for(request.tool);
+        // Held until the store is dropped (locals drop in reverse order).
+        let _slot = self.sandbox.slot(limits.timeout).await?;
         let CallStore {
             mut store,
             stdout,
             stderr,
             denials,
+            fs_denials,
         } = self.sandbox.store(policy, &limits)?;
 
         // Instantiation failing is the host's problem (the instance pool
@@ -714,6 +1050,7 @@ impl Toolbox {
         (log.stdout, log.stdout_dropped) = stdout.take();
         (log.stderr, log.stderr_dropped) = stderr.take();
         log.net_denials = denials.lock().map(|d| d.clone()).unwrap_or_default();
+        log.fs_denials = fs_denials.lock().map(|d| d.clone()).unwrap_or_default();
 
         let returned = match result {
             Err(_elapsed) => return Err(CallError::Timeout(limits.timeout)),
@@ -740,6 +1077,23 @@ impl Toolbox {
     }
 }
 
+/// The first `$ref` (or `$dynamicRef`) in a schema that points outside the
+/// schema itself: a schema must never make the host fetch anything.
+fn remote_reference(schema: &serde_json::Value) -> Option<String> {
+    match schema {
+        serde_json::Value::Object(map) => map.iter().find_map(|(key, value)| match value {
+            serde_json::Value::String(target)
+                if (key == "$ref" || key == "$dynamicRef") && !target.starts_with('#') =>
+            {
+                Some(target.clone())
+            }
+            other => remote_reference(other),
+        }),
+        serde_json::Value::Array(items) => items.iter().find_map(remote_reference),
+        _ => None,
+    }
+}
+
 fn classify_trap(
     error: &wasmtime::Error,
     store: &Store<CallState>,
@@ -762,5 +1116,42 @@ fn classify_trap(
             }
         }
         None => CallError::Crashed(format!("{error:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn within(dir: &[&str], link: &str, target: &str) -> bool {
+        let dir: Vec<String> = dir.iter().map(|s| s.to_string()).collect();
+        link_stays_within(&dir, link, target)
+    }
+
+    #[test]
+    fn a_link_may_point_anywhere_inside_its_mount_and_nowhere_outside() {
+        assert!(within(&[], "a", "b/c"));
+        assert!(within(&["src"], "lib.rs", "../README"));
+        assert!(within(&[], "sub/link", "../top.txt"));
+        assert!(!within(&[], "link", ".."));
+        assert!(!within(&[], "link", "../etc/passwd"));
+        assert!(!within(&["src"], "link", "../../x"));
+        assert!(!within(&[], "sub/link", "../../x"));
+        assert!(!within(&["a", "b"], "link", "/etc"));
+        assert!(!within(&[], "link", ""));
+        assert!(within(&["a"], "link", "./x/../y"));
+        assert!(!within(&["a"], "link", "x/../../../y"));
+    }
+
+    #[test]
+    fn only_references_inside_a_schema_are_local() {
+        let local =
+            serde_json::json!({"$defs": {"a": {}}, "properties": {"x": {"$ref": "#/$defs/a"}}});
+        assert_eq!(remote_reference(&local), None);
+        let remote = serde_json::json!({"properties": {"x": {"allOf": [{"$ref": "http://127.0.0.1:9/s.json"}]}}});
+        assert_eq!(
+            remote_reference(&remote).as_deref(),
+            Some("http://127.0.0.1:9/s.json")
+        );
     }
 }

@@ -17,6 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{Hash, Journal, JournalError, hex, parse_hex};
+use crate::mount::Entry;
 use crate::policy::Mount;
 
 /// The most files one snapshot stores: a record references at most 65,535
@@ -83,34 +84,33 @@ pub enum SnapshotError {
 }
 
 /// Store what `mounts` hold now, up to `limit_bytes` of file contents.
+///
+/// The walk starts from each mount's directory handle and opens every
+/// entry without following links ([`crate::mount::walk`]), so a tool that
+/// swaps entries for links while it runs cannot make the snapshot read
+/// anything outside the mount.
 pub fn take(journal: &Journal, mounts: &[Mount], limit_bytes: u64) -> Result<Taken, SnapshotError> {
-    let mut budget = Budget {
+    let mut taker = Taker {
+        journal,
         bytes_left: limit_bytes,
         files_left: MAX_FILES,
+        blobs: Vec::new(),
+        contents: MountContents::default(),
     };
-    let mut blobs: Vec<Hash> = Vec::new();
     let mut manifest = Manifest::default();
     for mount in mounts {
-        let mut contents = MountContents {
+        taker.contents = MountContents {
             guest: mount.guest.clone(),
             ..MountContents::default()
         };
-        if mount.host.is_dir() {
-            walk(
-                journal,
-                &mount.host,
-                "",
-                &mut contents,
-                &mut budget,
-                &mut blobs,
-            )?;
-        } else {
-            contents.left_out.push(LeftOut {
+        match mount.open() {
+            Ok(opened) => crate::mount::walk(opened.dir(), &mut taker)?,
+            Err(e) => taker.contents.left_out.push(LeftOut {
                 path: String::new(),
-                why: "the host directory does not exist".into(),
-            });
+                why: e.to_string(),
+            }),
         }
-        manifest.mounts.push(contents);
+        manifest.mounts.push(std::mem::take(&mut taker.contents));
     }
     let bytes =
         serde_json::to_vec(&manifest).map_err(|e| SnapshotError::Manifest(e.to_string()))?;
@@ -118,85 +118,68 @@ pub fn take(journal: &Journal, mounts: &[Mount], limit_bytes: u64) -> Result<Tak
     // Each once (identical files share a blob), in the order first met.
     let mut seen = std::collections::HashSet::from([hash]);
     let mut all = vec![hash];
-    all.extend(blobs.into_iter().filter(|blob| seen.insert(*blob)));
+    all.extend(taker.blobs.into_iter().filter(|blob| seen.insert(*blob)));
     Ok(Taken {
         manifest: hash,
         blobs: all,
     })
 }
 
-struct Budget {
+/// The snapshot's side of a walk: what is left of the budget, and what the
+/// mount being walked holds so far.
+struct Taker<'a> {
+    journal: &'a Journal,
     bytes_left: u64,
     files_left: usize,
+    blobs: Vec<Hash>,
+    contents: MountContents,
 }
 
-fn walk(
-    journal: &Journal,
-    dir: &Path,
-    prefix: &str,
-    contents: &mut MountContents,
-    budget: &mut Budget,
-    blobs: &mut Vec<Hash>,
-) -> Result<(), SnapshotError> {
-    let left_out = |contents: &mut MountContents, path: &str, why: String| {
-        contents.left_out.push(LeftOut {
+impl crate::mount::Visitor for Taker<'_> {
+    type Error = SnapshotError;
+
+    fn budget(&mut self) -> Option<u64> {
+        (self.files_left > 0).then_some(self.bytes_left)
+    }
+
+    fn visit(&mut self, entry: Entry<'_>) -> Result<(), SnapshotError> {
+        let left_out = |path: &str, why: String| LeftOut {
             path: path.to_owned(),
             why,
-        })
-    };
-    let mut entries: Vec<_> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries.filter_map(Result::ok).collect(),
-        Err(e) => {
-            left_out(contents, prefix, format!("unreadable: {e}"));
-            return Ok(());
-        }
-    };
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
         };
-        let Ok(kind) = entry.file_type() else {
-            left_out(contents, &path, "unreadable file type".into());
-            continue;
-        };
-        if kind.is_dir() {
-            contents.dirs.push(path.clone());
-            walk(journal, &entry.path(), &path, contents, budget, blobs)?;
-        } else if kind.is_file() {
-            let size = entry.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-            if budget.files_left == 0 {
-                left_out(contents, &path, format!("past the {MAX_FILES}-file limit"));
-            } else if size > budget.bytes_left {
-                left_out(
-                    contents,
-                    &path,
-                    format!("{size} bytes, past the snapshot's size limit"),
-                );
-            } else {
-                match std::fs::read(entry.path()) {
-                    Ok(bytes) => {
-                        let hash = journal.put_blob(&bytes)?;
-                        budget.bytes_left -= (bytes.len() as u64).min(budget.bytes_left);
-                        budget.files_left -= 1;
-                        blobs.push(hash);
-                        contents.files.push(FileEntry {
-                            path,
-                            blob: hex(&hash),
-                            size: bytes.len() as u64,
-                        });
-                    }
-                    Err(e) => left_out(contents, &path, format!("unreadable: {e}")),
-                }
+        match entry {
+            Entry::Dir { path } => self.contents.dirs.push(path.to_owned()),
+            Entry::File {
+                path,
+                bytes: Some(bytes),
+                ..
+            } => {
+                let hash = self.journal.put_blob(&bytes)?;
+                self.bytes_left -= (bytes.len() as u64).min(self.bytes_left);
+                self.files_left -= 1;
+                self.blobs.push(hash);
+                self.contents.files.push(FileEntry {
+                    path: path.to_owned(),
+                    blob: hex(&hash),
+                    size: bytes.len() as u64,
+                });
             }
-        } else {
-            left_out(contents, &path, "not a regular file or directory".into());
+            Entry::File {
+                path,
+                bytes: None,
+                size,
+            } => {
+                let why = if self.files_left == 0 {
+                    format!("past the {MAX_FILES}-file limit")
+                } else {
+                    format!("{size} bytes, past the snapshot's size limit")
+                };
+                self.contents.left_out.push(left_out(path, why));
+            }
+            Entry::LeftOut { path, why } => self.contents.left_out.push(left_out(path, why)),
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The manifest stored in blob `hash`.
@@ -268,11 +251,7 @@ mod tests {
     use crate::policy::Access;
 
     fn mount(host: &Path) -> Mount {
-        Mount {
-            host: host.to_owned(),
-            guest: "/workspace".into(),
-            access: Access::ReadWrite,
-        }
+        Mount::new(host.to_owned(), "/workspace".into(), Access::ReadWrite)
     }
 
     #[test]

@@ -551,7 +551,7 @@ fn in_force(
     if blake3::hash(text.as_bytes()).to_hex().as_str() != hash {
         return Err("the recorded policy text does not match its recorded hash".into());
     }
-    let policy = Policy::parse(text, "the recorded policy", Path::new("/"))
+    let policy = Policy::parse_recorded(text, "the recorded policy", Path::new("/"))
         .map_err(|e| format!("the recorded policy does not parse: {e}"))?;
     let price = policy.price_for(&model);
     if price.is_none() && policy.session.max_cost_usd.is_some() {

@@ -58,7 +58,18 @@ pub async fn fork(
         at,
         hash: hex(&point.hash),
     };
-    let rebuilt = reexecute(journal, parent, toolbox, 0, Some(at), workspace).await?;
+    // The rebuild never repeats an effect on the world: a what-if run must
+    // not post, pay or send again what its parent already did.
+    let rebuilt = reexecute(
+        journal,
+        parent,
+        toolbox,
+        0,
+        Some(at),
+        workspace,
+        &crate::reexecute::LiveEffects::Recorded,
+    )
+    .await?;
 
     let mut child = journal.create_session()?;
     for record in &records {

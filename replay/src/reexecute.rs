@@ -12,6 +12,16 @@
 //!
 //! Not run again: calls the host answered itself (`read_output`), and calls
 //! that a crash interrupted before they had a result.
+//!
+//! Never repeated on the world by default ([`LiveEffects::Recorded`]): a
+//! call of a tool whose effects are `external` (as recorded, or as the
+//! installed tool says, or of a tool no longer installed) is not run again;
+//! its recorded result stands in, and the report lists it. Every other call
+//! runs with no network at all. Only [`LiveEffects::Live`] (the auditor's
+//! `--live-effects`) runs them, under the recorded allow-list less every
+//! loopback, private and link-local address, which only the auditor's own
+//! command line can grant: a journal's policy text is the operator's word,
+//! not the auditor's.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +29,9 @@ use std::path::{Path, PathBuf};
 use longrun_host::agent::{PolicyChanged, SessionCreated, ToolIntent, ToolResult, output_of};
 use longrun_host::context::READ_OUTPUT;
 use longrun_host::journal::{Journal, RecordKind, SessionId};
-use longrun_host::policy::Policy;
-use longrun_host::sandbox::{CallRequest, Toolbox};
+use longrun_host::netgate::is_restricted;
+use longrun_host::policy::{HostMatch, HostPattern, Policy};
+use longrun_host::sandbox::{CallRequest, Effects, Toolbox};
 use serde::Serialize;
 
 use crate::{ReplayError, payload, records_between};
@@ -45,6 +56,35 @@ pub struct Difference {
     pub now: Outcome,
 }
 
+/// May a re-execution act on the world outside its scratch mounts?
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LiveEffects {
+    /// No: calls with external effects are not run again (their recorded
+    /// results stand in), and no call reaches the network.
+    #[default]
+    Recorded,
+    /// Yes: calls with external effects run again, under the recorded
+    /// allow-list without its loopback, private and link-local entries,
+    /// plus `allow`, the entries the auditor named.
+    Live { allow: Vec<HostPattern> },
+}
+
+impl LiveEffects {
+    /// The network allow-list a re-executed call runs under, given the
+    /// recorded one.
+    fn allow_list(&self, recorded: &[HostPattern]) -> Vec<HostPattern> {
+        match self {
+            LiveEffects::Recorded => Vec::new(),
+            LiveEffects::Live { allow } => recorded
+                .iter()
+                .filter(|p| !matches!(p.host, HostMatch::Ip(ip) if is_restricted(ip)))
+                .chain(allow)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 /// What a re-execution found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Reexecuted {
@@ -56,6 +96,9 @@ pub struct Reexecuted {
     pub differences: Vec<Difference>,
     /// Calls not run again, and why.
     pub skipped: Vec<String>,
+    /// Calls with external effects whose recorded results stood in, since
+    /// the re-execution was not allowed to act on the world.
+    pub effects_not_repeated: Vec<String>,
     /// What may make results differ for reasons other than the tools (no
     /// snapshot, files the snapshot left out, a component that changed).
     pub warnings: Vec<String>,
@@ -74,6 +117,7 @@ pub async fn reexecute(
     from: u64,
     to: Option<u64>,
     scratch_root: &Path,
+    live: &LiveEffects,
 ) -> Result<Reexecuted, ReplayError> {
     let (_, created) = crate::created(journal, session)?;
     let mut warnings = Vec::new();
@@ -103,6 +147,7 @@ pub async fn reexecute(
         rebuilt: 0,
         differences: Vec::new(),
         skipped: Vec::new(),
+        effects_not_repeated: Vec::new(),
         warnings,
         scratch_policy: Policy::deny_all(),
     };
@@ -148,9 +193,26 @@ pub async fn reexecute(
                     ));
                     continue;
                 }
+                let recorded_effects = created
+                    .tools
+                    .iter()
+                    .find(|t| t.name == intent.tool)
+                    .and_then(|t| t.effects);
+                let now_effects = toolbox.tool(&intent.tool).map(|t| t.effects);
+                let external = recorded_effects == Some(Effects::External)
+                    || now_effects.is_none_or(|e| e == Effects::External);
+                if external && *live == LiveEffects::Recorded {
+                    out.effects_not_repeated.push(format!(
+                        "record {}: {} acts outside the sandbox (effects: external): its recorded result stands in (--live-effects runs it again)",
+                        record.seq, intent.tool
+                    ));
+                    continue;
+                }
+                let mut call_policy = policy.clone();
+                call_policy.network.allow = live.allow_list(&policy.network.allow);
                 let report = toolbox
                     .call(
-                        &policy,
+                        &call_policy,
                         &CallRequest {
                             tool: &intent.tool,
                             args: &intent.arguments,
@@ -201,7 +263,7 @@ pub async fn reexecute(
 /// The policy `text` with each mount's host directory replaced by one
 /// under `root` (`mount-0`, `mount-1`, … in the policy's order).
 pub fn scratch_policy(text: &str, root: &Path) -> Result<Policy, ReplayError> {
-    let mut policy = Policy::parse(text, "the recorded policy", root)?;
+    let mut policy = Policy::parse_recorded(text, "the recorded policy", root)?;
     for (i, mount) in policy.filesystem.iter_mut().enumerate() {
         mount.host = scratch_mount(root, i);
     }

@@ -43,7 +43,7 @@ pub fn cost(price: &Price, usage: &Usage) -> f64 {
 /// The recorded policy's price for the recorded model, if it parses and
 /// has one.
 pub fn recorded_price(created: &SessionCreated) -> Option<Price> {
-    Policy::parse(
+    Policy::parse_recorded(
         &created.policy_text,
         "the recorded policy",
         std::path::Path::new("/"),

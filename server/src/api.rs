@@ -109,7 +109,9 @@ async fn answer(
             Op::Metrics => Ok(text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                &shared.metrics.render(&shared.sessions),
+                &shared
+                    .metrics
+                    .render(&shared.sessions, shared.toolbox.sandbox().pool_stats()),
             )),
             Op::ListTools => Ok(list_tools(shared)),
             Op::CreateSession => create_session(shared, signed_in(tenant)?, request).await,

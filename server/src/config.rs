@@ -21,7 +21,13 @@
 //! [http]
 //! max_body = "1MiB"
 //! request_timeout = "30s"
+//! header_timeout = "10s"                 # also how long a kept-alive connection may idle
+//! max_connections = 1024
+//! max_connections_per_peer = 256
 //! shutdown_grace = "10s"
+//!
+//! [sandbox]
+//! max_concurrent_calls = 32              # tool calls at once; more wait their turn
 //! ```
 
 use std::collections::BTreeMap;
@@ -65,6 +71,14 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
     /// How long a shutdown waits for sessions to reach a step boundary.
     pub shutdown_grace: Duration,
+    /// How long a client has to send a request's head, and so also how long
+    /// a kept-alive connection may sit idle before it is closed.
+    pub header_timeout: Duration,
+    /// Connections served at once, in all; more are shed (see
+    /// [`crate::admission`]).
+    pub max_connections: usize,
+    /// Connections served at once from one peer address.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for HttpLimits {
@@ -73,6 +87,9 @@ impl Default for HttpLimits {
             max_body: 1 << 20,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_connections_per_peer: 256,
         }
     }
 }
@@ -90,6 +107,8 @@ pub struct ServerConfig {
     pub default_policy: String,
     pub tenants: Vec<Tenant>,
     pub http: HttpLimits,
+    /// How many tool calls may run at once (the sandbox's instance pool).
+    pub max_concurrent_calls: u32,
     /// Where relative paths of an inline policy are resolved.
     pub base_dir: PathBuf,
 }
@@ -110,6 +129,14 @@ struct RawConfig {
     tenants: BTreeMap<String, RawTenant>,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    sandbox: RawSandbox,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    max_concurrent_calls: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +154,9 @@ struct RawHttp {
     max_body: Option<ByteSize>,
     request_timeout: Option<HumanDuration>,
     shutdown_grace: Option<HumanDuration>,
+    header_timeout: Option<HumanDuration>,
+    max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
 }
 
 impl ServerConfig {
@@ -232,6 +262,30 @@ impl ServerConfig {
             return Err(invalid("no [tenants]: name at least one".into()));
         }
         let defaults = HttpLimits::default();
+        let at_least_one = |key: &str, n: Option<usize>, default: usize| match n {
+            Some(0) => Err(invalid(format!("{key}: must be at least 1"))),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let max_connections = at_least_one(
+            "http.max_connections",
+            raw.http.max_connections,
+            defaults.max_connections,
+        )?;
+        let max_connections_per_peer = at_least_one(
+            "http.max_connections_per_peer",
+            raw.http.max_connections_per_peer,
+            defaults.max_connections_per_peer,
+        )?;
+        let max_concurrent_calls = match raw.sandbox.max_concurrent_calls {
+            Some(0) => {
+                return Err(invalid(
+                    "sandbox.max_concurrent_calls: must be at least 1".into(),
+                ));
+            }
+            Some(n) => n,
+            None => longrun_host::sandbox::SandboxConfig::default().max_concurrent_calls,
+        };
         let max_body = raw.http.max_body.map_or(defaults.max_body, |s| {
             usize::try_from(s.0).unwrap_or(usize::MAX)
         });
@@ -254,8 +308,49 @@ impl ServerConfig {
                     .http
                     .shutdown_grace
                     .map_or(defaults.shutdown_grace, |d| d.0),
+                header_timeout: raw
+                    .http
+                    .header_timeout
+                    .map_or(defaults.header_timeout, |d| d.0),
+                max_connections,
+                max_connections_per_peer,
             },
+            max_concurrent_calls,
             base_dir: base.to_path_buf(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[models]\ns = \"scripted:s.jsonl\"\n[policies]\nd = \"d.toml\"\n[tenants.a]\ntoken = \"0123456789abcdef\"\n";
+
+    fn parse(extra: &str) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::parse(&format!("{BASE}{extra}"), "server.toml", Path::new("/srv"))
+    }
+
+    #[test]
+    fn connection_caps_timeouts_and_the_pool_size_are_read_and_zero_is_refused() {
+        let config = parse(
+            "[http]\nmax_connections = 9\nmax_connections_per_peer = 3\nheader_timeout = \"2s\"\n[sandbox]\nmax_concurrent_calls = 5\n",
+        )
+        .unwrap();
+        assert_eq!(config.http.max_connections, 9);
+        assert_eq!(config.http.max_connections_per_peer, 3);
+        assert_eq!(config.http.header_timeout, Duration::from_secs(2));
+        assert_eq!(config.max_concurrent_calls, 5);
+        let defaults = parse("").unwrap();
+        assert_eq!(defaults.http.max_connections, 1024);
+        assert_eq!(defaults.max_concurrent_calls, 32);
+        for zero in [
+            "[http]\nmax_connections = 0\n",
+            "[http]\nmax_connections_per_peer = 0\n",
+            "[sandbox]\nmax_concurrent_calls = 0\n",
+        ] {
+            let refused = parse(zero).err().expect("zero is refused").to_string();
+            assert!(refused.contains("must be at least 1"), "{refused}");
+        }
     }
 }

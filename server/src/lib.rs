@@ -14,6 +14,7 @@
 //! - [`metrics`]: counters in the Prometheus text format.
 //! - [`mcp`]: the tools as an MCP server (`longrun mcp`).
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod mcp;
@@ -124,6 +125,51 @@ impl Shared {
     }
 }
 
+/// The cap on served connections: the configured one, lowered where the
+/// process's open-file limit could not hold it beside what the server
+/// keeps for itself (journal, tools, shed connections).
+fn connection_cap(configured: usize) -> usize {
+    let Some(limit) = longrun_host::process::open_file_limit() else {
+        return configured;
+    };
+    let room = usize::try_from(limit.saturating_sub(admission::RESERVED_FDS))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if room < configured {
+        tracing::warn!(
+            "http.max_connections lowered from {configured} to {room}: the open-file limit is {limit}"
+        );
+    }
+    configured.min(room)
+}
+
+/// A connection past a cap: `/healthz` and `/metrics` answered as ever
+/// (monitoring must see the flood), anything else a 503, one request, a
+/// short time to send it, then closed.
+async fn shed(shared: Arc<Shared>, stream: tokio::net::TcpStream, ticket: admission::ShedTicket) {
+    shared.metrics.connection_shed();
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let shared = shared.clone();
+        async move {
+            let response = if matches!(request.uri().path(), "/healthz" | "/metrics") {
+                api::handle(&shared, request).await
+            } else {
+                problem::Problem::Unavailable
+                    .with("the server is at its connection limit: try again shortly".to_owned())
+                    .into_response()
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(admission::SHED_HEADER_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(admission::SHED_HEADER_TIMEOUT * 2, connection).await;
+    drop(ticket);
+}
+
 /// A running server.
 pub struct Server {
     shared: Arc<Shared>,
@@ -225,11 +271,16 @@ impl Server {
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    use admission::{Admission, Admit};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let http = shared.config.http;
+    let max_connections = connection_cap(http.max_connections);
+    let admission = Admission::new(max_connections, http.max_connections_per_peer);
+    shared.metrics.set_connection_limits(admission.clone());
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, say: wait, do not spin.
                     tracing::warn!("accept: {e}");
@@ -240,6 +291,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             () = shared.shut_down() => break,
         };
         let _ = stream.set_nodelay(true);
+        let ticket = match admission.admit(peer.ip()) {
+            Admit::Serve(ticket) => ticket,
+            Admit::Shed(ticket) => {
+                tokio::spawn(shed(shared.clone(), stream, ticket));
+                continue;
+            }
+            Admit::Refuse => {
+                shared.metrics.connection_refused();
+                continue;
+            }
+        };
         let service_shared = shared.clone();
         let service = service_fn(move |request| {
             let shared = service_shared.clone();
@@ -247,13 +309,14 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(shared.config.http.request_timeout)
+            .header_read_timeout(http.header_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("connection: {e}");
             }
+            drop(ticket);
         });
     }
     drop(listener);

@@ -4,8 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use longrun_host::sandbox::PoolStats;
+
+use crate::admission::Admission;
 use std::time::Duration;
 
 use crate::sessions::{Registry, Status};
@@ -18,9 +22,27 @@ pub struct Metrics {
     /// How many requests, and the seconds they took.
     requests: Mutex<BTreeMap<RequestKey, (u64, f64)>>,
     pub event_streams: AtomicI64,
+    /// The connection caps, once the server listens.
+    admission: OnceLock<Arc<Admission>>,
+    connections_shed: AtomicU64,
+    connections_refused: AtomicU64,
 }
 
 impl Metrics {
+    pub fn set_connection_limits(&self, admission: Arc<Admission>) {
+        let _ = self.admission.set(admission);
+    }
+
+    /// A connection past a cap was answered on the shed path.
+    pub fn connection_shed(&self) {
+        self.connections_shed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection past every cap was closed at once.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn observe(&self, route: &'static str, method: &str, status: u16, took: Duration) {
         let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         let entry = requests
@@ -30,7 +52,7 @@ impl Metrics {
         entry.1 += took.as_secs_f64();
     }
 
-    pub fn render(&self, sessions: &Registry) -> String {
+    pub fn render(&self, sessions: &Registry, pool: PoolStats) -> String {
         let mut out = String::new();
         out.push_str("# HELP longrun_http_requests_total HTTP requests answered.\n");
         out.push_str("# TYPE longrun_http_requests_total counter\n");
@@ -99,6 +121,69 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        let open = self.admission.get().map_or(0, |a| a.open());
+        let gauges: [(&str, &str, &str, f64); 9] = [
+            (
+                "longrun_http_connections",
+                "gauge",
+                "Connections served now.",
+                open as f64,
+            ),
+            (
+                "longrun_http_connections_shed_total",
+                "counter",
+                "Connections past a cap, answered on the shed path (/healthz only).",
+                self.connections_shed.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "longrun_http_connections_refused_total",
+                "counter",
+                "Connections past every cap, closed at once.",
+                self.connections_refused.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "longrun_sandbox_slots",
+                "gauge",
+                "Instance pool slots.",
+                f64::from(pool.size),
+            ),
+            (
+                "longrun_sandbox_slots_in_use",
+                "gauge",
+                "Instance pool slots taken now.",
+                f64::from(pool.in_use),
+            ),
+            (
+                "longrun_sandbox_calls_waiting",
+                "gauge",
+                "Tool calls waiting for a pool slot now.",
+                pool.waiting as f64,
+            ),
+            (
+                "longrun_sandbox_waits_total",
+                "counter",
+                "Tool calls that waited for a pool slot.",
+                pool.waits as f64,
+            ),
+            (
+                "longrun_sandbox_wait_seconds_total",
+                "counter",
+                "Time tool calls spent waiting for a pool slot.",
+                pool.wait_seconds,
+            ),
+            (
+                "longrun_sandbox_wait_timeouts_total",
+                "counter",
+                "Tool calls whose timeout ran out waiting for a pool slot.",
+                pool.timeouts as f64,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
         out

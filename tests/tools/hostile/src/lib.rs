@@ -177,6 +177,87 @@ fn trap(_: NoArgs) -> Result<Got, ToolError> {
     core::arch::wasm32::unreachable()
 }
 
+#[derive(Deserialize, JsonSchema)]
+struct LinkArgs {
+    /// What the link points to, as written into it.
+    target: String,
+    /// Where the link is made: a guest path under a mount.
+    link: String,
+}
+
+/// The preopened directory holding guest path `path`, and the rest of the
+/// path below it.
+fn preopen_for(path: &str) -> Result<(wasi::filesystem::types::Descriptor, String), ToolError> {
+    for (dir, guest) in wasi::filesystem::preopens::get_directories() {
+        if let Some(rest) = path.strip_prefix(&format!("{guest}/")) {
+            return Ok((dir, rest.to_owned()));
+        }
+    }
+    Err(ToolError::failed(format!("no mount holds {path}")))
+}
+
+/// Make a symbolic link (std has no stable call for it on wasm32-wasip2).
+fn make_link(args: &LinkArgs) -> Result<(), ToolError> {
+    let (dir, rest) = preopen_for(&args.link)?;
+    dir.symlink_at(&args.target, &rest)
+        .map_err(|code| ToolError::failed(format!("symlink: {code:?}")))
+}
+
+fn symlink(args: LinkArgs) -> Result<Got, ToolError> {
+    make_link(&args)?;
+    got("linked")
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct RenameArgs {
+    from: String,
+    to: String,
+}
+
+fn rename(args: RenameArgs) -> Result<Got, ToolError> {
+    std::fs::rename(&args.from, &args.to)?;
+    got("renamed")
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct FlipArgs {
+    /// The entry flipped back and forth, a guest path.
+    path: String,
+    /// Where the link points when the entry is a link.
+    target: String,
+    /// A directory (holding one file) instead of a file, when not a link.
+    #[serde(default)]
+    dir: bool,
+    /// How long to keep flipping.
+    ms: u64,
+}
+
+/// Flip an entry between a real file (or directory) and a link pointing
+/// out of the mount, as fast as it can, for `ms` milliseconds: a race
+/// against any host-side walk of the mount.
+fn flip(args: FlipArgs) -> Result<Got, ToolError> {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(args.ms);
+    let link = LinkArgs {
+        target: args.target.clone(),
+        link: args.path.clone(),
+    };
+    let mut flips: u64 = 0;
+    while std::time::Instant::now() < until {
+        let _ = std::fs::remove_file(&args.path);
+        let _ = std::fs::remove_dir_all(&args.path);
+        make_link(&link)?;
+        let _ = std::fs::remove_file(&args.path);
+        if args.dir {
+            std::fs::create_dir(&args.path)?;
+            std::fs::write(format!("{}/inside.txt", args.path), "inside")?;
+        } else {
+            std::fs::write(&args.path, "inside")?;
+        }
+        flips += 1;
+    }
+    got(flips.to_string())
+}
+
 /// A tool with a strict schema, to show schema violations never reach it.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -207,4 +288,7 @@ longrun_sdk::export_tools! {
     Tool::new("evil_panic", "panic", panic),
     Tool::new("evil_trap", "execute unreachable", trap),
     Tool::new("evil_strict", "accept only {count: u8}", strict),
+    Tool::new("evil_symlink", "make a symbolic link", symlink).effects(Effects::Writes),
+    Tool::new("evil_rename", "rename an entry", rename).effects(Effects::Writes),
+    Tool::new("evil_flip", "flip an entry between a file and a link out", flip).effects(Effects::Writes),
 }
