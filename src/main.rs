@@ -667,7 +667,15 @@ fn explain(policy: &Policy, toolbox: &Toolbox) {
             Access::ReadOnly => "read-only",
             Access::ReadWrite => "read-write",
         };
-        println!("  files: {} = {} ({access})", m.guest, display(&m.host));
+        let links = match m.symlinks {
+            longrun_host::policy::Symlinks::WithinMount => "links it makes must stay inside",
+            longrun_host::policy::Symlinks::Any => "may make relative links pointing anywhere",
+        };
+        println!(
+            "  files: {} = {} ({access}; {links})",
+            m.guest,
+            display(&m.host)
+        );
     }
     if policy.network.allow.is_empty() {
         println!("  network: nothing (no hosts allowed)");

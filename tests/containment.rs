@@ -849,64 +849,12 @@ async fn calls_beyond_the_pool_wait_for_a_slot_and_none_fails() {
 
 // ---- The server under a connection flood ------------------------------------
 
-const TOKEN: &str = "acme-token-0123456789";
+use common::{ServerProcess, TOKEN};
 
-struct ServerProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl ServerProcess {
-    /// SIGTERM, and wait for the graceful shutdown.
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `longrun serve` with `http` settings and `sandbox` settings added to
-/// its configuration, started under an open-file limit of `nofile` (soft
-/// and hard), with a scripted model that runs `script`.
+/// `longrun serve` with `http` and `sandbox` settings added to its
+/// configuration, under an open-file limit of `nofile`.
 fn serve(http: &str, sandbox: &str, nofile: u64, script: &str) -> ServerProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path();
-    std::fs::create_dir(p.join("ws")).unwrap();
-    std::fs::write(p.join("ws/hello.txt"), "hello").unwrap();
-    std::fs::write(p.join("script.jsonl"), script).unwrap();
-    std::fs::write(
-        p.join("default.toml"),
-        "[tools]\nallow = [\"fs_*\"]\n[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-only\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("server.toml"),
-        format!(
-            "journal = \"journal\"\n[models]\nscripted = \"scripted:script.jsonl\"\n[policies]\ndefault = \"default.toml\"\n[tenants.acme]\ntoken = \"{TOKEN}\"\n[http]\n{http}\n[sandbox]\n{sandbox}\n"
-        ),
-    )
-    .unwrap();
-    let command = format!(
-        "ulimit -Sn {nofile} && ulimit -Hn {nofile} && exec \"$0\" serve --config \"$1\" --listen 127.0.0.1:0 --tools-dir \"$2\""
-    );
-    let (child, url) = common::spawn_listening(
-        Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .arg(env!("CARGO_BIN_EXE_longrun"))
-            .arg(p.join("server.toml"))
-            .arg(common::builtin_tools_dir()),
-    );
-    let addr = url.strip_prefix("http://").unwrap().parse().unwrap();
-    ServerProcess { child, addr, dir }
+    common::serve_scripted(script, http, sandbox, Some(nofile))
 }
 
 /// A connection to `server` from the loopback address `from`.

@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,52 +17,16 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "acme-token-0123456789";
-
-/// A `longrun serve` process in a directory of its own; stopped (SIGTERM,
-/// then waited for) when dropped.
-struct ServerProcess {
-    child: Child,
-    addr: std::net::SocketAddr,
-    dir: tempfile::TempDir,
-}
+use common::{ServerProcess, TOKEN};
 
 fn serve(script: &str) -> ServerProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path();
-    std::fs::create_dir(p.join("ws")).unwrap();
-    std::fs::write(p.join("ws/hello.txt"), "hello").unwrap();
-    std::fs::write(p.join("script.jsonl"), script).unwrap();
-    std::fs::write(
-        p.join("default.toml"),
-        "[tools]\nallow = [\"fs_*\"]\n[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-only\"\n",
+    // 700 clients, all from one loopback address.
+    common::serve_scripted(
+        script,
+        "request_timeout = \"30s\"\nmax_connections_per_peer = 1000\nmax_connections = 2000",
+        "",
+        None,
     )
-    .unwrap();
-    std::fs::write(
-        p.join("server.toml"),
-        format!(
-            "journal = \"journal\"\n[models]\nscripted = \"scripted:script.jsonl\"\n[policies]\ndefault = \"default.toml\"\n[tenants.acme]\ntoken = \"{TOKEN}\"\n[http]\nrequest_timeout = \"30s\"\n# 700 clients, all from one loopback address\nmax_connections_per_peer = 1000\nmax_connections = 2000\n"
-        ),
-    )
-    .unwrap();
-    let (child, url) = common::spawn_listening(
-        Command::new(env!("CARGO_BIN_EXE_longrun"))
-            .args(["serve", "--config"])
-            .arg(p.join("server.toml"))
-            .args(["--listen", "127.0.0.1:0", "--tools-dir"])
-            .arg(common::builtin_tools_dir()),
-    );
-    let addr = url.strip_prefix("http://").unwrap().parse().unwrap();
-    ServerProcess { child, addr, dir }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
 }
 
 /// The Python of the test clients' virtual environment.

@@ -59,6 +59,12 @@ impl OpenedDir {
             .map_err(failed)?;
         let meta = file.metadata().map_err(failed)?;
         use std::os::unix::fs::MetadataExt;
+        tracing::debug!(
+            "mount {} opened: device {}, inode {}",
+            path.display(),
+            meta.dev(),
+            meta.ino()
+        );
         Ok(OpenedDir {
             path: path.to_owned(),
             device: meta.dev(),
@@ -88,18 +94,24 @@ impl OpenedDir {
     /// was renamed, or a link was put where it was.
     pub fn reopen_path(&self) -> PathBuf {
         use std::os::fd::AsRawFd;
-        let fd = self.dir.as_raw_fd();
-        if cfg!(target_os = "linux") {
-            PathBuf::from(format!("/proc/self/fd/{fd}"))
-        } else {
-            PathBuf::from(format!("/dev/fd/{fd}"))
-        }
+        descriptor_link(self.dir.as_raw_fd())
     }
 
     /// Where the directory is now, as the kernel names it (it may have been
     /// renamed since it was opened); `None` where the system cannot say.
     pub fn current_path(&self) -> Option<PathBuf> {
         std::fs::read_link(self.reopen_path()).ok()
+    }
+}
+
+/// The process's own link to its open descriptor `fd`: opening it opens
+/// what the descriptor names, and reading it (on Linux) says where that is
+/// now.
+pub fn descriptor_link(fd: std::os::fd::RawFd) -> PathBuf {
+    if cfg!(target_os = "linux") {
+        PathBuf::from(format!("/proc/self/fd/{fd}"))
+    } else {
+        PathBuf::from(format!("/dev/fd/{fd}"))
     }
 }
 

@@ -227,7 +227,7 @@ impl CallState {
             return Ok(());
         };
         use std::os::fd::AsRawFd;
-        let at = std::fs::read_link(format!("/proc/self/fd/{}", dir.dir.as_raw_fd())).ok();
+        let at = std::fs::read_link(crate::mount::descriptor_link(dir.dir.as_raw_fd())).ok();
         let holder = self
             .mounts
             .iter()

@@ -349,7 +349,7 @@ mod tests {
             "[http]\nmax_connections_per_peer = 0\n",
             "[sandbox]\nmax_concurrent_calls = 0\n",
         ] {
-            let refused = parse(zero).err().expect("zero is refused").to_string();
+            let refused = parse(zero).expect_err("zero is refused").to_string();
             assert!(refused.contains("must be at least 1"), "{refused}");
         }
     }

@@ -187,3 +187,75 @@ pub fn spawn_listening(command: &mut std::process::Command) -> (std::process::Ch
         .to_owned();
     (child, url)
 }
+
+/// The bearer token of the one tenant of [`serve_scripted`]'s servers.
+pub const TOKEN: &str = "acme-token-0123456789";
+
+/// A `longrun serve` process in a directory of its own; stopped (SIGTERM,
+/// then waited for) when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// SIGTERM, and wait for the graceful shutdown.
+    pub fn stop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `longrun serve` on a loopback port with the scripted model running
+/// `script`, one policy (`fs_*` over a read-only `/workspace` holding
+/// `hello.txt`), one tenant ([`TOKEN`]), `http` and `sandbox` lines added to
+/// those sections of its configuration, and, when given, an open-file
+/// limit (soft and hard) set before it starts.
+pub fn serve_scripted(
+    script: &str,
+    http: &str,
+    sandbox: &str,
+    nofile: Option<u64>,
+) -> ServerProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir(p.join("ws")).unwrap();
+    std::fs::write(p.join("ws/hello.txt"), "hello").unwrap();
+    std::fs::write(p.join("script.jsonl"), script).unwrap();
+    std::fs::write(
+        p.join("default.toml"),
+        "[tools]\nallow = [\"fs_*\"]\n[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-only\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("server.toml"),
+        format!(
+            "journal = \"journal\"\n[models]\nscripted = \"scripted:script.jsonl\"\n[policies]\ndefault = \"default.toml\"\n[tenants.acme]\ntoken = \"{TOKEN}\"\n[http]\n{http}\n[sandbox]\n{sandbox}\n"
+        ),
+    )
+    .unwrap();
+    let limit = nofile
+        .map(|n| format!("ulimit -Sn {n} && ulimit -Hn {n} && "))
+        .unwrap_or_default();
+    let (child, url) = spawn_listening(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{limit}exec \"$0\" serve --config \"$1\" --listen 127.0.0.1:0 --tools-dir \"$2\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_longrun"))
+            .arg(p.join("server.toml"))
+            .arg(builtin_tools_dir()),
+    );
+    let addr = url.strip_prefix("http://").unwrap().parse().unwrap();
+    ServerProcess { child, addr, dir }
+}
