@@ -55,7 +55,10 @@ fn policy_explain_says_what_each_tool_may_touch() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);
     assert!(s.contains("files: /workspace = "), "{s}");
-    assert!(s.contains("(read-only)"), "{s}");
+    assert!(
+        s.contains("(read-only; links it makes must stay inside)"),
+        "{s}"
+    );
     assert!(s.contains("network: *.wikipedia.org:443"), "{s}");
     assert!(
         s.lines()
