@@ -338,3 +338,38 @@ fn one_changed_byte_in_a_blob_is_named_at_the_first_record_that_references_it() 
         "reading it back refuses it too"
     );
 }
+
+/// sled#1527: a kill while sled writes a snapshot leaves an unfinished
+/// `snap.*.generating` file that its reader takes for the latest snapshot
+/// and calls corrupt, for good. The journal sets it aside and opens, with
+/// every record.
+#[test]
+fn an_unfinished_snapshot_file_left_by_a_kill_is_set_aside_and_the_journal_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = {
+        let journal = Journal::open(dir.path()).unwrap();
+        write_session(&journal, 5)
+    };
+    for (name, bytes) in [
+        ("snap.FFFFFFFFFFFFFFFF.generating", &b""[..]),
+        ("snap.FFFFFFFFFFFFFFFE.generating", &b"cut short"[..]),
+    ] {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+
+    let journal = Journal::open(dir.path()).expect("the journal opens");
+
+    assert_eq!(journal.records(session).count(), 5);
+    journal.verify(session).unwrap();
+    for name in [
+        "snap.FFFFFFFFFFFFFFFF.generating",
+        "snap.FFFFFFFFFFFFFFFE.generating",
+    ] {
+        assert!(!dir.path().join(name).exists());
+        assert!(
+            dir.path()
+                .join(format!("{}{name}", longrun_host::journal::SET_ASIDE_PREFIX))
+                .exists()
+        );
+    }
+}

@@ -248,6 +248,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// that really holds the journal still gets [`JournalError::Locked`].
 #[doc(hidden)]
 pub fn open_storage(config: sled::Config) -> Result<sled::Db, JournalError> {
+    set_aside_unfinished_snapshots(&config.path);
     let started = Instant::now();
     loop {
         match config.open() {
@@ -258,6 +259,43 @@ pub fn open_storage(config: sled::Config) -> Result<sled::Db, JournalError> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             other => return Ok(other?),
+        }
+    }
+}
+
+/// The prefix an unfinished snapshot file is renamed with: sled no longer
+/// sees it, and a person can still look at it.
+pub const SET_ASIDE_PREFIX: &str = "unfinished-";
+
+/// Work around sled 0.34's snapshot reader (spacejam/sled#1527): it takes
+/// the last `snap.*` file by name, and a process killed while writing a
+/// snapshot leaves `snap.LSN.generating` behind (empty, or cut short),
+/// which it then reads as corrupt, and every later open fails until a
+/// person deletes the file. sled writes a snapshot under that name and
+/// renames it when it is whole, so a `.generating` file is never a
+/// finished snapshot: it is set aside, renamed with [`SET_ASIDE_PREFIX`],
+/// with a warning, and sled rebuilds its snapshot from the log.
+fn set_aside_unfinished_snapshots(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("snap.") && name.ends_with(".generating")) {
+            continue;
+        }
+        let aside = dir.join(format!("{SET_ASIDE_PREFIX}{name}"));
+        match std::fs::rename(entry.path(), &aside) {
+            Ok(()) => tracing::warn!(
+                "journal {}: an unfinished snapshot file {name} (left by a process killed while writing it) was set aside as {}",
+                dir.display(),
+                aside.display()
+            ),
+            Err(e) => tracing::warn!(
+                "journal {}: cannot set aside the unfinished snapshot file {name}: {e}",
+                dir.display()
+            ),
         }
     }
 }
