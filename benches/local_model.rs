@@ -89,7 +89,7 @@ impl LlamaCpp {
             .or_else(|| {
                 std::env::var_os("HOME").map(|home| {
                     std::path::PathBuf::from(home)
-                        .join(".cache/longrun/bench/llama-venv/bin/python")
+                        .join(".cache/longrun/bench/llama-venv-portable/bin/python")
                 })
             })
             .filter(|p| p.exists())
