@@ -45,6 +45,16 @@ async fn assert_healthy(policy: &Policy) {
     assert_eq!(report.outcome, Ok(r#"{"text":"still here"}"#.to_owned()));
 }
 
+/// The hostile tool makes a link to `target` at the guest path `link`.
+async fn make_link(policy: &Policy, target: &str, link: &str) -> CallReport {
+    call(
+        policy,
+        "evil_symlink",
+        serde_json::json!({"target": target, "link": link}),
+    )
+    .await
+}
+
 fn output(report: &CallReport) -> &str {
     match &report.outcome {
         Ok(output) => output,
@@ -196,12 +206,7 @@ async fn a_nested_mount_swapped_for_a_link_still_names_the_directory_it_was() {
     )
     .await;
     output(&renamed);
-    let linked = call(
-        &policy,
-        "evil_symlink",
-        serde_json::json!({"target": "..", "link": "/workspace/.notes"}),
-    )
-    .await;
+    let linked = make_link(&policy, "..", "/workspace/.notes").await;
     output(&linked);
     assert!(
         std::fs::symlink_metadata(r.join("workspace/.notes"))
@@ -273,12 +278,7 @@ async fn under_the_shipped_policy_the_swap_attack_finds_nothing_to_swap() {
     )
     .await;
     assert!(renamed.outcome.is_err(), "a mount's root cannot be renamed");
-    let linked = call(
-        &policy,
-        "evil_symlink",
-        serde_json::json!({"target": "../notes/..", "link": "/workspace/up"}),
-    )
-    .await;
+    let linked = make_link(&policy, "../notes/..", "/workspace/up").await;
     assert!(
         error(&linked).contains("not-permitted"),
         "{}",
@@ -432,12 +432,7 @@ async fn a_tool_cannot_make_a_link_that_points_out_of_its_mount() {
         if link.contains("/sub/") {
             std::fs::create_dir_all(r.join("workspace/sub")).unwrap();
         }
-        let report = call(
-            &policy,
-            "evil_symlink",
-            serde_json::json!({"target": target, "link": link}),
-        )
-        .await;
+        let report = make_link(&policy, target, link).await;
         assert!(
             error(&report).contains("not-permitted"),
             "{}",
@@ -471,12 +466,7 @@ async fn a_tool_may_make_links_that_stay_inside_its_mount() {
         ("top.txt", "/workspace/same"),
         ("../top.txt", "/workspace/sub/up"),
     ] {
-        let report = call(
-            &policy,
-            "evil_symlink",
-            serde_json::json!({"target": target, "link": link}),
-        )
-        .await;
+        let report = make_link(&policy, target, link).await;
         assert_eq!(output(&report), r#"{"text":"linked"}"#);
     }
     assert_eq!(
@@ -502,12 +492,7 @@ async fn a_policy_that_allows_any_link_lets_a_tool_point_one_outside() {
     let r = root.path();
     let policy = workspace_policy(r, "any");
     assert_eq!(policy.filesystem[0].symlinks, Symlinks::Any);
-    let report = call(
-        &policy,
-        "evil_symlink",
-        serde_json::json!({"target": "../secret.txt", "link": "/workspace/out"}),
-    )
-    .await;
+    let report = make_link(&policy, "../secret.txt", "/workspace/out").await;
     assert_eq!(output(&report), r#"{"text":"linked"}"#);
     // The sandbox still never follows it.
     let read = call(
