@@ -78,11 +78,6 @@ impl OpenedDir {
         &self.dir
     }
 
-    /// The path it was first opened by.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The device and inode of the directory the handle names.
     pub fn identity(&self) -> (u64, u64) {
         (self.device, self.inode)

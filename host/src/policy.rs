@@ -423,13 +423,13 @@ impl Policy {
                     format!("guest path {guest:?} is mounted twice"),
                 ));
             }
-            let mut opened = Mount::new(
+            let mut entry = Mount::new(
                 normalize(&base_dir.join(mount.host.get_ref())),
                 guest,
                 mount.access,
             );
-            opened.symlinks = mount.symlinks.unwrap_or_default();
-            filesystem.push(opened);
+            entry.symlinks = mount.symlinks.unwrap_or_default();
+            filesystem.push(entry);
             host_spans.push(mount.host.span());
         }
         if mounts == Mounts::Enforced

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ pub struct Admission {
     total: AtomicUsize,
     shed: AtomicUsize,
     by_peer: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections shed and refused, ever.
+    shed_total: AtomicU64,
+    refused_total: AtomicU64,
 }
 
 /// What to do with a connection just accepted.
@@ -69,9 +72,11 @@ impl Admission {
         }
         drop(by_peer);
         if self.shed.fetch_add(1, Ordering::Relaxed) < MAX_SHED {
+            self.shed_total.fetch_add(1, Ordering::Relaxed);
             Admit::Shed(ShedTicket(self.clone()))
         } else {
             self.shed.fetch_sub(1, Ordering::Relaxed);
+            self.refused_total.fetch_add(1, Ordering::Relaxed);
             Admit::Refuse
         }
     }
@@ -79,6 +84,16 @@ impl Admission {
     /// Connections served now.
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Relaxed)
+    }
+
+    /// Connections shed, ever.
+    pub fn shed_total(&self) -> u64 {
+        self.shed_total.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at once past every cap, ever.
+    pub fn refused_total(&self) -> u64 {
+        self.refused_total.load(Ordering::Relaxed)
     }
 }
 
@@ -149,5 +164,9 @@ mod tests {
             Admit::Shed(_)
         ));
         assert_eq!(admission.open(), 1);
+        assert_eq!(
+            (admission.shed_total(), admission.refused_total()),
+            (MAX_SHED as u64 + 1, 1)
+        );
     }
 }

@@ -147,7 +147,6 @@ fn connection_cap(configured: usize) -> usize {
 /// (monitoring must see the flood), anything else a 503, one request, a
 /// short time to send it, then closed.
 async fn shed(shared: Arc<Shared>, stream: tokio::net::TcpStream, ticket: admission::ShedTicket) {
-    shared.metrics.connection_shed();
     let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let shared = shared.clone();
         async move {
@@ -297,10 +296,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 tokio::spawn(shed(shared.clone(), stream, ticket));
                 continue;
             }
-            Admit::Refuse => {
-                shared.metrics.connection_refused();
-                continue;
-            }
+            Admit::Refuse => continue,
         };
         let service_shared = shared.clone();
         let service = service_fn(move |request| {

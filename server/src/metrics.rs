@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use longrun_host::sandbox::PoolStats;
@@ -22,25 +22,13 @@ pub struct Metrics {
     /// How many requests, and the seconds they took.
     requests: Mutex<BTreeMap<RequestKey, (u64, f64)>>,
     pub event_streams: AtomicI64,
-    /// The connection caps, once the server listens.
+    /// The connection caps and what they decided, once the server listens.
     admission: OnceLock<Arc<Admission>>,
-    connections_shed: AtomicU64,
-    connections_refused: AtomicU64,
 }
 
 impl Metrics {
     pub fn set_connection_limits(&self, admission: Arc<Admission>) {
         let _ = self.admission.set(admission);
-    }
-
-    /// A connection past a cap was answered on the shed path.
-    pub fn connection_shed(&self) {
-        self.connections_shed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A connection past every cap was closed at once.
-    pub fn connection_refused(&self) {
-        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn observe(&self, route: &'static str, method: &str, status: u16, took: Duration) {
@@ -123,7 +111,10 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
-        let open = self.admission.get().map_or(0, |a| a.open());
+        let (open, shed, refused) = self
+            .admission
+            .get()
+            .map_or((0, 0, 0), |a| (a.open(), a.shed_total(), a.refused_total()));
         let gauges: [(&str, &str, &str, f64); 9] = [
             (
                 "longrun_http_connections",
@@ -134,14 +125,14 @@ impl Metrics {
             (
                 "longrun_http_connections_shed_total",
                 "counter",
-                "Connections past a cap, answered on the shed path (/healthz only).",
-                self.connections_shed.load(Ordering::Relaxed) as f64,
+                "Connections past a cap, answered on the shed path (/healthz and /metrics only).",
+                shed as f64,
             ),
             (
                 "longrun_http_connections_refused_total",
                 "counter",
                 "Connections past every cap, closed at once.",
-                self.connections_refused.load(Ordering::Relaxed) as f64,
+                refused as f64,
             ),
             (
                 "longrun_sandbox_slots",
