@@ -5,8 +5,8 @@
 //!
 //! Baseline, in the same run: the hash chain and blobs alone
 //! (`Journal::verify`), so the ratio is what the policy re-check costs. Also
-//! printed: the whole command's path, a private copy of the journal opened
-//! and then verified. Target: under 1 second.
+//! printed: the whole command's path, the journal opened in place (read
+//! only, no copy) and then verified. Target: under 1 second.
 
 use std::time::{Duration, Instant};
 
@@ -174,11 +174,11 @@ fn replay_verify(c: &mut Criterion) {
         })
     });
     drop(journal);
-    group.bench_function("command_copy_and_verify", |b| {
+    group.bench_function("command_open_and_verify", |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
-                let copy = longrun_replay::copy::open_copy(&journal_dir).expect("copy");
+                let copy = longrun_replay::copy::open_read_only(&journal_dir).expect("open");
                 audit::verify(&copy.journal, session, None).expect("verifies");
             }
             let elapsed = start.elapsed();
@@ -194,7 +194,7 @@ fn replay_verify(c: &mut Criterion) {
     ) {
         println!(
             "replay_verify: {STEPS} steps ({RECORDS} records) verified with the policy re-check in {:.1} ms (median); \
-             baseline, hash chain and blobs only: {:.1} ms; ratio {:.2}x; the whole command (copy, open, verify): {:.1} ms",
+             baseline, hash chain and blobs only: {:.1} ms; ratio {:.2}x; the whole command (open in place, verify): {:.1} ms (target: under 1,000 ms)",
             audit * 1e3,
             chain * 1e3,
             audit / chain,

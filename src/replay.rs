@@ -185,7 +185,7 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
                     out.push_str(&format!(
                         "{:>7}  {:<22} {:>7} {:>6} {:>6} {:>10} {:>9} {:>9.4}  {:<19} {:<19} {:<12} {}:{}{}\n",
                         s.session,
-                        s.status,
+                        s.status.as_str(),
                         s.records,
                         s.steps,
                         s.tool_calls,
@@ -437,7 +437,7 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
 }
 
 fn open(journal: &JournalDir) -> Result<copy::JournalCopy> {
-    copy::open_copy(&journal.dir)
+    copy::open_read_only(&journal.dir)
         .with_context(|| format!("reading the journal in {}", journal.dir.display()))
 }
 

@@ -193,16 +193,20 @@ fn a_deleted_record_is_named() {
 }
 
 #[test]
-fn a_deleted_last_record_is_not_detectable_by_the_chain_alone() {
-    // Truncating the tail leaves a valid, shorter chain: the session's
-    // recorded head (its end record, or the length a reader saw before)
-    // is what shows it. The chain reports how many records it verified.
+fn a_deleted_last_record_is_named_by_the_acknowledged_head() {
+    // Truncating the tail leaves a valid, shorter chain; the head the
+    // journal acknowledged, kept outside the store, is what shows it.
     let dir = tempfile::tempdir().unwrap();
     let session = write_session(&Journal::open(dir.path()).unwrap(), 10);
     tamper(dir.path(), |records, _| {
         records.remove(key(session, 9)).unwrap();
     });
-    assert_eq!(Journal::open(dir.path()).unwrap().verify(session), Ok(9));
+    let err = Journal::open(dir.path())
+        .unwrap()
+        .verify(session)
+        .unwrap_err();
+    assert_eq!(err.seq, 9);
+    assert_eq!(err.why, format!("record 9 of session {session} is missing"));
 }
 
 #[test]

@@ -44,10 +44,12 @@ default_policy = "default"
 [models]
 quick = "scripted:quick.jsonl"
 slow = "scripted:slow.jsonl"
+priced = "scripted:priced.jsonl"
 
 [policies]
 default = "default.toml"
 approve = "approve.toml"
+priced = "priced.toml"
 
 [tenants.acme]
 token = "acme-token-0123456789"
@@ -81,11 +83,19 @@ async fn toolbox() -> Arc<Toolbox> {
         .clone()
 }
 
+/// A session whose long steps overflow a small context (so it compacts),
+/// on a priced model.
+const PRICED: &str = r#"
+{"reasoning_content": "PADDING", "tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "usage": {"input_tokens": 900, "output_tokens": 300, "cached_input_tokens": 100}, "repeat": 12}
+{"content": "Listed it twelve times.", "usage": {"input_tokens": 700, "output_tokens": 20}}
+"#;
+
 /// A server in a directory of its own, with its configuration, policies and
 /// scripts; it can be stopped and started again on the same journal.
 struct Harness {
     dir: tempfile::TempDir,
     server: Option<Server>,
+    agent: AgentConfig,
 }
 
 impl Harness {
@@ -105,7 +115,26 @@ impl Harness {
         .unwrap();
         std::fs::write(p.join("quick.jsonl"), QUICK).unwrap();
         std::fs::write(p.join("slow.jsonl"), SLOW).unwrap();
-        let mut harness = Harness { dir, server: None };
+        std::fs::write(
+            p.join("priced.jsonl"),
+            PRICED.replace("PADDING", &"think ".repeat(150)),
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("priced.toml"),
+            format!(
+                "{POLICY}\n[prices.scripted]\ninput_per_million = 3.0\noutput_per_million = 15.0\ncached_input_per_million = 0.3\n"
+            ),
+        )
+        .unwrap();
+        let mut harness = Harness {
+            dir,
+            server: None,
+            agent: AgentConfig {
+                first_backoff: Duration::from_millis(1),
+                ..AgentConfig::default()
+            },
+        };
         harness.start().await;
         harness
     }
@@ -114,16 +143,13 @@ impl Harness {
         let p = self.dir.path();
         let config = ServerConfig::load(&p.join("server.toml")).unwrap();
         let mut models: BTreeMap<String, Arc<dyn Model>> = BTreeMap::new();
-        for name in ["quick", "slow"] {
+        for name in ["quick", "slow", "priced"] {
             let model = ScriptedModel::load(&p.join(format!("{name}.jsonl"))).unwrap();
             models.insert(name.into(), Arc::new(model));
         }
         let journal = Journal::open(&p.join("journal")).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = AgentConfig {
-            first_backoff: Duration::from_millis(1),
-            ..AgentConfig::default()
-        };
+        let agent = self.agent.clone();
         let server = Server::start(config, journal, toolbox().await, models, agent, listener)
             .await
             .unwrap();
@@ -887,4 +913,48 @@ async fn each_documented_route_answers_as_its_document_says_on_the_wire() {
 
 fn h_document() -> Value {
     serde_json::from_str(include_str!("../server/assets/openapi.json")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priced_session_with_compactions_shows_the_same_status_usage_and_cost_after_a_restart() {
+    let mut h = Harness::new().await;
+    h.agent.context_tokens = 1024;
+    h.stop().await;
+    h.start().await;
+    let id = h
+        .create(
+            ACME,
+            json!({"goal": "list", "model": "priced", "policy": "priced"}),
+        )
+        .await;
+    let before = h.until_status(id, ACME, "completed").await;
+    let records = h.steps(id, ACME).await;
+    let compactions = records.iter().filter(|r| r["kind"] == "compaction").count();
+    assert!(compactions >= 2, "the session compacted: {compactions}");
+    assert!(
+        before["usage"]["cost_usd"].as_f64().unwrap() > 0.0,
+        "{before}"
+    );
+
+    h.stop().await;
+    h.start().await;
+    let after = h.get(&format!("/v1/sessions/{id}"), ACME).await.json;
+    for field in ["status", "answer", "step"] {
+        assert_eq!(after[field], before[field], "{field}");
+    }
+    for field in ["steps", "tool_calls", "input_tokens", "output_tokens"] {
+        assert_eq!(after["usage"][field], before["usage"][field], "{field}");
+    }
+    let cost = |v: &Value| v["usage"]["cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost(&after) - cost(&before)).abs() < 1e-9,
+        "cost before {} after {}",
+        cost(&before),
+        cost(&after)
+    );
+    println!(
+        "{compactions} compactions; cost ${:.6} before and ${:.6} after the restart",
+        cost(&before),
+        cost(&after)
+    );
 }

@@ -17,7 +17,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use longrun_journal::SessionState;
+use longrun_journal::payload::{
+    BudgetEvent, ControlAction, EndStatus, NewMessages, Payload, SessionEnded,
+};
 
 use crate::budget::{BudgetExceeded, BudgetKind, Ledger};
 use crate::context;
@@ -25,9 +28,9 @@ use crate::journal::{Journal, JournalError, RecordKind, SessionId, SessionWriter
 use crate::model::{
     Message, Model, ModelError, ModelRequest, Purpose, Role, ToolCall, ToolDef, Usage,
 };
-use crate::policy::{Decision, Policy, Price};
+use crate::policy::{Decision, Policy, Price, RecordedPrices};
 use crate::sandbox::{CallError, CallRequest, Toolbox};
-use crate::steer::{Control, Input, Steering, Verdict, Wanted};
+use crate::steer::{Control, Steering, Verdict, Wanted};
 
 /// Tool outputs longer than this go to a blob; the record references it.
 const INLINE_OUTPUT: usize = 1024;
@@ -99,6 +102,8 @@ pub enum AgentError {
     Model(#[from] ModelError),
     #[error("cannot encode a journal record: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    State(#[from] longrun_journal::StateError),
     #[error(
         "the policy sets a cost budget but has no price for model {0:?}: add a [prices.{0:?}] table"
     )]
@@ -125,68 +130,16 @@ fn price(policy: &Policy, model: &dyn Model) -> Result<Price, AgentError> {
     }
 }
 
-/// Record payloads, as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SessionCreated {
-    pub goal: String,
-    pub policy_text: String,
-    pub policy_hash: String,
-    pub model: String,
-    /// What the host that started the session recorded with it (the HTTP
-    /// API: the tenant, the policy's name, the budgets asked for).
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub labels: serde_json::Map<String, serde_json::Value>,
-    /// The tools the session could call, as loaded when it started: what an
-    /// auditor checks each call's arguments against.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tools: Vec<RecordedTool>,
-    /// The hex hash of the blob holding the mounts' snapshot manifest (see
-    /// [`crate::snapshot`]), when one was taken.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<String>,
-    /// For a session forked from another: where it was forked from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<ForkPoint>,
-}
+pub use longrun_journal::payload::{
+    ForkPoint, Forked, JournaledCompaction, ModelFailure, PolicyChanged, RecordedTool, Refusal,
+    SessionCreated, ToolIntent, ToolResult,
+};
 
-/// A tool as a session's first record keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordedTool {
-    pub name: String,
-    /// JSON Schema of the arguments object.
-    pub parameters: serde_json::Value,
-    pub idempotent: bool,
-    /// What running it may do to the world (absent in journals written
-    /// before it was recorded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub effects: Option<crate::sandbox::Effects>,
-    /// The component's file name and the hex hash of its bytes.
-    pub component: String,
-    pub component_hash: String,
-}
-
-/// Where a forked session branched off: the parent's record `at` (whose
-/// hash it was, so the link can be checked) is the last one they share.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ForkPoint {
-    pub session: SessionId,
-    pub at: u64,
-    pub hash: String,
-}
-
-/// The payload of a `PolicyChanged` record: the policy in force from here on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyChanged {
-    pub policy_text: String,
-    pub policy_hash: String,
-}
-
-impl PolicyChanged {
-    pub fn new(policy: &Policy) -> PolicyChanged {
-        PolicyChanged {
-            policy_text: policy.text.clone(),
-            policy_hash: policy_hash(policy),
-        }
+/// The payload of a `PolicyChanged` record: `policy` is in force from here on.
+pub fn policy_changed(policy: &Policy) -> PolicyChanged {
+    PolicyChanged {
+        policy_text: policy.text.clone(),
+        policy_hash: policy_hash(policy),
     }
 }
 
@@ -195,81 +148,36 @@ pub fn policy_hash(policy: &Policy) -> String {
     blake3::hash(policy.text.as_bytes()).to_hex().to_string()
 }
 
-/// The payload of a parent's `Forked` record: the other side of the link.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Forked {
-    pub child: SessionId,
-    pub at: u64,
-}
-
-impl SessionCreated {
-    /// The first record of a session that pursues `goal` under `policy`
-    /// (its text and hash) with `model` and the tools of `toolbox`.
-    pub fn new(
-        goal: &str,
-        policy: &Policy,
-        model: &str,
-        toolbox: &Toolbox,
-        labels: serde_json::Map<String, serde_json::Value>,
-    ) -> SessionCreated {
-        SessionCreated {
-            goal: goal.to_owned(),
-            policy_text: policy.text.clone(),
-            policy_hash: policy_hash(policy),
-            model: model.to_owned(),
-            labels,
-            tools: toolbox
-                .tools()
-                .map(|t| RecordedTool {
-                    name: t.name.clone(),
-                    parameters: t.parameters.clone(),
-                    idempotent: t.idempotent,
-                    effects: Some(t.effects),
-                    component: t.component.clone(),
-                    component_hash: t.component_hash.clone(),
-                })
-                .collect(),
-            snapshot: None,
-            parent: None,
-        }
+/// The first record of a session that pursues `goal` under `policy` (its
+/// text and hash) with `model` and the tools of `toolbox`.
+pub fn session_created(
+    goal: &str,
+    policy: &Policy,
+    model: &str,
+    toolbox: &Toolbox,
+    labels: serde_json::Map<String, serde_json::Value>,
+) -> SessionCreated {
+    SessionCreated {
+        goal: goal.to_owned(),
+        policy_text: policy.text.clone(),
+        policy_hash: policy_hash(policy),
+        model: model.to_owned(),
+        labels,
+        tools: toolbox
+            .tools()
+            .map(|t| RecordedTool {
+                name: t.name.clone(),
+                parameters: t.parameters.clone(),
+                idempotent: t.idempotent,
+                effects: Some(t.effects),
+                component: t.component.clone(),
+                component_hash: t.component_hash.clone(),
+            })
+            .collect(),
+        snapshot: None,
+        parent: None,
+        driver: longrun_journal::payload::Driver::Model,
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolIntent {
-    pub call_id: String,
-    pub tool: String,
-    pub arguments: String,
-    pub idempotent: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolResult {
-    pub call_id: String,
-    /// The output inline, when short.
-    pub output: Option<String>,
-    /// The hex hash of the blob holding the output, when long.
-    pub output_blob: Option<String>,
-    /// Why there is no output.
-    pub error: Option<String>,
-    pub elapsed_ms: u64,
-    /// The view cap the model's copy of the output was cut at, if it was.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub view_bytes: Option<usize>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Refusal {
-    pub call_id: String,
-    pub tool: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelFailure {
-    pub attempt: u32,
-    pub error: String,
-    pub retry_in_ms: Option<u64>,
 }
 
 /// One session, driven by [`Session::run`].
@@ -323,20 +231,11 @@ type ProgressHook<'a> = Box<dyn FnMut(&StepProgress) + Send + 'a>;
 /// not a fork (a fork runs under `longrun replay fork`, against a scratch
 /// copy of the mounts, never against the real ones).
 pub fn resumable(journal: &Journal, session: SessionId) -> Result<bool, AgentError> {
-    let mut records = journal.records(session);
-    let Some(first) = records.next().transpose()? else {
-        return Ok(false);
-    };
-    let created: SessionCreated = serde_json::from_slice(&first.payload)?;
-    if created.parent.is_some() {
-        return Ok(false);
-    }
-    for record in records {
-        if record?.kind == RecordKind::SessionEnded {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    let state = SessionState::fold(journal, session, &mut longrun_journal::Unpriced)?;
+    Ok(match &state.created {
+        Some(created) => created.parent.is_none() && !state.status.ended(),
+        None => false,
+    })
 }
 
 /// What [`Session::resume`] found.
@@ -381,7 +280,7 @@ impl<'a> Session<'a> {
     ) -> Result<Session<'a>, AgentError> {
         let price = price(policy, model)?;
         let mut writer = journal.create_session()?;
-        let mut created = SessionCreated::new(goal, policy, model.name(), toolbox, labels);
+        let mut created = session_created(goal, policy, model.name(), toolbox, labels);
         let mut blobs = Vec::new();
         if config.snapshot_bytes > 0 && !policy.filesystem.is_empty() {
             let taken = crate::snapshot::take(journal, &policy.filesystem, config.snapshot_bytes)?;
@@ -389,11 +288,7 @@ impl<'a> Session<'a> {
             blobs = taken.blobs;
         }
         writer
-            .append_durable(
-                RecordKind::SessionCreated,
-                &serde_json::to_vec(&created)?,
-                &blobs,
-            )
+            .append_payload_durable(&Payload::SessionCreated(Box::new(created)), &blobs)
             .await?;
         let created_unix_millis = unix_millis();
         Ok(Session {
@@ -438,7 +333,10 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Rebuild a session from its journal, to go on where it stopped.
+    /// Rebuild a session from its journal, to go on where it stopped: its
+    /// state (usage, pending and interrupted calls, approvals, pause) as
+    /// [`SessionState`] folds it, and the model's context from the same
+    /// records.
     pub async fn resume(
         journal: &Arc<Journal>,
         session: SessionId,
@@ -448,51 +346,26 @@ impl<'a> Session<'a> {
         config: AgentConfig,
     ) -> Result<Resumed<'a>, AgentError> {
         let price = price(policy, model)?;
-        let mut ledger = Ledger::new(policy.session.clone());
+        let mut state = SessionState::new(session);
+        let mut pricing = RecordedPrices::default();
         let mut messages = Vec::new();
         let mut sent = 0;
         let mut outputs_cut = false;
-        let mut pending: Vec<ToolCall> = Vec::new();
-        let mut interrupted = std::collections::HashMap::new();
-        let mut created_unix_millis = unix_millis();
-        let mut compacted_steps = 0;
-        let mut asked = std::collections::HashSet::new();
-        let mut verdicts = std::collections::HashMap::new();
-        let mut paused = false;
-        let mut recorded_policy = String::new();
-        let answered = |pending: &mut Vec<ToolCall>, id: &str| pending.retain(|c| c.id != id);
         for record in journal.records(session) {
             let record = record?;
-            match record.kind {
-                RecordKind::SessionCreated => {
-                    let created: SessionCreated = serde_json::from_slice(&record.payload)?;
-                    created_unix_millis = record.unix_millis;
-                    recorded_policy = created.policy_hash;
-                    messages.push(Message::text(Role::User, created.goal));
+            let payload = longrun_journal::state::decode(&record)?;
+            state.apply(&record, &payload, &mut pricing)?;
+            match &payload {
+                Payload::SessionCreated(created) => {
+                    messages.push(Message::text(Role::User, created.goal.clone()));
                 }
-                RecordKind::PolicyChanged => {
-                    let changed: PolicyChanged = serde_json::from_slice(&record.payload)?;
-                    recorded_policy = changed.policy_hash;
-                }
-                RecordKind::ModelResponse => {
-                    let response: crate::model::ModelResponse =
-                        serde_json::from_slice(&record.payload)?;
-                    ledger.record_step();
-                    charge(&mut ledger, &price, &response.usage);
-                    pending = response.message.tool_calls.clone();
-                    interrupted.clear();
-                    messages.push(response.message);
+                Payload::ModelResponse(response) => {
+                    messages.push(response.message.clone());
                     sent = messages.len();
                 }
-                RecordKind::ToolIntent => {
-                    let intent: ToolIntent = serde_json::from_slice(&record.payload)?;
-                    ledger.record_tool_call();
-                    interrupted.insert(intent.call_id.clone(), intent);
-                }
-                RecordKind::ToolResult => {
-                    let result: ToolResult = serde_json::from_slice(&record.payload)?;
+                Payload::ToolResult(result) => {
                     outputs_cut |= result.view_bytes.is_some();
-                    let content = match (output_of(journal, &record, &result)?, &result.error) {
+                    let content = match (output_of(journal, &record, result)?, &result.error) {
                         (Some(output), _) => match result.view_bytes {
                             Some(cap) => {
                                 context::output_view(&output, &context::handle(record.seq), cap)
@@ -502,75 +375,69 @@ impl<'a> Session<'a> {
                         (None, Some(error)) => format!("error: {error}"),
                         (None, None) => String::new(),
                     };
-                    interrupted.remove(&result.call_id);
-                    answered(&mut pending, &result.call_id);
                     messages.push(Message::tool_result(&result.call_id, content));
                 }
-                RecordKind::PolicyDecision => {
-                    let refusal: Refusal = serde_json::from_slice(&record.payload)?;
-                    answered(&mut pending, &refusal.call_id);
-                    messages.push(Message::tool_result(
-                        &refusal.call_id,
-                        format!("error: {}", refusal.reason),
-                    ));
+                Payload::PolicyDecision(refusal) => messages.push(Message::tool_result(
+                    &refusal.call_id,
+                    format!("error: {}", refusal.reason),
+                )),
+                Payload::Compaction(compaction) => compaction
+                    .compaction
+                    .apply(&mut messages, &mut sent)
+                    .map_err(AgentError::Inconsistent)?,
+                Payload::UserMessage(input) => {
+                    messages.push(Message::text(Role::User, input.text.clone()));
                 }
-                RecordKind::Compaction => {
-                    let compaction: JournaledCompaction = serde_json::from_slice(&record.payload)?;
-                    compaction
-                        .compaction
-                        .apply(&mut messages, &mut sent)
-                        .map_err(AgentError::Inconsistent)?;
-                    if let Some(usage) = &compaction.compaction.usage {
-                        charge(&mut ledger, &price, usage);
-                    }
-                    compacted_steps = compaction.through_step;
-                }
-                RecordKind::ApprovalAsked => {
-                    let ask: Refusal = serde_json::from_slice(&record.payload)?;
-                    asked.insert(ask.call_id);
-                }
-                RecordKind::ApprovalGiven => {
-                    let verdict: Verdict = serde_json::from_slice(&record.payload)?;
-                    verdicts.insert(verdict.call_id.clone(), verdict);
-                }
-                RecordKind::UserMessage => {
-                    let input: Input = serde_json::from_slice(&record.payload)?;
-                    messages.push(Message::text(Role::User, input.text));
-                }
-                RecordKind::Control => {
-                    let control: Control = serde_json::from_slice(&record.payload)?;
-                    paused = control.action == "pause";
-                }
-                RecordKind::SessionEnded => return Ok(Resumed::Ended),
-                RecordKind::ModelRequest
-                | RecordKind::BudgetEvent
-                | RecordKind::Error
-                | RecordKind::Forked => {}
+                Payload::SessionEnded(_) => return Ok(Resumed::Ended),
+                // What the model was sent is already in the context; the
+                // rest is in the state.
+                Payload::ModelRequest(_)
+                | Payload::ToolIntent(_)
+                | Payload::BudgetEvent(_)
+                | Payload::ApprovalAsked(_)
+                | Payload::ApprovalGiven(_)
+                | Payload::Error(_)
+                | Payload::Control(_)
+                | Payload::Forked(_)
+                | Payload::PolicyChanged(_) => {}
             }
+        }
+        if state.created.is_none() {
+            return Err(JournalError::NoSession(session).into());
         }
         let mut writer = journal.open_session(session)?;
         // The policy in force is part of the record: an auditor checks each
         // call against the policy the session ran under at the time.
-        if recorded_policy != policy_hash(policy) {
+        if state.policy_hash != policy_hash(policy) {
             writer
-                .append_durable(
-                    RecordKind::PolicyChanged,
-                    &serde_json::to_vec(&PolicyChanged::new(policy))?,
-                    &[],
-                )
+                .append_payload_durable(&Payload::PolicyChanged(policy_changed(policy)), &[])
                 .await?;
         }
+        let mut ledger = Ledger::new(policy.session.clone());
+        ledger.used = crate::budget::Usage {
+            steps: state.used.steps,
+            tool_calls: state.used.tool_calls,
+            input_tokens: state.used.input_tokens,
+            output_tokens: state.used.output_tokens,
+            cost_usd: state.used.cost_usd,
+            wall_time: Duration::ZERO,
+        };
+        let verdicts = state
+            .approvals
+            .values()
+            .filter_map(|a| a.decided.as_ref().map(|(_, v)| (a.call.clone(), v.clone())))
+            .collect();
         Ok(Resumed::Session(Box::new(Session {
             ledger,
             messages,
             sent,
-            created_unix_millis,
-            pending,
-            asked,
+            created_unix_millis: state.created_unix_millis,
+            pending: state.pending,
+            asked: state.approvals.into_keys().collect(),
             verdicts,
-            paused,
-            interrupted,
-            compacted_steps,
+            paused: state.paused,
+            interrupted: state.interrupted.into_iter().collect(),
+            compacted_steps: state.compacted_through,
             outputs_cut,
             ..Session::fresh(writer, journal, toolbox, policy, model, config, price)
         })))
@@ -649,14 +516,8 @@ impl<'a> Session<'a> {
             .is_some_and(|m| m.role == Role::User && m.content.as_deref() == Some(ANSWER_NOW))
     }
 
-    async fn record<T: Serialize>(
-        &mut self,
-        kind: RecordKind,
-        payload: &T,
-    ) -> Result<(), AgentError> {
-        self.writer
-            .append_durable(kind, &serde_json::to_vec(payload)?, &[])
-            .await?;
+    async fn record(&mut self, payload: Payload) -> Result<(), AgentError> {
+        self.writer.append_payload_durable(&payload, &[]).await?;
         Ok(())
     }
 
@@ -721,9 +582,8 @@ impl<'a> Session<'a> {
                 return self.pause(e).await;
             }
             // Not flushed on its own: the response's flush carries it.
-            self.writer.append(
-                RecordKind::ModelRequest,
-                &serde_json::to_vec(&self.messages[self.sent..])?,
+            self.writer.append_payload(
+                &Payload::ModelRequest(NewMessages(self.messages[self.sent..].to_vec())),
                 &[],
             )?;
             let response = match self.complete_with_retries(&request).await? {
@@ -732,16 +592,18 @@ impl<'a> Session<'a> {
                 // Cancelled or halted: the next boundary says which.
                 Completion::Interrupted => continue,
             };
-            self.record(RecordKind::ModelResponse, &response).await?;
+            self.record(Payload::ModelResponse(response.clone()))
+                .await?;
             charge(&mut self.ledger, &self.price, &response.usage);
             self.ledger.record_step();
             self.messages.push(response.message.clone());
             self.sent = self.messages.len();
             for warning in self.ledger.new_warnings(self.elapsed()) {
-                self.record(
-                    RecordKind::BudgetEvent,
-                    &serde_json::json!({"warning": format!("{:?}", warning.kind), "used": warning.used, "limit": warning.limit}),
-                )
+                self.record(Payload::BudgetEvent(BudgetEvent::Warning {
+                    warning: warning.kind,
+                    used: warning.used,
+                    limit: warning.limit,
+                }))
                 .await?;
             }
             if let Some(hook) = &mut self.progress {
@@ -755,10 +617,10 @@ impl<'a> Session<'a> {
 
             if response.message.tool_calls.is_empty() {
                 let answer = response.message.content.unwrap_or_default();
-                self.record(
-                    RecordKind::SessionEnded,
-                    &serde_json::json!({"status": "completed", "answer": answer}),
-                )
+                self.record(Payload::SessionEnded(SessionEnded {
+                    status: EndStatus::Completed,
+                    answer: Some(answer.clone()),
+                }))
                 .await?;
                 return Ok(SessionStatus::Completed { answer });
             }
@@ -784,12 +646,12 @@ impl<'a> Session<'a> {
                 && !self.verdicts.contains_key(&verdict.call_id)
                 && self.pending.iter().any(|c| c.id == verdict.call_id)
             {
-                self.record(RecordKind::ApprovalGiven, &verdict).await?;
+                self.record(Payload::ApprovalGiven(verdict.clone())).await?;
                 self.verdicts.insert(verdict.call_id.clone(), verdict);
             }
         }
         for input in taken.inputs {
-            self.record(RecordKind::UserMessage, &input).await?;
+            self.record(Payload::UserMessage(input.clone())).await?;
             self.messages.push(Message::text(Role::User, input.text));
         }
         match taken.wanted {
@@ -807,23 +669,21 @@ impl<'a> Session<'a> {
     async fn set_paused(&mut self, paused: bool) -> Result<(), AgentError> {
         if self.paused != paused {
             self.paused = paused;
-            let action = if paused { "pause" } else { "resume" };
-            self.record(
-                RecordKind::Control,
-                &Control {
-                    action: action.into(),
-                },
-            )
-            .await?;
+            let action = if paused {
+                ControlAction::Pause
+            } else {
+                ControlAction::Resume
+            };
+            self.record(Payload::Control(Control { action })).await?;
         }
         Ok(())
     }
 
     async fn end_cancelled(&mut self) -> Result<SessionStatus, AgentError> {
-        self.record(
-            RecordKind::SessionEnded,
-            &serde_json::json!({"status": "cancelled"}),
-        )
+        self.record(Payload::SessionEnded(SessionEnded {
+            status: EndStatus::Cancelled,
+            answer: None,
+        }))
         .await?;
         Ok(SessionStatus::Cancelled)
     }
@@ -863,14 +723,11 @@ impl<'a> Session<'a> {
                     // step; never sooner than the backend asked.
                     let jitter = backoff.mul_f64(jitter_fraction() * 0.5);
                     let wait = (backoff + jitter).max(retry_after.unwrap_or_default());
-                    self.record(
-                        RecordKind::Error,
-                        &ModelFailure {
-                            attempt,
-                            error: e,
-                            retry_in_ms: Some(wait.as_millis() as u64),
-                        },
-                    )
+                    self.record(Payload::Error(ModelFailure {
+                        attempt,
+                        error: e,
+                        retry_in_ms: Some(wait.as_millis() as u64),
+                    }))
                     .await?;
                     if self.time_left().is_some_and(|left| left <= wait) {
                         return Ok(Completion::OutOfTime(self.out_of_time()));
@@ -886,14 +743,11 @@ impl<'a> Session<'a> {
                     backoff = backoff.saturating_mul(2);
                 }
                 Err(e) => {
-                    self.record(
-                        RecordKind::Error,
-                        &ModelFailure {
-                            attempt,
-                            error: e.to_string(),
-                            retry_in_ms: None,
-                        },
-                    )
+                    self.record(Payload::Error(ModelFailure {
+                        attempt,
+                        error: e.to_string(),
+                        retry_in_ms: None,
+                    }))
                     .await?;
                     return Err(e.into());
                 }
@@ -919,17 +773,14 @@ impl<'a> Session<'a> {
             // It may have run, or not: running it again could do twice what
             // must be done once, so the model is told and decides.
             let error = "outcome unknown: the host stopped while this call ran, and it is not idempotent, so it was not run again".to_owned();
-            self.record(
-                RecordKind::ToolResult,
-                &ToolResult {
-                    call_id: call.id.clone(),
-                    output: None,
-                    output_blob: None,
-                    error: Some(error.clone()),
-                    elapsed_ms: 0,
-                    view_bytes: None,
-                },
-            )
+            self.record(Payload::ToolResult(ToolResult {
+                call_id: call.id.clone(),
+                output: None,
+                output_blob: None,
+                error: Some(error.clone()),
+                elapsed_ms: 0,
+                view_bytes: None,
+            }))
             .await?;
             self.messages
                 .push(Message::tool_result(&call.id, format!("error: {error}")));
@@ -964,14 +815,11 @@ impl<'a> Session<'a> {
             if let CallError::NeedsApproval { .. } = refusal {
                 // Asked once; a run after a restart or a message waits on.
                 if self.asked.insert(call.id.clone()) {
-                    self.record(
-                        RecordKind::ApprovalAsked,
-                        &Refusal {
-                            call_id: call.id.clone(),
-                            tool: call.name.clone(),
-                            reason: refusal.to_string(),
-                        },
-                    )
+                    self.record(Payload::ApprovalAsked(Refusal {
+                        call_id: call.id.clone(),
+                        tool: call.name.clone(),
+                        reason: refusal.to_string(),
+                    }))
                     .await?;
                 }
                 return Ok(Some(SessionStatus::AwaitingApproval { call }));
@@ -993,14 +841,11 @@ impl<'a> Session<'a> {
     /// Refuse a call: journaled with its reason and told to the model as a
     /// tool error; the session goes on.
     async fn refuse(&mut self, call: &ToolCall, reason: String) -> Result<(), AgentError> {
-        self.record(
-            RecordKind::PolicyDecision,
-            &Refusal {
-                call_id: call.id.clone(),
-                tool: call.name.clone(),
-                reason: reason.clone(),
-            },
-        )
+        self.record(Payload::PolicyDecision(Refusal {
+            call_id: call.id.clone(),
+            tool: call.name.clone(),
+            reason: reason.clone(),
+        }))
         .await?;
         self.messages
             .push(Message::tool_result(&call.id, format!("error: {reason}")));
@@ -1017,15 +862,12 @@ impl<'a> Session<'a> {
         if let Err(e) = self.ledger.check_tool_call() {
             return self.pause(e).await.map(Some);
         }
-        self.record(
-            RecordKind::ToolIntent,
-            &ToolIntent {
-                call_id: call.id.clone(),
-                tool: call.name.clone(),
-                arguments: call.arguments.clone(),
-                idempotent,
-            },
-        )
+        self.record(Payload::ToolIntent(ToolIntent {
+            call_id: call.id.clone(),
+            tool: call.name.clone(),
+            arguments: call.arguments.clone(),
+            idempotent,
+        }))
         .await?;
         self.ledger.record_tool_call();
         Ok(None)
@@ -1056,11 +898,7 @@ impl<'a> Session<'a> {
             Err(e) => format!("error: {e}"),
         };
         self.writer
-            .append_durable(
-                RecordKind::ToolResult,
-                &serde_json::to_vec(&result)?,
-                &blobs,
-            )
+            .append_payload_durable(&Payload::ToolResult(result), &blobs)
             .await?;
         self.messages.push(Message::tool_result(call_id, content));
         Ok(())
@@ -1194,13 +1032,10 @@ impl<'a> Session<'a> {
             .apply(&mut after, &mut sent)
             .map_err(AgentError::Inconsistent)?;
         compaction.tokens_after = context::estimate(&after, tools);
-        self.record(
-            RecordKind::Compaction,
-            &JournaledCompaction {
-                compaction,
-                through_step,
-            },
-        )
+        self.record(Payload::Compaction(JournaledCompaction {
+            compaction,
+            through_step,
+        }))
         .await?;
         self.messages = after;
         self.sent = sent;
@@ -1215,10 +1050,11 @@ impl<'a> Session<'a> {
     }
 
     async fn pause(&mut self, exceeded: BudgetExceeded) -> Result<SessionStatus, AgentError> {
-        self.record(
-            RecordKind::BudgetEvent,
-            &serde_json::json!({"exhausted": format!("{:?}", exceeded.kind), "used": exceeded.used, "limit": exceeded.limit}),
-        )
+        self.record(Payload::BudgetEvent(BudgetEvent::Exhausted {
+            exhausted: exceeded.kind,
+            used: exceeded.used.clone(),
+            limit: exceeded.limit.clone(),
+        }))
         .await?;
         Ok(SessionStatus::BudgetExhausted(exceeded))
     }
@@ -1279,15 +1115,6 @@ fn charge(ledger: &mut Ledger, price: &Price, usage: &Usage) {
         usage.output_tokens,
     );
     ledger.record_model_call(usage.input_tokens, usage.output_tokens, cost);
-}
-
-/// The compaction record's payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JournaledCompaction {
-    #[serde(flatten)]
-    pub compaction: context::Compaction,
-    /// The summary now stands for steps 1 to this one.
-    pub through_step: u64,
 }
 
 /// The whole output a tool-result record holds (inline or in its blob).

@@ -10,16 +10,7 @@ use std::time::Duration;
 
 use crate::policy::SessionBudgets;
 
-/// Which budget ran out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BudgetKind {
-    Steps,
-    ToolCalls,
-    InputTokens,
-    OutputTokens,
-    Cost,
-    WallTime,
-}
+pub use longrun_journal::payload::BudgetKind;
 
 /// A budget that the next action would exceed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -14,9 +14,9 @@
 //!   summarising fails, a note that they were trimmed. The replacement is a
 //!   journal record ([`Compaction`]), and only the context changes.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::model::{Message, Role, ToolDef, Usage, message_tokens};
+use crate::model::{Message, Role, ToolDef, message_tokens};
 
 /// The name of the built-in paging tool.
 pub const READ_OUTPUT: &str = "read_output";
@@ -125,55 +125,7 @@ pub fn estimate(messages: &[Message], tools: &[ToolDef]) -> u64 {
     messages.iter().map(message_tokens).sum::<u64>() + tools
 }
 
-/// How the compacted messages were replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// By the model's summary of them.
-    Summary,
-    /// By a note that they were removed (the model could not summarise).
-    Trim,
-}
-
-/// A compaction, as journaled: `messages[from..to]` of the context were
-/// replaced by `replacement`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Compaction {
-    pub from: usize,
-    pub to: usize,
-    pub method: Method,
-    pub replacement: Message,
-    pub tokens_before: u64,
-    pub tokens_after: u64,
-    /// What summarising cost, when the model was asked.
-    pub usage: Option<Usage>,
-    /// Why summarising failed, when it did.
-    pub error: Option<String>,
-}
-
-impl Compaction {
-    /// Apply to a context; `sent` (how many messages the model has seen)
-    /// moves with it. A compaction that does not fit the context (a
-    /// journal that does not match this session) is refused.
-    pub fn apply(&self, messages: &mut Vec<Message>, sent: &mut usize) -> Result<(), String> {
-        if !(1 <= self.from && self.from < self.to && self.to <= messages.len()) {
-            return Err(format!(
-                "compaction of messages {}..{} does not fit a context of {}",
-                self.from,
-                self.to,
-                messages.len()
-            ));
-        }
-        messages.splice(self.from..self.to, [self.replacement.clone()]);
-        let removed = self.to - self.from;
-        if *sent >= self.to {
-            *sent = *sent - removed + 1;
-        } else {
-            *sent = self.from + 1;
-        }
-        Ok(())
-    }
-}
+pub use longrun_journal::payload::{Compaction, Method};
 
 /// Which messages to compact so that the rest, plus a replacement of at
 /// most `replacement_tokens`, fits in `target` tokens: `1..to` (everything

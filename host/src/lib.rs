@@ -6,7 +6,7 @@
 //! - [`sandbox`]: tool components run by wasmtime, one fresh instance per
 //!   call, under a policy's mounts, network allow-list and limits.
 //! - [`netgate`]: the check every outgoing HTTP request of a tool passes.
-//! - [`journal`]: the hash-chained step journal on sled.
+//! - [`journal`]: the hash-chained step journal (the `longrun-journal` crate).
 //! - [`snapshot`]: the mounts' files at a session's start, kept in the
 //!   journal for auditors.
 //! - [`model`]: the model interface of the agent loop, and the scripted model.
@@ -22,7 +22,6 @@ pub mod budget;
 mod capture;
 pub mod context;
 pub mod fetch;
-pub mod journal;
 pub mod model;
 pub mod mount;
 pub mod netgate;
@@ -33,6 +32,8 @@ pub mod sandbox;
 pub mod snapshot;
 pub mod steer;
 pub mod tooldir;
+
+pub use longrun_journal as journal;
 
 pub use policy::{Policy, PolicyError};
 pub use sandbox::{CallError, CallReport, CallRequest, Sandbox, SandboxConfig, Toolbox};

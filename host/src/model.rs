@@ -19,60 +19,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-/// Who said a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-    Tool,
-}
-
-/// One tool call proposed by the model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ToolCall {
-    /// The model's id for the call; the tool's answer refers to it.
-    pub id: String,
-    pub name: String,
-    /// The arguments as JSON text, exactly as the model wrote them.
-    pub arguments: String,
-}
-
-/// One message of the conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: Role,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
-    /// The model's reasoning, kept verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reasoning_content: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tool_calls: Vec<ToolCall>,
-    /// For a tool message: the call it answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_call_id: Option<String>,
-}
-
-impl Message {
-    pub fn text(role: Role, content: impl Into<String>) -> Message {
-        Message {
-            role,
-            content: Some(content.into()),
-            reasoning_content: None,
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-        }
-    }
-
-    pub fn tool_result(call_id: impl Into<String>, content: impl Into<String>) -> Message {
-        Message {
-            tool_call_id: Some(call_id.into()),
-            ..Message::text(Role::Tool, content)
-        }
-    }
-}
+pub use longrun_journal::payload::{Message, ModelResponse, Role, ToolCall, Usage};
 
 /// A tool the model may call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,27 +54,6 @@ pub enum Purpose {
     /// A summary of older messages, to compact the context: the last
     /// message of the request holds them as a transcript.
     Summarize,
-}
-
-/// Tokens a call used, as the backend reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    /// Input tokens served from the provider's cache, when reported.
-    #[serde(default)]
-    pub cached_input_tokens: u64,
-    /// Output tokens spent on reasoning, when reported.
-    #[serde(default)]
-    pub reasoning_tokens: u64,
-}
-
-/// What the model answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelResponse {
-    /// An assistant message: a final answer, tool calls, or both.
-    pub message: Message,
-    pub usage: Usage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -11,7 +11,7 @@
 //! Relative mount paths are resolved against the directory of the policy
 //! file, so a policy means the same thing wherever the host is started.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -77,6 +77,39 @@ pub struct Price {
     /// Input tokens served from the provider's cache; the input price when
     /// unset.
     pub cached_input_per_million: Option<NonNegative>,
+}
+
+/// The prices of the policies sessions recorded, for folding a session's
+/// cost at the price in force at each record ([`longrun_journal::Pricing`]):
+/// each policy text is parsed once.
+#[derive(Default)]
+pub struct RecordedPrices {
+    parsed: HashMap<String, Option<Policy>>,
+}
+
+impl longrun_journal::Pricing for RecordedPrices {
+    fn cost_usd(
+        &mut self,
+        policy_text: &str,
+        model: &str,
+        usage: &longrun_journal::payload::Usage,
+    ) -> f64 {
+        let policy = self
+            .parsed
+            .entry(policy_text.to_owned())
+            .or_insert_with(|| {
+                Policy::parse_recorded(policy_text, "the recorded policy", Path::new("/")).ok()
+            });
+        policy
+            .as_ref()
+            .and_then(|p| p.price_for(model))
+            .unwrap_or(Price::FREE)
+            .cost_usd(
+                usage.input_tokens,
+                usage.cached_input_tokens,
+                usage.output_tokens,
+            )
+    }
 }
 
 impl Price {

@@ -177,15 +177,7 @@ pub struct CallRequest<'a> {
     pub approved: bool,
 }
 
-/// What running a tool may do to the world.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Effects {
-    None,
-    Reads,
-    Writes,
-    External,
-}
+pub use longrun_journal::payload::Effects;
 
 /// A tool as its component describes it.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -12,8 +12,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::{Deserialize, Serialize};
-
 /// What the steering side wants of the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Wanted {
@@ -23,25 +21,7 @@ pub enum Wanted {
     Cancel,
 }
 
-/// A person's decision on a call that waits for approval; journaled as the
-/// payload of an `ApprovalGiven` record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verdict {
-    pub call_id: String,
-    pub approved: bool,
-    /// Who decided (the HTTP API: the tenant).
-    pub by: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// A person's message for the model; journaled as the payload of a
-/// `UserMessage` record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Input {
-    pub text: String,
-    pub by: String,
-}
+pub use longrun_journal::payload::{Control, ControlAction, Input, Verdict};
 
 /// What the session took at a step boundary.
 #[derive(Debug, Default)]
@@ -156,11 +136,4 @@ impl Steering {
             halted: state.halted,
         }
     }
-}
-
-/// The payload of a `Control` record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Control {
-    /// `"pause"` or `"resume"`.
-    pub action: String,
 }

@@ -34,8 +34,6 @@ use longrun_host::model::{ModelResponse, Usage};
 use longrun_host::policy::{Decision, Policy, Price};
 use longrun_host::steer::Verdict;
 
-use crate::summary::cost;
-
 /// Wall-time slack for the record of an action: the agent cuts a model call
 /// at the limit, and writing its record takes a moment more.
 const WALL_TIME_SLACK_MS: u64 = 1000;
@@ -363,7 +361,11 @@ impl Check<'_> {
         let price = self.in_force()?.price.unwrap_or(Price::FREE);
         self.used.input_tokens += usage.input_tokens;
         self.used.output_tokens += usage.output_tokens;
-        self.used.cost_usd += cost(&price, usage);
+        self.used.cost_usd += price.cost_usd(
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.output_tokens,
+        );
         let budgets = &self.in_force()?.policy.session;
         over(
             "input tokens",

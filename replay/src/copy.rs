@@ -1,27 +1,52 @@
-//! A journal opened from a private copy of its directory.
+//! A journal opened for an auditor: read in place, every write refused
+//! ([`Journal::open_read_only`]), without copying it.
 //!
-//! sled has no read-only mode: opening takes the directory's lock and may
-//! write (recovery, a new snapshot of its page table). An auditor must never
-//! change the journal they were handed, and must be able to read one that a
-//! running host holds open, so every read-only command opens a copy. A copy
-//! taken while a host writes holds a consistent prefix of what was written
-//! (sled recovers a torn tail on open).
+//! A journal that a running host holds open (sled's lock is taken) cannot
+//! be opened in place: it is read from a private copy instead, with a note
+//! on standard error. A copy taken while a host writes holds a consistent
+//! prefix of what was written (sled recovers a torn tail on open); the
+//! acknowledged heads are copied first, so that the host's later writes
+//! only put the store ahead of them, never behind.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use longrun_host::journal::{Journal, JournalOptions};
+use longrun_host::journal::{Journal, JournalError, JournalOptions};
 
 use crate::ReplayError;
 
-/// A journal opened from a copy that is removed when this is dropped.
+/// A journal opened for reading; a copy, if one was needed, is removed
+/// when this is dropped.
 pub struct JournalCopy {
-    // Dropped after the journal (fields drop in order).
+    // Dropped before the copy (fields drop in order).
     pub journal: Arc<Journal>,
-    _dir: tempfile::TempDir,
+    _copy: Option<tempfile::TempDir>,
 }
 
-/// Open a copy of the journal in `dir`.
+/// Open the journal in `dir` for reading: in place, or from a copy when a
+/// running host holds it.
+pub fn open_read_only(dir: &Path) -> Result<JournalCopy, ReplayError> {
+    match Journal::open_read_only(dir, JournalOptions::AUDIT) {
+        Ok(journal) => Ok(JournalCopy {
+            journal,
+            _copy: None,
+        }),
+        Err(JournalError::Locked(_)) => {
+            eprintln!(
+                "note: the journal in {} is in use by a running host: reading a copy of it",
+                dir.display()
+            );
+            open_copy(dir)
+        }
+        Err(JournalError::Storage(_)) if !dir.join("conf").is_file() => Err(ReplayError::Copy {
+            path: dir.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no journal there"),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Open a private copy of the journal in `dir`.
 pub fn open_copy(dir: &Path) -> Result<JournalCopy, ReplayError> {
     let copy_err = |source| ReplayError::Copy {
         path: dir.to_owned(),
@@ -38,11 +63,20 @@ pub fn open_copy(dir: &Path) -> Result<JournalCopy, ReplayError> {
         .tempdir()
         .map_err(ReplayError::Scratch)?;
     let into = scratch.path().join("journal");
+    std::fs::create_dir_all(&into).map_err(copy_err)?;
+    // The acknowledged heads before the store: a host writing meanwhile
+    // only moves the store ahead of them, never behind (which would read as
+    // lost records).
+    let heads = dir.join(longrun_host::journal::heads::FILE_NAME);
+    if heads.is_file() {
+        std::fs::copy(&heads, into.join(longrun_host::journal::heads::FILE_NAME))
+            .map_err(copy_err)?;
+    }
     copy_dir(dir, &into).map_err(copy_err)?;
     let journal = Journal::open_with(&into, JournalOptions::AUDIT)?;
     Ok(JournalCopy {
         journal,
-        _dir: scratch,
+        _copy: Some(scratch),
     })
 }
 
@@ -52,6 +86,9 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         let entry = entry?;
         let kind = entry.file_type()?;
         let target = to.join(entry.file_name());
+        if entry.file_name() == longrun_host::journal::heads::FILE_NAME {
+            continue;
+        }
         if kind.is_dir() {
             copy_dir(&entry.path(), &target)?;
         } else if kind.is_file() {

@@ -1,8 +1,8 @@
 //! What an auditor does with a journal, without the model and without
 //! trusting the operator: `longrun replay` is a thin command line over this.
 //!
-//! - [`copy`]: a journal opened from a private copy, so the original is
-//!   never written (sled has no read-only mode).
+//! - [`copy`]: a journal opened read-only in place (from a private copy
+//!   only when a running host holds it).
 //! - [`summary`]: one line of facts per session (`list`).
 //! - [`export`]: the stable JSON Lines export of records (`show --jsonl`),
 //!   which parses back into the very records.
@@ -58,6 +58,8 @@ pub enum ReplayError {
     Snapshot(#[from] longrun_host::snapshot::SnapshotError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error(transparent)]
+    State(#[from] longrun_host::journal::StateError),
 }
 
 /// A record's payload as `T`, or an error that names the record.

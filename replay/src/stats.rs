@@ -3,14 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
-use longrun_host::agent::{JournaledCompaction, Refusal, ToolIntent, ToolResult};
-use longrun_host::journal::{Journal, RecordKind, SessionId};
-use longrun_host::model::{ModelResponse, Usage};
-use longrun_host::policy::Price;
+use longrun_host::journal::payload::Payload;
+use longrun_host::journal::{Journal, SessionId, SessionState};
+use longrun_host::policy::RecordedPrices;
 use serde::Serialize;
 
-use crate::summary::{cost, recorded_price};
-use crate::{ReplayError, payload};
+use crate::ReplayError;
 
 /// One tool's calls in a session.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -44,52 +42,38 @@ pub struct Stats {
 }
 
 pub fn stats(journal: &Journal, session: SessionId) -> Result<Stats, ReplayError> {
-    let (first, created) = crate::created(journal, session)?;
-    let price = recorded_price(&created).unwrap_or(Price::FREE);
+    let mut state = SessionState::new(session);
+    let mut pricing = RecordedPrices::default();
     let mut out = Stats {
         session,
         tools: BTreeMap::new(),
         over_time: Vec::new(),
     };
     let mut calls: HashMap<String, String> = HashMap::new();
-    let mut totals = Point {
-        seq: 0,
-        offset_ms: 0,
-        steps: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_usd: 0.0,
-    };
-    let charge = |totals: &mut Point, usage: &Usage, seq: u64, millis: u64| {
-        totals.seq = seq;
-        totals.offset_ms = millis.saturating_sub(first.unix_millis);
-        totals.input_tokens += usage.input_tokens;
-        totals.output_tokens += usage.output_tokens;
-        totals.cost_usd += cost(&price, usage);
-    };
     for record in journal.records(session) {
         let record = record?;
-        match record.kind {
-            RecordKind::ModelResponse => {
-                let response: ModelResponse = payload(&record)?;
-                totals.steps += 1;
-                charge(&mut totals, &response.usage, record.seq, record.unix_millis);
-                out.over_time.push(totals.clone());
-            }
-            RecordKind::Compaction => {
-                let compaction: JournaledCompaction = payload(&record)?;
-                if let Some(usage) = &compaction.compaction.usage {
-                    charge(&mut totals, usage, record.seq, record.unix_millis);
-                    out.over_time.push(totals.clone());
+        let payload = longrun_host::journal::state::decode(&record)?;
+        state.apply(&record, &payload, &mut pricing)?;
+        let point = |state: &SessionState| Point {
+            seq: record.seq,
+            offset_ms: record.unix_millis.saturating_sub(state.created_unix_millis),
+            steps: state.used.steps,
+            input_tokens: state.used.input_tokens,
+            output_tokens: state.used.output_tokens,
+            cost_usd: state.used.cost_usd,
+        };
+        match payload {
+            Payload::ModelResponse(_) => out.over_time.push(point(&state)),
+            Payload::Compaction(compaction) => {
+                if compaction.compaction.usage.is_some() {
+                    out.over_time.push(point(&state));
                 }
             }
-            RecordKind::ToolIntent => {
-                let intent: ToolIntent = payload(&record)?;
+            Payload::ToolIntent(intent) => {
                 out.tools.entry(intent.tool.clone()).or_default().calls += 1;
                 calls.insert(intent.call_id, intent.tool);
             }
-            RecordKind::ToolResult => {
-                let result: ToolResult = payload(&record)?;
+            Payload::ToolResult(result) => {
                 if let Some(tool) = calls.get(&result.call_id) {
                     let entry = out.tools.entry(tool.clone()).or_default();
                     entry.total_ms += result.elapsed_ms;
@@ -97,11 +81,20 @@ pub fn stats(journal: &Journal, session: SessionId) -> Result<Stats, ReplayError
                     entry.errors += u64::from(result.error.is_some());
                 }
             }
-            RecordKind::PolicyDecision => {
-                let refusal: Refusal = payload(&record)?;
+            Payload::PolicyDecision(refusal) => {
                 out.tools.entry(refusal.tool).or_default().refused += 1;
             }
-            _ => {}
+            Payload::SessionCreated(_)
+            | Payload::ModelRequest(_)
+            | Payload::BudgetEvent(_)
+            | Payload::ApprovalAsked(_)
+            | Payload::ApprovalGiven(_)
+            | Payload::Error(_)
+            | Payload::SessionEnded(_)
+            | Payload::UserMessage(_)
+            | Payload::Control(_)
+            | Payload::Forked(_)
+            | Payload::PolicyChanged(_) => {}
         }
     }
     Ok(out)

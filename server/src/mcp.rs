@@ -22,7 +22,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use longrun_host::agent::{Refusal, SessionCreated, ToolIntent, tool_result};
+use longrun_host::agent::{Refusal, SessionCreated, ToolIntent, session_created, tool_result};
+use longrun_host::journal::payload::Driver;
 use longrun_host::journal::{Journal, JournalError, RecordKind, SessionWriter};
 use longrun_host::policy::{Decision, Policy};
 use longrun_host::sandbox::{CallError, CallRequest, Effects, Toolbox};
@@ -78,13 +79,16 @@ impl McpServer {
         let mut writer = journal.create_session()?;
         let mut labels = serde_json::Map::new();
         labels.insert("mcp".into(), transport.into());
-        let created = SessionCreated::new(
-            &format!("MCP server over {transport}"),
-            &policy,
-            "mcp-client",
-            &toolbox,
-            labels,
-        );
+        let created = SessionCreated {
+            driver: Driver::Client,
+            ..session_created(
+                &format!("MCP server over {transport}"),
+                &policy,
+                "mcp-client",
+                &toolbox,
+                labels,
+            )
+        };
         writer
             .append_durable(
                 RecordKind::SessionCreated,

@@ -12,61 +12,17 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use longrun_host::agent::{Resumed, Session, SessionCreated, SessionStatus};
 use longrun_host::budget::Usage;
-use longrun_host::journal::{Journal, RecordKind, SessionId};
-use longrun_host::model::{Model, ModelResponse, ToolCall};
-use longrun_host::policy::{HumanDuration, NonNegative, Policy, SessionBudgets};
+use longrun_host::journal::{Journal, SessionId, SessionState, StateError};
+use longrun_host::model::{Model, ToolCall};
+use longrun_host::policy::{HumanDuration, NonNegative, Policy, RecordedPrices, SessionBudgets};
 use longrun_host::steer::{Steering, Wanted};
 use serde::{Deserialize, Serialize};
 
 use crate::Shared;
 
-/// Where a session stands, as the API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Running,
-    Paused,
-    AwaitingApproval,
-    BudgetExhausted,
-    Completed,
-    Cancelled,
-    /// The loop stopped on an error (the model failed for good, say); the
-    /// session is unfinished and a restarted server tries it again.
-    Failed,
-}
-
-impl Status {
-    pub const ALL: [Status; 7] = [
-        Status::Running,
-        Status::Paused,
-        Status::AwaitingApproval,
-        Status::BudgetExhausted,
-        Status::Completed,
-        Status::Cancelled,
-        Status::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Running => "running",
-            Status::Paused => "paused",
-            Status::AwaitingApproval => "awaiting_approval",
-            Status::BudgetExhausted => "budget_exhausted",
-            Status::Completed => "completed",
-            Status::Cancelled => "cancelled",
-            Status::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// Whether the session has ended for good.
-    pub fn ended(self) -> bool {
-        matches!(self, Status::Completed | Status::Cancelled)
-    }
-}
+/// Where a session stands, as the API reports it: the journal's one
+/// status, which the restart scan folds from the records.
+pub use longrun_host::journal::Status;
 
 /// A call that waits for a person's decision.
 #[derive(Debug, Clone, Serialize)]
@@ -372,19 +328,12 @@ async fn drive(shared: &Shared, entry: &Arc<Entry>, mut session: Session<'_>) {
     }
 }
 
-/// The `approval_asked` record of `call`, the last one for it.
+/// The `approval_asked` record of `call`, as the session's state holds it.
 fn approval_step(journal: &Journal, session: SessionId, call: &ToolCall) -> Option<Awaiting> {
-    let mut found = None;
-    for record in journal.records(session).flatten() {
-        if record.kind == RecordKind::ApprovalAsked
-            && let Ok(asked) = serde_json::from_slice::<serde_json::Value>(&record.payload)
-            && asked["call_id"] == call.id.as_str()
-        {
-            found = Some(record.seq);
-        }
-    }
-    found.map(|step| Awaiting {
-        step,
+    let state = SessionState::fold(journal, session, &mut longrun_host::journal::Unpriced).ok()?;
+    let asked = state.approvals.get(&call.id)?.asked_at;
+    Some(Awaiting {
+        step: asked,
         call_id: call.id.clone(),
         tool: call.name.clone(),
         arguments: call.arguments.clone(),
@@ -396,9 +345,19 @@ fn approval_step(journal: &Journal, session: SessionId, call: &ToolCall) -> Opti
 pub fn load(shared: &Arc<Shared>) -> Result<usize, longrun_host::journal::JournalError> {
     let mut resumed = 0;
     for id in shared.journal.sessions()? {
-        let Some(found) = scan(&shared.journal, id)? else {
-            continue;
+        let found = match scan(&shared.journal, id) {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(session = id, "not resumed: {e}");
+                continue;
+            }
         };
+        if let Some(loss) = shared.journal.loss(id) {
+            let why = format!("{loss}: not resumed automatically (see `longrun replay verify`)");
+            register_broken(shared, id, &found, why);
+            continue;
+        }
         let policy = match shared.recorded_policy(&found) {
             Ok(policy) => policy,
             Err(e) => {
@@ -473,15 +432,12 @@ pub struct Found {
     pub ended: Option<(Status, Option<String>)>,
 }
 
-fn scan(
-    journal: &Journal,
-    id: SessionId,
-) -> Result<Option<Found>, longrun_host::journal::JournalError> {
-    let mut records = journal.records(id);
-    let Some(first) = records.next().transpose()? else {
-        return Ok(None);
-    };
-    let Ok(created) = serde_json::from_slice::<SessionCreated>(&first.payload) else {
+/// What the journal says of session `id`, if it is one of a server's
+/// (it has a tenant label and is not a fork): folded by [`SessionState`],
+/// so status, usage and cost are what every other reader finds.
+fn scan(journal: &Journal, id: SessionId) -> Result<Option<Found>, StateError> {
+    let state = SessionState::fold(journal, id, &mut RecordedPrices::default())?;
+    let Some(created) = state.created.as_deref() else {
         return Ok(None);
     };
     // A fork belongs to the replay command that made it, not to a tenant.
@@ -503,40 +459,26 @@ fn scan(
         .get("budgets")
         .and_then(|b| serde_json::from_value(b.clone()).ok())
         .unwrap_or_default();
-    let mut found = Found {
-        created_unix_millis: first.unix_millis,
+    Ok(Some(Found {
+        created_unix_millis: state.created_unix_millis,
         tenant,
         policy_name: label("policy").unwrap_or_else(|| "inline".into()),
         model_name: label("model").unwrap_or_default(),
         budgets,
-        usage: Usage::default(),
-        ended: None,
-        created,
-    };
-    for record in records {
-        let record = record?;
-        match record.kind {
-            RecordKind::ModelResponse => {
-                if let Ok(response) = serde_json::from_slice::<ModelResponse>(&record.payload) {
-                    found.usage.steps += 1;
-                    found.usage.input_tokens += response.usage.input_tokens;
-                    found.usage.output_tokens += response.usage.output_tokens;
-                }
-            }
-            RecordKind::ToolIntent => found.usage.tool_calls += 1,
-            RecordKind::SessionEnded => {
-                let ended: serde_json::Value =
-                    serde_json::from_slice(&record.payload).unwrap_or_default();
-                let status = match ended["status"].as_str() {
-                    Some("cancelled") => Status::Cancelled,
-                    _ => Status::Completed,
-                };
-                found.ended = Some((status, ended["answer"].as_str().map(str::to_owned)));
-            }
-            _ => {}
-        }
-    }
-    Ok(Some(found))
+        usage: Usage {
+            steps: state.used.steps,
+            tool_calls: state.used.tool_calls,
+            input_tokens: state.used.input_tokens,
+            output_tokens: state.used.output_tokens,
+            cost_usd: state.used.cost_usd,
+            wall_time: std::time::Duration::ZERO,
+        },
+        ended: state
+            .status
+            .ended()
+            .then(|| (state.status, state.answer.clone())),
+        created: created.clone(),
+    }))
 }
 
 pub fn unix_millis() -> u64 {

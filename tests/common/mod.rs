@@ -197,9 +197,21 @@ pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// What runs before `longrun serve` in its shell (the limits).
+    prelude: String,
 }
 
 impl ServerProcess {
+    /// Kill the server with SIGKILL, as a crash would, and start it again
+    /// on the same directory (and journal); it listens on a new port.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr) = spawn_serve(self.dir.path(), &self.prelude);
+        self.child = child;
+        self.addr = addr;
+    }
+
     /// SIGTERM, and wait for the graceful shutdown.
     pub fn stop(&mut self) {
         let _ = std::process::Command::new("kill")
@@ -243,19 +255,30 @@ pub fn serve_scripted(
         ),
     )
     .unwrap();
-    let limit = nofile
+    let prelude = nofile
         .map(|n| format!("ulimit -Sn {n} && ulimit -Hn {n} && "))
         .unwrap_or_default();
+    let (child, addr) = spawn_serve(p, &prelude);
+    ServerProcess {
+        child,
+        addr,
+        dir,
+        prelude,
+    }
+}
+
+/// `longrun serve` on the configuration in `dir`, after `prelude` in its
+/// shell; the process and where it listens.
+fn spawn_serve(dir: &Path, prelude: &str) -> (std::process::Child, SocketAddr) {
     let (child, url) = spawn_listening(
         std::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "{limit}exec \"$0\" serve --config \"$1\" --listen 127.0.0.1:0 --tools-dir \"$2\""
+                "{prelude}exec \"$0\" serve --config \"$1\" --listen 127.0.0.1:0 --tools-dir \"$2\""
             ))
             .arg(env!("CARGO_BIN_EXE_longrun"))
-            .arg(p.join("server.toml"))
+            .arg(dir.join("server.toml"))
             .arg(builtin_tools_dir()),
     );
-    let addr = url.strip_prefix("http://").unwrap().parse().unwrap();
-    ServerProcess { child, addr, dir }
+    (child, url.strip_prefix("http://").unwrap().parse().unwrap())
 }

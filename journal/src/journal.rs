@@ -1,0 +1,939 @@
+//! The journal: hash-chained sessions on a [`Store`], with group commit,
+//! acknowledged heads, loss detection and durable-only readers.
+//!
+//! Durability: [`SessionWriter::append`] writes a record to the store;
+//! [`SessionWriter::append_durable`] also waits until it is durable.
+//! Durable appends of all sessions share syncs: one background committer
+//! syncs the store once for everything pending, writes each advanced
+//! session's acknowledged head ([`crate::heads`]), and every append that
+//! was waiting returns together (group commit).
+//!
+//! Readers see only what is durable: [`Journal::records`],
+//! [`Journal::record`] and [`Journal::watch`] stop at a session's durable
+//! head while this process writes it, so nothing a crash could still take
+//! back is ever shown to a client, a model or a tool.
+//!
+//! Loss is named: on open, a session whose stored records end before its
+//! acknowledged head has lost records ([`Loss`]); it is listed, its writer
+//! is refused (a person decides: [`Journal::accept_loss`]) and
+//! [`Journal::verify`] fails naming the missing records.
+//!
+//! Failure is quick and sticky: once a write or sync fails (a full disk),
+//! every later append and durable wait fails with the same error, and
+//! dropping the journal waits at most [`CLOSE_DEADLINE`] for the last sync
+//! before giving up on it, so a host can report the error and exit.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::heads::{Head, HeadsFile};
+use crate::payload::Payload;
+use crate::record::{
+    self, Appended, EncodeError, Hash, Record, RecordKind, SessionId, decode, decode_unchecked,
+    genesis, hash_bytes, hash_matches, hex,
+};
+use crate::store::memory::MemoryStore;
+use crate::store::sled::SledStore;
+use crate::store::{Store, StoreError};
+
+/// How long dropping a journal waits for its last sync before it gives up
+/// on it (and on the store's own flush on drop) with an error in the log.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal storage: {0}")]
+    Storage(StoreError),
+    #[error(
+        "the journal in {} is open elsewhere (another longrun process holds its lock)",
+        .0.display()
+    )]
+    Locked(std::path::PathBuf),
+    #[error("no session {0} in the journal")]
+    NoSession(SessionId),
+    #[error("session {0} already has a writer")]
+    WriterTaken(SessionId),
+    #[error("record {seq} of session {session} is unreadable: {why}")]
+    Corrupt {
+        session: SessionId,
+        seq: u64,
+        why: String,
+    },
+    #[error("the record references blob {} that is not stored", hex(.0))]
+    MissingBlob(Hash),
+    #[error("blob {} does not match its hash", hex(.0))]
+    CorruptBlob(Hash),
+    #[error("cannot encode a record: {0}")]
+    Encode(#[from] EncodeError),
+    /// Acknowledged records are gone: the session is not written again
+    /// until a person accepts the loss.
+    #[error("{0}; the session is not resumed automatically (see `longrun replay verify`)")]
+    Lost(Loss),
+    /// A write or sync failed earlier; the journal takes no more records.
+    #[error("the journal stopped taking records after a write failed: {0}")]
+    Failed(String),
+    #[error("the journal's committer has stopped")]
+    CommitterGone,
+    #[error("the acknowledged-heads file: {0}")]
+    Heads(std::io::Error),
+}
+
+impl From<StoreError> for JournalError {
+    fn from(e: StoreError) -> JournalError {
+        match e {
+            StoreError::Locked(path) => JournalError::Locked(path),
+            other => JournalError::Storage(other),
+        }
+    }
+}
+
+/// Why verification failed: the first bad record and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("session {session}: record {seq} is bad: {why}")]
+pub struct VerifyError {
+    pub session: SessionId,
+    /// The sequence number at which the chain first breaks.
+    pub seq: u64,
+    pub why: String,
+}
+
+/// Records that were acknowledged as durable and are not in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    pub session: SessionId,
+    /// The last record acknowledged.
+    pub acknowledged: u64,
+    /// The first record that is not as acknowledged: missing, or (when it is
+    /// the acknowledged head itself) stored with other contents.
+    pub first_missing: u64,
+    /// Whether the store holds a different record at the acknowledged head
+    /// (rather than ending before it).
+    pub changed: bool,
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Loss {
+            session,
+            acknowledged,
+            first_missing,
+            changed,
+        } = self;
+        if *changed {
+            write!(
+                f,
+                "record {acknowledged} of session {session} is not the one acknowledged as durable"
+            )
+        } else if first_missing == acknowledged {
+            write!(f, "record {acknowledged} of session {session} is missing")
+        } else {
+            write!(
+                f,
+                "records {first_missing}..{acknowledged} of session {session} are missing"
+            )
+        }
+    }
+}
+
+/// How a journal is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// The page cache the store may keep in memory, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl JournalOptions {
+    /// For a host that runs sessions: the journal is written far more than
+    /// read (reads are resumes, which stream), so a small page cache keeps a
+    /// host that runs for days at a flat memory (sled's default is 1 GiB;
+    /// 32 MiB already grows the resident set by its size over a session's
+    /// first hours).
+    pub const HOST: JournalOptions = JournalOptions {
+        cache_bytes: 8 << 20,
+    };
+
+    /// For reading a whole journal (verify, replay): a larger cache, since
+    /// blobs are looked up in hash order.
+    pub const AUDIT: JournalOptions = JournalOptions {
+        cache_bytes: 256 << 20,
+    };
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions::HOST
+    }
+}
+
+/// Where a journal lives, as a configuration string names it: a directory
+/// (`sled:DIR`, or a plain path) or `memory:` (nothing kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sled(std::path::PathBuf),
+    Memory,
+}
+
+impl std::str::FromStr for Location {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Location, String> {
+        match text.split_once(':') {
+            Some(("memory", "")) => Ok(Location::Memory),
+            Some(("sled", dir)) if !dir.is_empty() => Ok(Location::Sled(dir.into())),
+            Some((scheme, _)) if scheme.len() > 1 && !scheme.contains('/') => Err(format!(
+                "unknown journal store {scheme:?}: use a directory, sled:DIR or memory:"
+            )),
+            _ if text.is_empty() => Err("an empty journal location".into()),
+            _ => Ok(Location::Sled(text.into())),
+        }
+    }
+}
+
+/// A journal: sessions of hash-chained records on a store.
+pub struct Journal {
+    shared: Arc<Shared>,
+    writers: Mutex<HashSet<SessionId>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Says when the committer thread has finished (see `Drop`).
+    committer_done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+/// What the journal's users and its committer thread share.
+struct Shared {
+    store: Arc<dyn Store>,
+    heads: Option<Mutex<HeadsFile>>,
+    state: Mutex<State>,
+    /// Serializes commits (the committer's and [`Journal::flush_now`]'s).
+    commit: Mutex<()>,
+    wake: Condvar,
+    /// The ticket of the last commit that finished.
+    done: tokio::sync::watch::Sender<u64>,
+    watchers: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<u64>>>,
+    commits: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Heads appended since the last commit began.
+    pending: HashMap<SessionId, Head>,
+    /// For sessions written by this process: how many records readers may
+    /// see (the durable head + 1).
+    visible: HashMap<SessionId, u64>,
+    /// Sessions that lost acknowledged records.
+    losses: HashMap<SessionId, Loss>,
+    requested: u64,
+    stop: bool,
+    failed: Option<String>,
+}
+
+impl Shared {
+    fn state(&self) -> Result<MutexGuard<'_, State>, JournalError> {
+        self.state.lock().map_err(|_| JournalError::CommitterGone)
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.state.lock().ok().and_then(|s| s.failed.clone())
+    }
+
+    fn fail(&self, why: String) -> JournalError {
+        tracing::error!("journal: {why}");
+        if let Ok(mut state) = self.state.lock()
+            && state.failed.is_none()
+        {
+            state.failed = Some(why.clone());
+        }
+        JournalError::Failed(why)
+    }
+
+    /// Make everything appended so far durable, record the new heads, and
+    /// let readers see them.
+    fn commit(&self) -> Result<(), JournalError> {
+        let _one_at_a_time = self
+            .commit
+            .lock()
+            .map_err(|_| JournalError::CommitterGone)?;
+        let pending = {
+            let mut state = self.state()?;
+            if let Some(why) = &state.failed {
+                return Err(JournalError::Failed(why.clone()));
+            }
+            std::mem::take(&mut state.pending)
+        };
+        if let Err(e) = self.store.sync() {
+            return Err(self.fail(format!("syncing the store: {e}")));
+        }
+        let heads: Vec<(SessionId, Head)> = pending.into_iter().collect();
+        if let Some(file) = &self.heads {
+            let mut file = file.lock().map_err(|_| JournalError::CommitterGone)?;
+            if let Err(e) = file.record(&heads) {
+                return Err(self.fail(format!("writing the acknowledged heads: {e}")));
+            }
+        }
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut state = self.state()?;
+            for (session, head) in &heads {
+                let visible = state.visible.entry(*session).or_insert(0);
+                *visible = (*visible).max(head.seq + 1);
+            }
+        }
+        if let Ok(watchers) = self.watchers.lock() {
+            for (session, head) in &heads {
+                if let Some(tx) = watchers.get(session) {
+                    tx.send_replace(head.seq);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The committer thread: sleeps until someone waits, commits once for
+    /// all of them, and tells them; on stop, commits what is left.
+    fn run_committer(&self) {
+        let mut completed = 0u64;
+        loop {
+            let (target, stopping) = {
+                let Ok(mut state) = self.state.lock() else {
+                    return;
+                };
+                while state.requested == completed && !state.stop {
+                    match self.wake.wait(state) {
+                        Ok(s) => state = s,
+                        Err(_) => return,
+                    }
+                }
+                (state.requested, state.stop && state.requested == completed)
+            };
+            // An error is kept in the state (sticky): waiters read it there.
+            let _ = self.commit();
+            completed = target;
+            self.done.send_replace(completed);
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// How many of `session`'s records readers may see, if this process
+    /// writes it (otherwise everything stored is as durable as it gets).
+    fn visible(&self, session: SessionId) -> Option<u64> {
+        self.state.lock().ok()?.visible.get(&session).copied()
+    }
+}
+
+impl Journal {
+    /// Open (or create) the sled journal in `dir`, for a host.
+    pub fn open(dir: &Path) -> Result<Arc<Journal>, JournalError> {
+        Journal::open_with(dir, JournalOptions::HOST)
+    }
+
+    /// Open (or create) the sled journal in `dir`.
+    pub fn open_with(dir: &Path, options: JournalOptions) -> Result<Arc<Journal>, JournalError> {
+        let store = SledStore::open(dir, options.cache_bytes)?;
+        let heads = HeadsFile::open(dir).map_err(JournalError::Heads)?;
+        Journal::on_store(Arc::new(store), Some(heads))
+    }
+
+    /// Open the existing sled journal in `dir` to read it, in place (see
+    /// [`SledStore::open_read_only`]): nothing is written to it, and a
+    /// journal that a running host holds is [`JournalError::Locked`].
+    pub fn open_read_only(
+        dir: &Path,
+        options: JournalOptions,
+    ) -> Result<Arc<Journal>, JournalError> {
+        let store = SledStore::open_read_only(dir, options.cache_bytes)?;
+        let heads = HeadsFile::open_read_only(dir).map_err(JournalError::Heads)?;
+        Journal::on_store(Arc::new(store), heads)
+    }
+
+    /// Open the journal a [`Location`] names.
+    pub fn open_location(
+        location: &Location,
+        options: JournalOptions,
+    ) -> Result<Arc<Journal>, JournalError> {
+        match location {
+            Location::Sled(dir) => Journal::open_with(dir, options),
+            Location::Memory => Journal::in_memory(),
+        }
+    }
+
+    /// A journal in memory (nothing survives the process).
+    pub fn in_memory() -> Result<Arc<Journal>, JournalError> {
+        Journal::on_store(Arc::new(MemoryStore::new()), None)
+    }
+
+    /// A journal on `store`, with its acknowledged heads kept in `heads`
+    /// (none for a store that cannot outlive the process).
+    pub fn on_store(
+        store: Arc<dyn Store>,
+        heads: Option<HeadsFile>,
+    ) -> Result<Arc<Journal>, JournalError> {
+        let mut losses = HashMap::new();
+        if let Some(heads) = &heads {
+            for (session, head) in heads.heads() {
+                if let Some(loss) = find_loss(store.as_ref(), session, head)? {
+                    tracing::error!("journal: {loss}");
+                    losses.insert(session, loss);
+                }
+            }
+        }
+        let (done, _) = tokio::sync::watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            store,
+            heads: heads.map(Mutex::new),
+            state: Mutex::new(State {
+                losses,
+                ..State::default()
+            }),
+            commit: Mutex::new(()),
+            wake: Condvar::new(),
+            done,
+            watchers: Mutex::new(HashMap::new()),
+            commits: std::sync::atomic::AtomicU64::new(0),
+        });
+        let (finished, committer_done) = std::sync::mpsc::channel();
+        let committer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("longrun-journal-commit".into())
+                .spawn(move || {
+                    shared.run_committer();
+                    let _ = finished.send(());
+                })
+                .map_err(|e| StoreError::Io(format!("starting the committer: {e}")))?
+        };
+        Ok(Arc::new(Journal {
+            shared,
+            writers: Mutex::new(HashSet::new()),
+            committer: Mutex::new(Some(committer)),
+            committer_done: Mutex::new(Some(committer_done)),
+        }))
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.shared.store.as_ref()
+    }
+
+    /// A new session; its writer appends its first record.
+    pub fn create_session(self: &Arc<Self>) -> Result<SessionWriter, JournalError> {
+        let session = self.store().new_session_id()?;
+        self.writer(session, None)
+    }
+
+    /// The writer of an existing session, to go on appending (after a
+    /// restart, say). Only one writer per session exists at a time, and none
+    /// for a session that lost acknowledged records.
+    pub fn open_session(
+        self: &Arc<Self>,
+        session: SessionId,
+    ) -> Result<SessionWriter, JournalError> {
+        if let Some(loss) = self.loss(session) {
+            return Err(JournalError::Lost(loss));
+        }
+        let (seq, bytes) = self
+            .store()
+            .last(session)?
+            .ok_or(JournalError::NoSession(session))?;
+        let record =
+            decode(session, &bytes).map_err(|why| JournalError::Corrupt { session, seq, why })?;
+        self.writer(session, Some((record.seq + 1, record.hash)))
+    }
+
+    fn writer(
+        self: &Arc<Self>,
+        session: SessionId,
+        head: Option<(u64, Hash)>,
+    ) -> Result<SessionWriter, JournalError> {
+        let mut writers = self
+            .writers
+            .lock()
+            .map_err(|_| JournalError::CommitterGone)?;
+        if !writers.insert(session) {
+            return Err(JournalError::WriterTaken(session));
+        }
+        let (next_seq, prev_hash) = head.unwrap_or((0, genesis(session)));
+        self.shared
+            .state()?
+            .visible
+            .entry(session)
+            .or_insert(next_seq);
+        Ok(SessionWriter {
+            journal: self.clone(),
+            session,
+            next_seq,
+            prev_hash,
+        })
+    }
+
+    /// A receiver that sees a change each time records of `session` become
+    /// durable (the value is the last durable record's sequence number). It
+    /// is a wake-up, not a queue: a reader reads the records themselves
+    /// after the last one it has, so none is missed or repeated.
+    pub fn watch(&self, session: SessionId) -> tokio::sync::watch::Receiver<u64> {
+        let Ok(mut watchers) = self.shared.watchers.lock() else {
+            // A poisoned map: a receiver that never changes; readers that
+            // also poll still make progress.
+            return tokio::sync::watch::channel(0).1;
+        };
+        watchers.retain(|_, tx| tx.receiver_count() > 0);
+        watchers
+            .entry(session)
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// The sessions in the journal, in creation order, with any session
+    /// whose records were all lost.
+    pub fn sessions(&self) -> Result<Vec<SessionId>, JournalError> {
+        let mut sessions = self.store().sessions()?;
+        let lost: Vec<SessionId> = self.shared.state()?.losses.keys().copied().collect();
+        for session in lost {
+            if !sessions.contains(&session) {
+                sessions.push(session);
+            }
+        }
+        sessions.sort_unstable();
+        Ok(sessions)
+    }
+
+    /// Acknowledged records of `session` that are not in the store, if any
+    /// (found when the journal was opened).
+    pub fn loss(&self, session: SessionId) -> Option<Loss> {
+        self.shared.state().ok()?.losses.get(&session).cloned()
+    }
+
+    /// Every session's loss (see [`Journal::loss`]).
+    pub fn losses(&self) -> Vec<Loss> {
+        let mut losses: Vec<Loss> = match self.shared.state() {
+            Ok(state) => state.losses.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        losses.sort_by_key(|l| l.session);
+        losses
+    }
+
+    /// A person's decision to go on with `session` as stored, accepting the
+    /// loss of the records after its last stored one: the acknowledged head
+    /// becomes that record, durably.
+    pub fn accept_loss(&self, session: SessionId) -> Result<(), JournalError> {
+        let Some(file) = &self.shared.heads else {
+            return Ok(());
+        };
+        let (seq, bytes) = self
+            .store()
+            .last(session)?
+            .ok_or(JournalError::NoSession(session))?;
+        let record =
+            decode(session, &bytes).map_err(|why| JournalError::Corrupt { session, seq, why })?;
+        file.lock()
+            .map_err(|_| JournalError::CommitterGone)?
+            .reset(
+                session,
+                Head {
+                    seq,
+                    hash: record.hash,
+                },
+            )
+            .map_err(JournalError::Heads)?;
+        self.shared.state()?.losses.remove(&session);
+        Ok(())
+    }
+
+    /// Every record of a session readers may see, in order.
+    pub fn records(
+        &self,
+        session: SessionId,
+    ) -> impl Iterator<Item = Result<Record, JournalError>> + '_ {
+        self.records_from(session, 0)
+    }
+
+    /// The records of a session from sequence number `from` on, in order,
+    /// up to its durable head.
+    pub fn records_from(
+        &self,
+        session: SessionId,
+        from: u64,
+    ) -> impl Iterator<Item = Result<Record, JournalError>> + '_ {
+        let to = match self.shared.visible(session) {
+            Some(0) => None,
+            Some(visible) => Some(visible - 1),
+            None => Some(u64::MAX),
+        };
+        let stored = match to {
+            Some(to) if from <= to => self.store().range(session, from, to),
+            _ => Box::new(std::iter::empty()),
+        };
+        stored.map(move |kv| {
+            let (seq, bytes) = kv?;
+            decode(session, &bytes).map_err(|why| JournalError::Corrupt { session, seq, why })
+        })
+    }
+
+    /// One record of a session, if it exists and readers may see it.
+    pub fn record(&self, session: SessionId, seq: u64) -> Result<Option<Record>, JournalError> {
+        if self
+            .shared
+            .visible(session)
+            .is_some_and(|visible| seq >= visible)
+        {
+            return Ok(None);
+        }
+        let Some(bytes) = self.store().get(session, seq)? else {
+            return Ok(None);
+        };
+        decode(session, &bytes)
+            .map(Some)
+            .map_err(|why| JournalError::Corrupt { session, seq, why })
+    }
+
+    /// A blob's bytes, checked against its hash.
+    pub fn blob(&self, hash: &Hash) -> Result<Vec<u8>, JournalError> {
+        let bytes = self
+            .store()
+            .blob(hash)?
+            .ok_or(JournalError::MissingBlob(*hash))?;
+        if &hash_bytes(&bytes) != hash {
+            return Err(JournalError::CorruptBlob(*hash));
+        }
+        Ok(bytes)
+    }
+
+    /// The size of a stored blob, if it is stored.
+    pub fn blob_len(&self, hash: &Hash) -> Result<Option<u64>, JournalError> {
+        Ok(self.store().blob(hash)?.map(|b| b.len() as u64))
+    }
+
+    /// Store a blob once, by its hash; returns the hash.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Hash, JournalError> {
+        if let Some(why) = self.shared.failed() {
+            return Err(JournalError::Failed(why));
+        }
+        let hash = hash_bytes(bytes);
+        match self.store().put_blob(&hash, bytes) {
+            Ok(()) => {}
+            Err(StoreError::ReadOnly) => return Err(StoreError::ReadOnly.into()),
+            Err(e) => return Err(self.shared.fail(format!("storing a blob: {e}"))),
+        }
+        Ok(hash)
+    }
+
+    /// Wait until everything appended so far is durable (a group commit).
+    pub async fn sync(&self) -> Result<(), JournalError> {
+        let ticket = {
+            let mut state = self.shared.state()?;
+            if let Some(why) = &state.failed {
+                return Err(JournalError::Failed(why.clone()));
+            }
+            state.requested += 1;
+            self.shared.wake.notify_one();
+            state.requested
+        };
+        let mut done = self.shared.done.subscribe();
+        done.wait_for(|done| *done >= ticket)
+            .await
+            .map_err(|_| JournalError::CommitterGone)?;
+        match self.shared.failed() {
+            Some(why) => Err(JournalError::Failed(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Check a session's hash chain, blobs and acknowledged head. Returns the
+    /// number of records verified, or the first bad record.
+    pub fn verify(&self, session: SessionId) -> Result<u64, VerifyError> {
+        self.verify_with(session, |_| Ok(()))
+    }
+
+    /// [`Journal::verify`], and also `check` on each record whose hash,
+    /// place in the chain and blobs hold, in order: the first error it
+    /// returns fails verification at that record. (The record is handed
+    /// over, so a check may go on with it on another thread.)
+    pub fn verify_with(
+        &self,
+        session: SessionId,
+        mut check: impl FnMut(Record) -> Result<(), String>,
+    ) -> Result<u64, VerifyError> {
+        let bad = |seq: u64, why: String| VerifyError { session, seq, why };
+        let acknowledged = self.acknowledged(session);
+        if let Some(loss) = self.loss(session) {
+            return Err(bad(loss.first_missing, loss.to_string()));
+        }
+        let mut expected_seq = 0u64;
+        let mut prev = genesis(session);
+        let mut checked_blobs: HashSet<Hash> = HashSet::new();
+        let to = self
+            .shared
+            .visible(session)
+            .map_or(u64::MAX, |v| v.saturating_sub(1));
+        for kv in self.store().range(session, 0, to) {
+            let (key_seq, value) = kv.map_err(|e| bad(expected_seq, format!("unreadable: {e}")))?;
+            if key_seq != expected_seq {
+                return Err(bad(
+                    expected_seq,
+                    format!("missing: the next record stored is {key_seq}"),
+                ));
+            }
+            let mut record = decode_unchecked(&value).map_err(|why| bad(expected_seq, why))?;
+            record.session = session;
+            if record.seq != expected_seq {
+                return Err(bad(
+                    expected_seq,
+                    format!("out of place: it says it is record {}", record.seq),
+                ));
+            }
+            if !hash_matches(session, &value) {
+                return Err(bad(
+                    expected_seq,
+                    "its contents do not match its hash".into(),
+                ));
+            }
+            if record.prev_hash != prev {
+                return Err(bad(
+                    expected_seq,
+                    "its previous-hash does not match the record before it".into(),
+                ));
+            }
+            if let Some(head) = acknowledged
+                && head.seq == expected_seq
+                && head.hash != record.hash
+            {
+                return Err(bad(
+                    expected_seq,
+                    format!(
+                        "record {expected_seq} of session {session} is not the one acknowledged as durable"
+                    ),
+                ));
+            }
+            for blob in &record.blobs {
+                if checked_blobs.insert(*blob) {
+                    self.check_blob(blob)
+                        .map_err(|why| bad(expected_seq, why))?;
+                }
+            }
+            prev = record.hash;
+            check(record).map_err(|why| bad(expected_seq, why))?;
+            expected_seq += 1;
+        }
+        if let Some(head) = acknowledged
+            && head.seq >= expected_seq
+        {
+            let loss = Loss {
+                session,
+                acknowledged: head.seq,
+                first_missing: expected_seq,
+                changed: false,
+            };
+            return Err(bad(expected_seq, loss.to_string()));
+        }
+        Ok(expected_seq)
+    }
+
+    fn check_blob(&self, blob: &Hash) -> Result<(), String> {
+        match self.store().blob(blob) {
+            Ok(Some(bytes)) if &hash_bytes(&bytes) == blob => Ok(()),
+            Ok(Some(_)) => Err(format!("blob {} does not match its hash", hex(blob))),
+            Ok(None) => Err(format!("blob {} is missing", hex(blob))),
+            Err(e) => Err(format!("blob {} unreadable: {e}", hex(blob))),
+        }
+    }
+
+    /// The last record of `session` acknowledged as durable, as the
+    /// acknowledged-heads file holds it.
+    pub fn acknowledged(&self, session: SessionId) -> Option<Head> {
+        self.shared.heads.as_ref()?.lock().ok()?.head(session)
+    }
+
+    /// Commit now, on this thread, without grouping with anyone (the
+    /// baseline that group commit is measured against, and a host's last
+    /// commit at shutdown).
+    pub fn flush_now(&self) -> Result<(), JournalError> {
+        self.shared.commit()
+    }
+
+    /// How many commits have run since the journal was opened.
+    pub fn flush_count(&self) -> u64 {
+        self.shared
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes the journal takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, JournalError> {
+        Ok(self.store().size_on_disk()?)
+    }
+}
+
+/// Compare a session's stored records with its acknowledged head.
+fn find_loss(
+    store: &dyn Store,
+    session: SessionId,
+    head: Head,
+) -> Result<Option<Loss>, StoreError> {
+    let last = store.last(session)?.map(|(seq, _)| seq);
+    let loss = |first_missing, changed| Loss {
+        session,
+        acknowledged: head.seq,
+        first_missing,
+        changed,
+    };
+    match last {
+        None => Ok(Some(loss(0, false))),
+        Some(last) if last < head.seq => Ok(Some(loss(last + 1, false))),
+        Some(_) => match store.get(session, head.seq)? {
+            Some(bytes) if decode_unchecked(&bytes).is_ok_and(|r| r.hash == head.hash) => Ok(None),
+            // The records before the head are the chain's business
+            // (verify names them); a missing or changed head is a loss.
+            Some(_) => Ok(Some(loss(head.seq, true))),
+            None => Ok(Some(loss(head.seq, false))),
+        },
+    }
+}
+
+/// The one writer of a session.
+pub struct SessionWriter {
+    journal: Arc<Journal>,
+    session: SessionId,
+    next_seq: u64,
+    prev_hash: Hash,
+}
+
+impl Drop for SessionWriter {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.journal.writers.lock() {
+            w.remove(&self.session);
+        }
+    }
+}
+
+impl SessionWriter {
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// The sequence number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Append a record (readers see it once it is durable; see
+    /// [`Self::append_durable`]). Every blob it references must already be
+    /// stored with [`Journal::put_blob`].
+    pub fn append(
+        &mut self,
+        kind: RecordKind,
+        payload: &[u8],
+        blobs: &[Hash],
+    ) -> Result<Appended, JournalError> {
+        let shared = &self.journal.shared;
+        if let Some(why) = shared.failed() {
+            return Err(JournalError::Failed(why));
+        }
+        for blob in blobs {
+            if !shared.store.has_blob(blob)? {
+                return Err(JournalError::MissingBlob(*blob));
+            }
+        }
+        let seq = self.next_seq;
+        let (bytes, hash) =
+            record::encode(self.session, seq, kind, &self.prev_hash, blobs, payload)?;
+        match shared.store.append(self.session, seq, &[bytes]) {
+            Ok(()) => {}
+            Err(e @ (StoreError::Conflict { .. } | StoreError::ReadOnly)) => return Err(e.into()),
+            Err(e) => {
+                return Err(shared.fail(format!(
+                    "appending record {seq} of session {}: {e}",
+                    self.session
+                )));
+            }
+        }
+        self.next_seq += 1;
+        self.prev_hash = hash;
+        shared
+            .state()?
+            .pending
+            .insert(self.session, Head { seq, hash });
+        Ok(Appended { seq, hash })
+    }
+
+    /// Append a record holding `payload` (see [`Self::append`]).
+    pub fn append_payload(
+        &mut self,
+        payload: &Payload,
+        blobs: &[Hash],
+    ) -> Result<Appended, JournalError> {
+        self.append(payload.kind(), &payload.encode(), blobs)
+    }
+
+    /// Append a record holding `payload` and wait until it is durable.
+    pub async fn append_payload_durable(
+        &mut self,
+        payload: &Payload,
+        blobs: &[Hash],
+    ) -> Result<Appended, JournalError> {
+        self.append_durable(payload.kind(), &payload.encode(), blobs)
+            .await
+    }
+
+    /// Append a record and wait until it is durable. Concurrent durable
+    /// appends of all sessions share syncs.
+    pub async fn append_durable(
+        &mut self,
+        kind: RecordKind,
+        payload: &[u8],
+        blobs: &[Hash],
+    ) -> Result<Appended, JournalError> {
+        let appended = self.append(kind, payload, blobs)?;
+        self.journal.sync().await?;
+        Ok(appended)
+    }
+}
+
+impl Drop for Journal {
+    /// Commits what is pending and stops the committer, waiting at most
+    /// [`CLOSE_DEADLINE`]; the journal can be opened again as soon as this
+    /// returns. After a failed write, or past the deadline, the store is
+    /// left unclosed (its own flush on close is what would hang) and the
+    /// process's exit releases it.
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.stop = true;
+        }
+        self.shared.wake.notify_all();
+        let finished = self
+            .committer_done
+            .lock()
+            .ok()
+            .and_then(|mut done| done.take())
+            .is_some_and(|done| done.recv_timeout(CLOSE_DEADLINE).is_ok());
+        if finished {
+            if let Some(thread) = self.committer.lock().ok().and_then(|mut t| t.take()) {
+                let _ = thread.join();
+            }
+        } else {
+            tracing::error!(
+                "journal: the last commit did not finish within {CLOSE_DEADLINE:?}; closing without it"
+            );
+        }
+        if !finished || self.shared.failed().is_some() {
+            std::mem::forget(self.shared.store.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_location_string_picks_the_store() {
+        assert_eq!("memory:".parse(), Ok(Location::Memory));
+        assert_eq!("sled:/x/y".parse(), Ok(Location::Sled("/x/y".into())));
+        assert_eq!("journal".parse(), Ok(Location::Sled("journal".into())));
+        assert_eq!("./a:b".parse(), Ok(Location::Sled("./a:b".into())));
+        assert!("postgres://h/db".parse::<Location>().is_err());
+        assert!("".parse::<Location>().is_err());
+    }
+}

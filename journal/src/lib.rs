@@ -1,0 +1,35 @@
+//! longrun's step journal: what happened in each agent session, as a
+//! hash-chained sequence of records, kept durable on a [`Store`] and
+//! checked on every read that matters.
+//!
+//! - [`record`]: the on-disk record format and the hash chain;
+//! - [`store`]: the storage interface, with [`SledStore`] (the embedded
+//!   default) and [`MemoryStore`];
+//! - [`heads`]: each session's acknowledged head, kept outside the store so
+//!   that a store that loses its tail is caught ([`Loss`]);
+//! - [`Journal`]: sessions, writers, group commit, durable-only readers and
+//!   verification;
+//! - [`payload`]: what each record kind says, typed;
+//! - [`state`]: a session's status, usage and cost folded from its records
+//!   ([`SessionState`]), and [`Visitor`] for consumers that need more.
+//!
+//! This crate depends on neither the sandbox (wasmtime) nor the local model
+//! (mistral.rs): auditors and store implementations build it alone.
+
+pub mod heads;
+mod journal;
+pub mod payload;
+pub mod record;
+pub mod state;
+pub mod store;
+
+pub use heads::Head;
+pub use journal::{
+    CLOSE_DEADLINE, Journal, JournalError, JournalOptions, Location, Loss, SessionWriter,
+    VerifyError,
+};
+pub use record::{Appended, Hash, Record, RecordKind, SessionId, hex, parse_hex};
+pub use state::{Pricing, SessionState, StateError, Status, Unpriced, Visitor, visit};
+pub use store::memory::MemoryStore;
+pub use store::sled::{SET_ASIDE_PREFIX, SledStore, open_storage};
+pub use store::{Store, StoreError};

@@ -1,0 +1,103 @@
+//! The storage interface under the journal, and its implementations.
+//!
+//! A [`Store`] keeps encoded records by (session, sequence number) and
+//! blobs by hash. It knows nothing of hash chains, payloads or sessions'
+//! meaning: the [`crate::Journal`] above it encodes, chains, verifies, groups
+//! durable syncs and decides what readers may see. What a store must
+//! guarantee:
+//!
+//! - [`Store::append`] writes a batch of one session's records at an
+//!   expected sequence number, or nothing: it is refused
+//!   ([`StoreError::Conflict`]) when that number is taken or the one before
+//!   it is missing, so two writers of one session can never interleave (a
+//!   shared store adds its lease epoch to the same check);
+//! - what was written before [`Store::sync`] returned `Ok` survives a crash
+//!   of the process;
+//! - reads give back exactly the bytes written (or an error), never a
+//!   record under another key.
+//!
+//! Implementations, picked by a location string ([`crate::Location`]):
+//! [`sled`] (the embedded default, a directory) and [`memory`] (unit
+//! tests; nothing survives the process).
+
+pub mod memory;
+pub mod sled;
+
+use crate::record::{Hash, SessionId};
+
+/// A store's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage itself failed (I/O, a full disk, a damaged file).
+    #[error("{0}")]
+    Io(String),
+    #[error(
+        "the journal in {} is open elsewhere (another longrun process holds its lock)",
+        .0.display()
+    )]
+    Locked(std::path::PathBuf),
+    /// An append at a sequence number that is taken, or that does not
+    /// follow the session's last record.
+    #[error("session {session}: record {seq} {why}")]
+    Conflict {
+        session: SessionId,
+        seq: u64,
+        why: &'static str,
+    },
+    /// The store was opened read-only.
+    #[error("the journal was opened read-only")]
+    ReadOnly,
+}
+
+/// One stored record: its sequence number (from the key) and its bytes.
+pub type StoredRecord = (u64, Vec<u8>);
+
+/// Records read in order.
+pub type RecordIter<'a> = Box<dyn Iterator<Item = Result<StoredRecord, StoreError>> + Send + 'a>;
+
+/// Where records and blobs are kept. See the module documentation for what
+/// an implementation guarantees.
+pub trait Store: Send + Sync {
+    /// A session identifier never handed out before by this store.
+    fn new_session_id(&self) -> Result<SessionId, StoreError>;
+
+    /// Write `records` of `session`, the first at `first_seq`, the rest
+    /// following, or none of them: refused when `first_seq` is taken or,
+    /// for `first_seq > 0`, record `first_seq - 1` is not stored.
+    fn append(
+        &self,
+        session: SessionId,
+        first_seq: u64,
+        records: &[Vec<u8>],
+    ) -> Result<(), StoreError>;
+
+    /// One record's bytes.
+    fn get(&self, session: SessionId, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// A session's last stored record.
+    fn last(&self, session: SessionId) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// A session's records with sequence numbers in `from..=to`, in order
+    /// (as stored: a gap shows as a jump in the numbers).
+    fn range(&self, session: SessionId, from: u64, to: u64) -> RecordIter<'_>;
+
+    /// Every session with at least one record, in creation order.
+    fn sessions(&self) -> Result<Vec<SessionId>, StoreError>;
+
+    /// Store a blob under its hash (a blob already stored is left as it is).
+    fn put_blob(&self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError>;
+
+    fn has_blob(&self, hash: &Hash) -> Result<bool, StoreError>;
+
+    /// A blob's bytes as stored, unchecked.
+    fn blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Make everything written so far durable.
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// Bytes the store takes on disk (0 in memory).
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+
+    /// Whether the store refuses writes.
+    fn read_only(&self) -> bool;
+}
