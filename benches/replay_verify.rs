@@ -65,6 +65,7 @@ fn write_session(dir: &std::path::Path) -> SessionId {
         tools: Vec::new(),
         snapshot: None,
         parent: None,
+        driver: Default::default(),
     };
     created.tools.push(RecordedTool {
         name: "fs_read".into(),

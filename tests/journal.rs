@@ -29,6 +29,8 @@ fn write_session(journal: &Arc<Journal>, steps: u64) -> SessionId {
             .append(RecordKind::ToolResult, payload.as_bytes(), &blobs)
             .unwrap();
     }
+    // Readers see what is durable.
+    journal.flush_now().unwrap();
     writer.session()
 }
 
@@ -64,6 +66,8 @@ fn a_session_goes_on_after_the_journal_is_reopened() {
     let mut writer = journal.open_session(session).unwrap();
     assert_eq!(writer.next_seq(), 5);
     writer.append(RecordKind::SessionEnded, b"{}", &[]).unwrap();
+    assert_eq!(journal.verify(session), Ok(5), "not durable yet: not read");
+    journal.flush_now().unwrap();
     assert_eq!(journal.verify(session), Ok(6));
 }
 

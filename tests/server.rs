@@ -919,6 +919,8 @@ fn h_document() -> Value {
 async fn a_priced_session_with_compactions_shows_the_same_status_usage_and_cost_after_a_restart() {
     let mut h = Harness::new().await;
     h.agent.context_tokens = 1024;
+    // Stopped at once after starting: the shutdown signal must reach an
+    // accept loop that has not run yet (it once waited for ever).
     h.stop().await;
     h.start().await;
     let id = h

@@ -248,7 +248,9 @@ impl Server {
     /// in a step after it is dropped, which its journal is built to
     /// survive), and flush the journal.
     pub async fn shutdown(self) {
-        let _ = self.shared.shutdown.send(true);
+        // `send_replace`, not `send`: with no receiver yet (the accept loop not
+        // polled once), `send` would drop the value and the loop would wait on.
+        self.shared.shutdown.send_replace(true);
         let _ = self.accept.await;
         for entry in self.shared.sessions.all() {
             entry.steering.halt();

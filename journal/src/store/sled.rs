@@ -32,7 +32,12 @@ impl From<sled::Error> for StoreError {
         match e {
             // sled's own text for these is its Debug form ("Os { code: 28,
             // kind: StorageFull, .. }"); the system's words read better.
-            sled::Error::Io(io) => StoreError::Io(io.to_string()),
+            sled::Error::Io(io) => StoreError::Io(match io.kind() {
+                // sled keeps the first I/O error it met and hands out copies
+                // whose text is the original's debug form.
+                std::io::ErrorKind::StorageFull => "No space left on device".into(),
+                _ => io.to_string(),
+            }),
             other => StoreError::Io(other.to_string()),
         }
     }
@@ -242,8 +247,19 @@ pub fn open_storage(config: sled::Config) -> Result<sled::Db, StoreError> {
 fn open_storage_waiting(config: sled::Config, wait: Duration) -> Result<sled::Db, StoreError> {
     set_aside_unfinished_snapshots(&config.path);
     let started = Instant::now();
+    let mut rebuilt = false;
     loop {
         match config.open() {
+            // A damaged log that ends before what sled's snapshot says it
+            // held: sled refuses to open at all. The snapshot is only an
+            // index of the log; set aside, sled rebuilds it from the log as
+            // far as the log is whole, and what was lost past the damage is
+            // then named by the acknowledged heads.
+            Err(sled::Error::Corruption { .. })
+                if !rebuilt && set_aside_snapshots(&config.path) =>
+            {
+                rebuilt = true;
+            }
             Err(sled::Error::Io(e)) if is_lock_contention(&e) => {
                 if started.elapsed() >= wait {
                     return Err(StoreError::Locked(config.path.clone()));
@@ -290,6 +306,38 @@ fn set_aside_unfinished_snapshots(dir: &Path) {
             ),
         }
     }
+}
+
+/// Set every finished snapshot file aside (see [`SET_ASIDE_PREFIX`]);
+/// whether there was one.
+fn set_aside_snapshots(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut any = false;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with("snap.") {
+            continue;
+        }
+        let aside = dir.join(format!("{SET_ASIDE_PREFIX}{name}"));
+        match std::fs::rename(entry.path(), &aside) {
+            Ok(()) => {
+                any = true;
+                tracing::warn!(
+                    "journal {}: sled's snapshot {name} does not match its log (the log is damaged): set aside as {}; the index is rebuilt from the log",
+                    dir.display(),
+                    aside.display()
+                );
+            }
+            Err(e) => tracing::warn!(
+                "journal {}: cannot set aside the snapshot file {name}: {e}",
+                dir.display()
+            ),
+        }
+    }
+    any
 }
 
 /// sled 0.34 reports a held lock only as an `Other` I/O error with this
