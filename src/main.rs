@@ -493,6 +493,7 @@ async fn serve(
     })?;
     let journal = Journal::open(&config.journal)
         .with_context(|| format!("opening the journal in {}", config.journal.display()))?;
+    let watched = journal.clone();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -506,10 +507,32 @@ async fn serve(
     )
     .await?;
     println!("listening on http://{}", server.local_addr());
-    shutdown_signal().await;
+    let failure = tokio::select! {
+        () = shutdown_signal() => None,
+        why = journal_failure(&watched) => Some(why),
+    };
     eprintln!("shutting down");
     server.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    match failure {
+        // A server whose journal takes no more records can run nothing:
+        // it says why and exits, for a supervisor to restart it once the
+        // disk has room again (its sessions resume then).
+        Some(why) => {
+            eprintln!("error: the journal failed: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Returns once the journal has stopped taking records, with why.
+async fn journal_failure(journal: &Journal) -> String {
+    loop {
+        if let Some(why) = journal.failure() {
+            return why;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Returns on Ctrl-C or SIGTERM.

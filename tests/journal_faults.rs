@@ -195,7 +195,7 @@ fn five_hundred_kills_including_start_up_lose_nothing_acknowledged_and_repeat_no
     for kill in 0..KILLS {
         // A third during start-up (opening the journal, loading the tools,
         // resuming), the rest inside one of the next steps.
-        if rng.next() % 3 == 0 {
+        if rng.next().is_multiple_of(3) {
             at_start_up += 1;
             kill_after(setup.run(), None, rng.next() % 150_000);
         } else {
@@ -430,24 +430,12 @@ async fn an_event_stream_follower_across_serve_crashes_receives_exactly_the_dura
     let script = r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "delay_ms": 40, "repeat": 60}
 {"content": "listed"}"#;
     let mut server = common::serve_scripted(script, "", "", None);
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = r#"{"goal": "list the workspace sixty times"}"#;
-    stream
-        .write_all(
-            format!(
-                "POST /v1/sessions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                common::TOKEN,
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.unwrap();
-    let created: serde_json::Value =
-        serde_json::from_str(&reply[reply.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    let created = http(
+        server.addr,
+        "POST",
+        "/v1/sessions",
+        r#"{"goal": "list the workspace sixty times"}"#,
+    );
     let id = created["id"].as_u64().unwrap();
 
     let addr = std::sync::Arc::new(std::sync::Mutex::new(server.addr));
@@ -483,4 +471,85 @@ async fn an_event_stream_follower_across_serve_crashes_receives_exactly_the_dura
         "{CRASHES} crashes; {} records followed, all durable",
         received.len()
     );
+}
+
+#[test]
+fn a_server_whose_journal_disk_fills_exits_with_a_clear_error_and_resumes_after() {
+    let Some(disk) = Tmpfs::mount("2m") else {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let journal = disk.0.path().join("journal");
+    let reasoning = "r".repeat(2048);
+    let script = format!(
+        r#"{{"reasoning_content": "{reasoning}", "tool_calls": [{{"name": "fs_list", "arguments": {{"path": "/workspace"}}}}], "repeat": 600}}
+{{"content": "listed"}}"#
+    );
+    let mut server = common::serve_scripted_on(&script, "", "", None, &journal);
+    let created = http(
+        server.addr,
+        "POST",
+        "/v1/sessions",
+        r#"{"goal": "list the workspace"}"#,
+    );
+    let id = created["id"].as_u64().unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the server is still running on a full disk"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "the server exits non-zero: {status}");
+    let failed_after = started.elapsed();
+
+    disk.resize("64m");
+    let state = {
+        let journal = Journal::open(&journal).unwrap();
+        assert_eq!(journal.losses(), vec![]);
+        journal.verify(id).unwrap();
+        SessionState::fold(&journal, id, &mut Unpriced).unwrap()
+    };
+    assert!(!state.status.ended());
+    server.crash_and_restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let view = http(server.addr, "GET", &format!("/v1/sessions/{id}"), "");
+        if view["status"] != "running" {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "the session resumes and ends");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        failed_after < Duration::from_secs(20),
+        "the server exited {failed_after:?} after the session started"
+    );
+    println!(
+        "the server exited {failed_after:?} after the session started, {} steps in; resumed, it ended after {} steps",
+        state.used.steps, done["usage"]["steps"]
+    );
+}
+
+/// One request to a `longrun serve` on loopback as its tenant; the JSON
+/// answer.
+fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        common::TOKEN,
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let at = reply.find("\r\n\r\n").expect("a response") + 4;
+    serde_json::from_str(&reply[at..]).unwrap_or_else(|e| panic!("{e}: {reply}"))
 }

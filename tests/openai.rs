@@ -50,12 +50,17 @@ struct Seen {
     headers: Vec<(String, String)>,
     body: String,
     status: u16,
+    at: Instant,
+    /// A compaction's summary request.
+    summary: bool,
 }
 
 #[derive(Default)]
 struct Server {
     seen: Mutex<Vec<Seen>>,
     retry_after_given: Mutex<bool>,
+    /// Summary requests answered so far (the first is rate limited).
+    summaries: Mutex<u32>,
 }
 
 type Body = Channel<Bytes, std::io::Error>;
@@ -111,11 +116,14 @@ impl Server {
             .unwrap_or_default();
         let body = String::from_utf8_lossy(&body).into_owned();
         let (status, response) = self.respond(&uri, auth.as_deref(), &body).await;
+        let summary = body.contains("You compact the context");
         self.seen.lock().unwrap().push(Seen {
             uri,
             headers,
             body,
             status,
+            at: Instant::now(),
+            summary,
         });
         Ok(response)
     }
@@ -148,8 +156,31 @@ impl Server {
                 return (400, error(400, &message));
             }
         }
+        let summary = messages.first().is_some_and(|m| {
+            m["role"] == "system"
+                && m["content"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("You compact the context"))
+        });
+        if summary {
+            let mut answered = self.summaries.lock().unwrap();
+            *answered += 1;
+            if *answered == 1 {
+                return (
+                    429,
+                    answer(
+                        429,
+                        &[("retry-after", "1")],
+                        json!({"error": {"message": "rate limited"}}).to_string(),
+                    )
+                    .0,
+                );
+            }
+        }
         let n = self.seen.lock().unwrap().len() + 1;
-        if n % 9 == 3 {
+        if summary {
+            // Answered below, without the injected failures of steps.
+        } else if n % 9 == 3 {
             // The first rate limit asks for a full second; later ones for none.
             let mut given = self.retry_after_given.lock().unwrap();
             let wait = if *given { "0" } else { "1" };
@@ -173,7 +204,13 @@ impl Server {
         }
         let step = messages.iter().filter(|m| m["role"] == "assistant").count();
         let prompt_tokens = body.len() as u64 / 4;
-        let (content, reasoning, call) = if step < STEPS {
+        let (content, reasoning, call) = if summary {
+            (
+                json!("Summary: the agent echoed the steps so far."),
+                "Summarising.".to_owned(),
+                None,
+            )
+        } else if step < STEPS {
             (
                 Value::Null,
                 format!("I will echo step {step}."),
@@ -476,4 +513,55 @@ async fn a_slow_answer_times_out_and_a_broken_stream_is_transient() {
         }
         other => panic!("expected a transient error, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compactions_summary_request_is_retried_after_the_servers_retry_after() {
+    keys();
+    let (addr, server) = kimi_like_server().await;
+    let model = OpenAiModel::new(config(addr, false)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&dir.path().join("journal")).unwrap();
+    let toolbox = common::shared_toolbox(false).await;
+    let policy = common::policy("[tools]\nallow = [\"echo\"]\n");
+    let agent = AgentConfig {
+        first_backoff: Duration::from_millis(5),
+        context_tokens: 1024,
+        ..AgentConfig::default()
+    };
+    let mut session = Session::start(&journal, toolbox, &policy, &model, agent, "echo 30 times")
+        .await
+        .unwrap();
+    let status = session.run().await.unwrap();
+    assert!(
+        matches!(status, SessionStatus::Completed { .. }),
+        "{status:?}"
+    );
+
+    let seen = server.seen.lock().unwrap().clone();
+    let summaries: Vec<&Seen> = seen.iter().filter(|s| s.summary).collect();
+    assert!(summaries.len() >= 2, "{} summary requests", summaries.len());
+    assert_eq!(summaries[0].status, 429);
+    assert_eq!(summaries[1].status, 200, "the summary was asked again");
+    let waited = summaries[1].at - summaries[0].at;
+    assert!(
+        waited >= Duration::from_millis(950),
+        "asked again after {waited:?}, before the one-second Retry-After"
+    );
+    // The first compaction is the model's summary, not a trim, and the
+    // failure before it is journaled like a step's.
+    let records: Vec<_> = journal.records(session.id()).map(|r| r.unwrap()).collect();
+    let first = records
+        .iter()
+        .position(|r| r.kind == RecordKind::Compaction)
+        .expect("a compaction");
+    let compaction: Value = serde_json::from_slice(&records[first].payload).unwrap();
+    assert_eq!(compaction["method"], "summary", "{compaction}");
+    let failure: Value = serde_json::from_slice(&records[first - 1].payload).unwrap();
+    assert_eq!(records[first - 1].kind, RecordKind::Error);
+    assert!(
+        failure["retry_in_ms"].as_u64().unwrap() >= 1000,
+        "{failure}"
+    );
+    println!("the summary was asked again {waited:?} after a 429 with Retry-After: 1");
 }

@@ -977,18 +977,20 @@ impl<'a> Session<'a> {
         };
         let estimate = context::estimate(&request.messages, &[]);
         let worst = self.price.cost_usd(estimate, 0, summary_tokens);
+        // The same retries as a step (backoff, `Retry-After`, each failure
+        // journaled); a summary that still fails gives way to trimming.
         let outcome = match self
             .ledger
             .check_model_call(estimate, summary_tokens, worst)
         {
             Err(e) => Err(format!("not summarised: {e}")),
-            Ok(()) => match self.time_left() {
-                Some(left) => tokio::time::timeout(left, self.model.complete(&request))
-                    .await
-                    .unwrap_or_else(|_| Err(ModelError::transient("the wall-time budget ran out"))),
-                None => self.model.complete(&request).await,
-            }
-            .map_err(|e| e.to_string()),
+            Ok(()) => match self.complete_with_retries(&request).await {
+                Ok(Completion::Response(response)) => Ok(response),
+                Ok(Completion::OutOfTime(e)) => Err(format!("not summarised: {e}")),
+                Ok(Completion::Interrupted) => Err("not summarised: interrupted".to_owned()),
+                Err(AgentError::Model(e)) => Err(e.to_string()),
+                Err(other) => return Err(other),
+            },
         };
         let (method, summary, usage, error) = match outcome {
             Ok(response) => {

@@ -739,6 +739,12 @@ impl Journal {
         }
     }
 
+    /// Why the journal stopped taking records, once a write or sync failed
+    /// (it takes none after that: see [`JournalError::Failed`]).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed()
+    }
+
     /// The last record of `session` acknowledged as durable, as the
     /// acknowledged-heads file holds it.
     pub fn acknowledged(&self, session: SessionId) -> Option<Head> {

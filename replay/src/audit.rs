@@ -271,7 +271,15 @@ impl Check<'_> {
             RecordKind::ToolIntent => self.intent(record),
             RecordKind::ToolResult => self.result(record),
             RecordKind::Forked => self.forked(record),
-            _ => Ok(()),
+            // Nothing to re-check against the policy: the chain covers them.
+            RecordKind::ModelRequest
+            | RecordKind::PolicyDecision
+            | RecordKind::BudgetEvent
+            | RecordKind::ApprovalAsked
+            | RecordKind::Error
+            | RecordKind::SessionEnded
+            | RecordKind::UserMessage
+            | RecordKind::Control => Ok(()),
         }
     }
 

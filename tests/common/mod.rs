@@ -238,6 +238,18 @@ pub fn serve_scripted(
     sandbox: &str,
     nofile: Option<u64>,
 ) -> ServerProcess {
+    serve_scripted_on(script, http, sandbox, nofile, Path::new("journal"))
+}
+
+/// [`serve_scripted`] with its journal in `journal` (relative to the
+/// server's directory, or absolute).
+pub fn serve_scripted_on(
+    script: &str,
+    http: &str,
+    sandbox: &str,
+    nofile: Option<u64>,
+    journal: &Path,
+) -> ServerProcess {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::create_dir(p.join("ws")).unwrap();
@@ -251,7 +263,7 @@ pub fn serve_scripted(
     std::fs::write(
         p.join("server.toml"),
         format!(
-            "journal = \"journal\"\n[models]\nscripted = \"scripted:script.jsonl\"\n[policies]\ndefault = \"default.toml\"\n[tenants.acme]\ntoken = \"{TOKEN}\"\n[http]\n{http}\n[sandbox]\n{sandbox}\n"
+            "journal = {journal:?}\n[models]\nscripted = \"scripted:script.jsonl\"\n[policies]\ndefault = \"default.toml\"\n[tenants.acme]\ntoken = \"{TOKEN}\"\n[http]\n{http}\n[sandbox]\n{sandbox}\n"
         ),
     )
     .unwrap();
