@@ -61,6 +61,9 @@ struct Server {
     retry_after_given: Mutex<bool>,
     /// Summary requests answered so far (the first is rate limited).
     summaries: Mutex<u32>,
+    /// Steps answered so far, for a model whose context is compacted (its
+    /// requests no longer show every earlier step).
+    steps_answered: Mutex<usize>,
 }
 
 type Body = Channel<Bytes, std::io::Error>;
@@ -202,7 +205,15 @@ impl Server {
         if model == "slow" {
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
-        let step = messages.iter().filter(|m| m["role"] == "assistant").count();
+        let step = if model == "verbose" {
+            let mut answered = self.steps_answered.lock().unwrap();
+            if !summary {
+                *answered += 1;
+            }
+            *answered - usize::from(!summary)
+        } else {
+            messages.iter().filter(|m| m["role"] == "assistant").count()
+        };
         let prompt_tokens = body.len() as u64 / 4;
         let (content, reasoning, call) = if summary {
             (
@@ -211,9 +222,15 @@ impl Server {
                 None,
             )
         } else if step < STEPS {
+            // A "verbose" model thinks at length: its context fills.
+            let pad = if model == "verbose" {
+                " Thinking it over.".repeat(40)
+            } else {
+                String::new()
+            };
             (
                 Value::Null,
-                format!("I will echo step {step}."),
+                format!("I will echo step {step}.{pad}"),
                 Some((
                     format!("call-{step}"),
                     json!({"text": format!("step {step}")}).to_string(),
@@ -519,7 +536,11 @@ async fn a_slow_answer_times_out_and_a_broken_stream_is_transient() {
 async fn a_compactions_summary_request_is_retried_after_the_servers_retry_after() {
     keys();
     let (addr, server) = kimi_like_server().await;
-    let model = OpenAiModel::new(config(addr, false)).unwrap();
+    let model = OpenAiModel::new(OpenAiConfig {
+        model: "verbose".into(),
+        ..config(addr, false)
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(&dir.path().join("journal")).unwrap();
     let toolbox = common::shared_toolbox(false).await;
