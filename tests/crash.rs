@@ -12,21 +12,11 @@ use std::time::Duration;
 use longrun_host::journal::{Journal, RecordKind};
 use serde_json::Value;
 
+mod common;
+use common::Rng;
+
 const STEPS: usize = 200;
 const KILLS: usize = 50;
-
-/// A small deterministic generator; the seed is printed so a failure can be
-/// replayed with LONGRUN_CRASH_SEED.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 #[test]
 fn a_session_killed_at_50_random_points_completes_with_every_step_once() {
@@ -51,18 +41,7 @@ fn a_session_killed_at_50_random_points_completes_with_every_step_once() {
     std::fs::write(&script, lines.join("\n")).unwrap();
     let journal_dir = dir.path().join("journal");
 
-    let seed = std::env::var("LONGRUN_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("LONGRUN_CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env("LONGRUN_CRASH_SEED");
 
     let longrun = |stderr: Stdio| {
         Command::new(env!("CARGO_BIN_EXE_longrun"))

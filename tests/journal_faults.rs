@@ -14,34 +14,7 @@ use longrun_host::journal::payload::{Payload, ToolResult};
 use longrun_host::journal::{Journal, SessionId, SessionState, Status, Unpriced};
 
 mod common;
-
-/// A small deterministic generator; the seed is printed so that a failure
-/// can be replayed with LONGRUN_FAULT_SEED.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env() -> Rng {
-        let seed = std::env::var("LONGRUN_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        println!("LONGRUN_FAULT_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use common::Rng;
 
 /// A directory with a read-write workspace, a policy allowing `fs_*`, and a
 /// script of `steps` appends of "x" to `step-N.txt` (not idempotent), each
@@ -192,7 +165,7 @@ fn five_hundred_kills_including_start_up_lose_nothing_acknowledged_and_repeat_no
     // run take several steps before its kill lands (measured: up to 4 a kill).
     const STEPS: usize = 4000;
     let setup = Setup::new(STEPS, 0, None);
-    let mut rng = Rng::from_env();
+    let mut rng = Rng::from_env("LONGRUN_FAULT_SEED");
     let mut at_start_up = 0;
     for kill in 0..KILLS {
         // A third during start-up (opening the journal, loading the tools,
@@ -442,7 +415,7 @@ async fn an_event_stream_follower_across_serve_crashes_receives_exactly_the_dura
 
     let addr = std::sync::Arc::new(std::sync::Mutex::new(server.addr));
     let follower = tokio::spawn(follow(addr.clone(), id));
-    let mut rng = Rng::from_env();
+    let mut rng = Rng::from_env("LONGRUN_FAULT_SEED");
     for _ in 0..CRASHES {
         tokio::time::sleep(Duration::from_millis(150 + rng.next() % 350)).await;
         tokio::task::block_in_place(|| server.crash_and_restart());

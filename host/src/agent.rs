@@ -100,8 +100,6 @@ pub enum AgentError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("cannot encode a journal record: {0}")]
-    Encode(#[from] serde_json::Error),
     #[error(transparent)]
     State(#[from] longrun_journal::StateError),
     #[error(
@@ -414,14 +412,7 @@ impl<'a> Session<'a> {
                 .await?;
         }
         let mut ledger = Ledger::new(policy.session.clone());
-        ledger.used = crate::budget::Usage {
-            steps: state.used.steps,
-            tool_calls: state.used.tool_calls,
-            input_tokens: state.used.input_tokens,
-            output_tokens: state.used.output_tokens,
-            cost_usd: state.used.cost_usd,
-            wall_time: Duration::ZERO,
-        };
+        ledger.used = (&state.used).into();
         let verdicts = state
             .approvals
             .values()
@@ -1111,12 +1102,11 @@ async fn ask_model(
 
 /// Count a model call's tokens and cost against the budgets.
 fn charge(ledger: &mut Ledger, price: &Price, usage: &Usage) {
-    let cost = price.cost_usd(
+    ledger.record_model_call(
         usage.input_tokens,
-        usage.cached_input_tokens,
         usage.output_tokens,
+        price.cost_of(usage),
     );
-    ledger.record_model_call(usage.input_tokens, usage.output_tokens, cost);
 }
 
 /// The whole output a tool-result record holds (inline or in its blob).

@@ -33,6 +33,21 @@ pub struct Usage {
     pub wall_time: Duration,
 }
 
+impl From<&longrun_journal::state::Used> for Usage {
+    /// What a session's records say it used (wall time is the clock's, not
+    /// the records').
+    fn from(used: &longrun_journal::state::Used) -> Usage {
+        Usage {
+            steps: used.steps,
+            tool_calls: used.tool_calls,
+            input_tokens: used.input_tokens,
+            output_tokens: used.output_tokens,
+            cost_usd: used.cost_usd,
+            wall_time: Duration::ZERO,
+        }
+    }
+}
+
 /// Budgets and what has been used against them.
 #[derive(Debug, Clone)]
 pub struct Ledger {

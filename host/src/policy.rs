@@ -104,11 +104,7 @@ impl longrun_journal::Pricing for RecordedPrices {
             .as_ref()
             .and_then(|p| p.price_for(model))
             .unwrap_or(Price::FREE)
-            .cost_usd(
-                usage.input_tokens,
-                usage.cached_input_tokens,
-                usage.output_tokens,
-            )
+            .cost_of(usage)
     }
 }
 
@@ -132,6 +128,15 @@ impl Price {
             + cached as f64 * cached_price
             + output as f64 * self.output_per_million.0)
             / 1e6
+    }
+
+    /// What a model call that used `usage` costs.
+    pub fn cost_of(&self, usage: &longrun_journal::payload::Usage) -> f64 {
+        self.cost_usd(
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.output_tokens,
+        )
     }
 }
 

@@ -83,8 +83,18 @@ impl HeadsFile {
                     .and_then(parse_slot)
             };
             let (first, second) = (read(0), read(1));
+            // The slot holding the higher head is current; the next write
+            // goes to the other.
             let (session, head, next) = match (first, second) {
-                (Some(a), Some(b)) if a.0 == b.0 => {
+                (Some(a), Some(b)) => {
+                    if a.0 != b.0 {
+                        tracing::warn!(
+                            "{}: pair {pair} names two sessions ({} and {}): the file is damaged; keeping the higher head",
+                            path.display(),
+                            a.0,
+                            b.0
+                        );
+                    }
                     if a.1.seq >= b.1.seq {
                         (a.0, a.1, 1)
                     } else {
@@ -93,19 +103,6 @@ impl HeadsFile {
                 }
                 (Some(a), None) => (a.0, a.1, 1),
                 (None, Some(b)) => (b.0, b.1, 0),
-                (Some(a), Some(b)) => {
-                    tracing::warn!(
-                        "{}: pair {pair} names two sessions ({} and {}): the file is damaged; keeping the higher head",
-                        path.display(),
-                        a.0,
-                        b.0
-                    );
-                    if a.1.seq >= b.1.seq {
-                        (a.0, a.1, 1)
-                    } else {
-                        (b.0, b.1, 0)
-                    }
-                }
                 (None, None) => continue,
             };
             slots.insert(session, Slots { pair, next, head });

@@ -433,12 +433,7 @@ impl Journal {
         if let Some(loss) = self.loss(session) {
             return Err(JournalError::Lost(loss));
         }
-        let (seq, bytes) = self
-            .store()
-            .last(session)?
-            .ok_or(JournalError::NoSession(session))?;
-        let record =
-            decode(session, &bytes).map_err(|why| JournalError::Corrupt { session, seq, why })?;
+        let record = self.last_stored(session)?;
         self.writer(session, Some((record.seq + 1, record.hash)))
     }
 
@@ -522,18 +517,13 @@ impl Journal {
         let Some(file) = &self.shared.heads else {
             return Ok(());
         };
-        let (seq, bytes) = self
-            .store()
-            .last(session)?
-            .ok_or(JournalError::NoSession(session))?;
-        let record =
-            decode(session, &bytes).map_err(|why| JournalError::Corrupt { session, seq, why })?;
+        let record = self.last_stored(session)?;
         file.lock()
             .map_err(|_| JournalError::CommitterGone)?
             .reset(
                 session,
                 Head {
-                    seq,
+                    seq: record.seq,
                     hash: record.hash,
                 },
             )
@@ -568,7 +558,7 @@ impl Journal {
         };
         stored.map(move |kv| {
             let (seq, bytes) = kv?;
-            decode(session, &bytes).map_err(|why| JournalError::Corrupt { session, seq, why })
+            decode_stored(session, seq, &bytes)
         })
     }
 
@@ -584,9 +574,17 @@ impl Journal {
         let Some(bytes) = self.store().get(session, seq)? else {
             return Ok(None);
         };
-        decode(session, &bytes)
-            .map(Some)
-            .map_err(|why| JournalError::Corrupt { session, seq, why })
+        decode_stored(session, seq, &bytes).map(Some)
+    }
+
+    /// The last record the store holds of `session`, whether or not readers
+    /// may see it yet.
+    fn last_stored(&self, session: SessionId) -> Result<Record, JournalError> {
+        let (seq, bytes) = self
+            .store()
+            .last(session)?
+            .ok_or(JournalError::NoSession(session))?;
+        decode_stored(session, seq, &bytes)
     }
 
     /// A blob's bytes, checked against its hash.
@@ -769,6 +767,12 @@ impl Journal {
     pub fn size_on_disk(&self) -> Result<u64, JournalError> {
         Ok(self.store().size_on_disk()?)
     }
+}
+
+/// Decode the record the store keeps of `session` under `seq`, checking its
+/// hash.
+fn decode_stored(session: SessionId, seq: u64, bytes: &[u8]) -> Result<Record, JournalError> {
+    decode(session, bytes).map_err(|why| JournalError::Corrupt { session, seq, why })
 }
 
 /// Compare a session's stored records with its acknowledged head.

@@ -49,6 +49,31 @@ pub enum StoreError {
     ReadOnly,
 }
 
+/// The rule of [`Store::append`], for implementations: `count` records of
+/// `session` may be written from `first_seq` on only if the record before
+/// `first_seq` is stored (or it is 0) and none of their numbers is taken.
+/// `stored(seq)` says whether the store holds record `seq` of `session`.
+pub fn check_append(
+    session: SessionId,
+    first_seq: u64,
+    count: usize,
+    mut stored: impl FnMut(u64) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let conflict = |seq, why| StoreError::Conflict { session, seq, why };
+    if first_seq > 0 && !stored(first_seq - 1)? {
+        return Err(conflict(
+            first_seq,
+            "does not follow the session's last record",
+        ));
+    }
+    for seq in first_seq..first_seq + count as u64 {
+        if stored(seq)? {
+            return Err(conflict(seq, "is already stored"));
+        }
+    }
+    Ok(())
+}
+
 /// One stored record: its sequence number (from the key) and its bytes.
 pub type StoredRecord = (u64, Vec<u8>);
 

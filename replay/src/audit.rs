@@ -369,11 +369,7 @@ impl Check<'_> {
         let price = self.in_force()?.price.unwrap_or(Price::FREE);
         self.used.input_tokens += usage.input_tokens;
         self.used.output_tokens += usage.output_tokens;
-        self.used.cost_usd += price.cost_usd(
-            usage.input_tokens,
-            usage.cached_input_tokens,
-            usage.output_tokens,
-        );
+        self.used.cost_usd += price.cost_of(usage);
         let budgets = &self.in_force()?.policy.session;
         over(
             "input tokens",

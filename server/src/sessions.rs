@@ -465,14 +465,7 @@ fn scan(journal: &Journal, id: SessionId) -> Result<Option<Found>, StateError> {
         policy_name: label("policy").unwrap_or_else(|| "inline".into()),
         model_name: label("model").unwrap_or_default(),
         budgets,
-        usage: Usage {
-            steps: state.used.steps,
-            tool_calls: state.used.tool_calls,
-            input_tokens: state.used.input_tokens,
-            output_tokens: state.used.output_tokens,
-            cost_usd: state.used.cost_usd,
-            wall_time: std::time::Duration::ZERO,
-        },
+        usage: Usage::from(&state.used),
         ended: state
             .status
             .ended()

@@ -294,3 +294,32 @@ fn spawn_serve(dir: &Path, prelude: &str) -> (std::process::Child, SocketAddr) {
     );
     (child, url.strip_prefix("http://").unwrap().parse().unwrap())
 }
+
+/// A small deterministic generator for fault tests, seeded from `var` when
+/// it is set (so that a failure can be replayed) and from the clock
+/// otherwise; the seed is printed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_env(var: &str) -> Rng {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        println!("{var}={seed}");
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

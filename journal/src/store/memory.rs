@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{RecordIter, Store, StoreError, StoredRecord};
+use super::{RecordIter, Store, StoreError, StoredRecord, check_append};
 use crate::record::{Hash, SessionId};
 
 #[derive(Default)]
@@ -46,23 +46,12 @@ impl Store for MemoryStore {
         first_seq: u64,
         records: &[Vec<u8>],
     ) -> Result<(), StoreError> {
-        let conflict = |seq, why| StoreError::Conflict { session, seq, why };
         let mut inner = self.lock()?;
-        if first_seq > 0 && !inner.records.contains_key(&(session, first_seq - 1)) {
-            return Err(conflict(
-                first_seq,
-                "does not follow the session's last record",
-            ));
-        }
-        for i in 0..records.len() as u64 {
-            if inner.records.contains_key(&(session, first_seq + i)) {
-                return Err(conflict(first_seq + i, "is already stored"));
-            }
-        }
-        for (i, bytes) in records.iter().enumerate() {
-            inner
-                .records
-                .insert((session, first_seq + i as u64), bytes.clone());
+        check_append(session, first_seq, records.len(), |seq| {
+            Ok(inner.records.contains_key(&(session, seq)))
+        })?;
+        for (seq, bytes) in (first_seq..).zip(records) {
+            inner.records.insert((session, seq), bytes.clone());
         }
         Ok(())
     }

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{RecordIter, Store, StoreError, StoredRecord};
+use super::{RecordIter, Store, StoreError, StoredRecord, check_append};
 use crate::record::{Hash, SessionId};
 
 /// A sled database holding a journal.
@@ -121,23 +121,11 @@ impl Store for SledStore {
         records: &[Vec<u8>],
     ) -> Result<(), StoreError> {
         self.writable()?;
-        let conflict = |seq, why| StoreError::Conflict { session, seq, why };
-        if first_seq > 0
-            && !self
-                .records
-                .contains_key(record_key(session, first_seq - 1))?
-        {
-            return Err(conflict(
-                first_seq,
-                "does not follow the session's last record",
-            ));
-        }
+        check_append(session, first_seq, records.len(), |seq| {
+            Ok(self.records.contains_key(record_key(session, seq))?)
+        })?;
         let mut batch = sled::Batch::default();
-        for (i, bytes) in records.iter().enumerate() {
-            let seq = first_seq + i as u64;
-            if self.records.contains_key(record_key(session, seq))? {
-                return Err(conflict(seq, "is already stored"));
-            }
+        for (seq, bytes) in (first_seq..).zip(records) {
             batch.insert(&record_key(session, seq), bytes.as_slice());
         }
         // One batch: all of them or none, even across a crash.
