@@ -3,6 +3,8 @@
 //! disk that fills. What must hold every time: the journal opens, no
 //! acknowledged record is lost without being named, a session that lost
 //! records is not resumed on its own, and no non-idempotent call runs twice.
+//! The kills, the damaged tail and the full disk run on each store that
+//! keeps a directory: segment files (the default) and sled.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -11,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use longrun_host::journal::payload::{Payload, ToolResult};
-use longrun_host::journal::{Journal, SessionId, SessionState, Status, Unpriced};
+use longrun_host::journal::{Journal, Location, SessionId, SessionState, Status, Unpriced};
 
 mod common;
 use common::Rng;
@@ -24,8 +26,17 @@ struct Setup {
     journal: PathBuf,
 }
 
+/// The store a journal directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Segments,
+    Sled,
+}
+
 impl Setup {
-    fn new(steps: usize, padding: usize, journal: Option<PathBuf>) -> Setup {
+    /// The journal in `journal` (or in the set-up's directory) is made on
+    /// `store` before the binary first opens it, which then keeps to it.
+    fn new(steps: usize, padding: usize, journal: Option<PathBuf>, store: Store) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("ws")).unwrap();
         std::fs::write(
@@ -40,6 +51,11 @@ impl Setup {
         lines.push(r#"{"content": "all steps written"}"#.to_owned());
         std::fs::write(dir.path().join("script.jsonl"), lines.join("\n")).unwrap();
         let journal = journal.unwrap_or_else(|| dir.path().join("journal"));
+        let location = match store {
+            Store::Segments => Location::Segments(journal.clone()),
+            Store::Sled => Location::Sled(journal.clone()),
+        };
+        drop(Journal::open_location(&location, Default::default()).unwrap());
         Setup { dir, journal }
     }
 
@@ -160,14 +176,23 @@ fn check_effects(setup: &Setup, session: SessionId, steps: usize) -> usize {
 
 #[test]
 fn five_hundred_kills_including_start_up_lose_nothing_acknowledged_and_repeat_no_effect() {
-    const KILLS: usize = 500;
-    // Enough that 500 kills cannot finish it even when a loaded machine lets a
-    // run take several steps before its kill lands (measured: up to 4 a kill).
-    const STEPS: usize = 4000;
-    let setup = Setup::new(STEPS, 0, None);
+    kills_lose_nothing_acknowledged_and_repeat_no_effect(Store::Segments, 500);
+}
+
+#[test]
+fn on_sled_two_hundred_kills_including_start_up_lose_nothing_acknowledged() {
+    kills_lose_nothing_acknowledged_and_repeat_no_effect(Store::Sled, 200);
+}
+
+fn kills_lose_nothing_acknowledged_and_repeat_no_effect(store: Store, kills: usize) {
+    // Enough that the kills cannot finish it even when a loaded machine lets
+    // a run take several steps before its kill lands (measured: up to 4 a
+    // kill).
+    let steps = kills * 8;
+    let setup = Setup::new(steps, 0, None, store);
     let mut rng = Rng::from_env("LONGRUN_FAULT_SEED");
     let mut at_start_up = 0;
-    for kill in 0..KILLS {
+    for kill in 0..kills {
         // A third during start-up (opening the journal, loading the tools,
         // resuming), the rest inside one of the next steps.
         if rng.next().is_multiple_of(3) {
@@ -179,7 +204,7 @@ fn five_hundred_kills_including_start_up_lose_nothing_acknowledged_and_repeat_no
         if let Some(state) = check_journal(&setup.journal) {
             assert!(
                 !state.status.ended(),
-                "the session ended after {} kills; the test needs {KILLS}",
+                "the session ended after {} kills; the test needs {kills}",
                 kill + 1
             );
         }
@@ -188,9 +213,11 @@ fn five_hundred_kills_including_start_up_lose_nothing_acknowledged_and_repeat_no
     assert!(status.success(), "the last run completes: {status}");
     let state = check_journal(&setup.journal).unwrap();
     assert_eq!(state.status, Status::Completed);
-    assert_eq!(state.used.steps, STEPS as u64 + 1);
-    let unknown = check_effects(&setup, state.session, STEPS);
-    println!("{KILLS} kills ({at_start_up} at start-up); {unknown} calls outcome unknown");
+    assert_eq!(state.used.steps, steps as u64 + 1);
+    let unknown = check_effects(&setup, state.session, steps);
+    println!(
+        "{store:?}: {kills} kills ({at_start_up} at start-up); {unknown} calls outcome unknown"
+    );
 }
 
 /// Overwrite `len` bytes of `file` ending at the last occurrence of
@@ -209,13 +236,40 @@ fn overwrite_before_last(file: &Path, needle: &[u8], len: usize) -> bool {
 
 #[test]
 fn bytes_overwritten_in_the_stores_tail_are_named_and_the_effect_does_not_run_twice() {
-    let setup = Setup::new(40, 0, None);
+    for store in [Store::Segments, Store::Sled] {
+        overwritten_tail_is_named(store);
+    }
+}
+
+/// The file holding the store's log: sled's `db`, or the last segment.
+fn log_file(journal: &Path, store: Store) -> PathBuf {
+    match store {
+        Store::Sled => journal.join("db"),
+        Store::Segments => {
+            let mut segments: Vec<PathBuf> = std::fs::read_dir(journal)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("segment-")
+                })
+                .collect();
+            segments.sort();
+            segments.pop().unwrap()
+        }
+    }
+}
+
+fn overwritten_tail_is_named(store: Store) {
+    let setup = Setup::new(40, 0, None, store);
     kill_after(setup.run(), Some(10), 500);
     let before = check_journal(&setup.journal).unwrap();
     let written: Vec<String> = (0..40).map(|s| setup.step_file(s)).collect();
-    // 100 bytes of sled's log inside the last fs_write intent.
+    // 100 bytes of the store's log inside the last fs_write intent.
     assert!(overwrite_before_last(
-        &setup.journal.join("db"),
+        &log_file(&setup.journal, store),
         br#""idempotent":false"#,
         100
     ));
@@ -237,7 +291,7 @@ fn bytes_overwritten_in_the_stores_tail_are_named_and_the_effect_does_not_run_tw
     let after: Vec<String> = (0..40).map(|s| setup.step_file(s)).collect();
     assert_eq!(after, written, "no step ran again");
     println!(
-        "session {} had {} records; verify said: {}",
+        "{store:?}: session {} had {} records; verify said: {}",
         before.session,
         before.records,
         said.lines().find(|l| l.contains("missing")).unwrap_or("")
@@ -288,12 +342,18 @@ fn is_root() -> bool {
 
 #[test]
 fn a_full_disk_stops_the_run_with_a_clear_error_within_seconds_and_it_resumes_after() {
+    for store in [Store::Segments, Store::Sled] {
+        full_disk_stops_the_run_and_it_resumes_after(store);
+    }
+}
+
+fn full_disk_stops_the_run_and_it_resumes_after(store: Store) {
     let Some(disk) = Tmpfs::mount("2m") else {
         eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
         return;
     };
-    const STEPS: usize = 600;
-    let setup = Setup::new(STEPS, 2048, Some(disk.0.path().join("journal")));
+    const STEPS: usize = 1500;
+    let setup = Setup::new(STEPS, 2048, Some(disk.0.path().join("journal")), store);
     let mut child = setup
         .run()
         .stdout(Stdio::null())
@@ -332,7 +392,7 @@ fn a_full_disk_stops_the_run_with_a_clear_error_within_seconds_and_it_resumes_af
     assert_eq!(state.status, Status::Completed);
     check_effects(&setup, state.session, STEPS);
     println!(
-        "disk full after {steps_before} steps; exited {stopped_after:?} after its last step; error: {}",
+        "{store:?}: disk full after {steps_before} steps; exited {stopped_after:?} after its last step; error: {}",
         told.lines().last().unwrap_or("")
     );
 }
@@ -457,7 +517,7 @@ fn a_server_whose_journal_disk_fills_exits_with_a_clear_error_and_resumes_after(
     let journal = disk.0.path().join("journal");
     let reasoning = "r".repeat(2048);
     let script = format!(
-        r#"{{"reasoning_content": "{reasoning}", "tool_calls": [{{"name": "fs_list", "arguments": {{"path": "/workspace"}}}}], "repeat": 600}}
+        r#"{{"reasoning_content": "{reasoning}", "tool_calls": [{{"name": "fs_list", "arguments": {{"path": "/workspace"}}}}], "repeat": 1500}}
 {{"content": "listed"}}"#
     );
     let mut server = common::serve_scripted_on(&script, "", "", None, &journal);

@@ -264,10 +264,10 @@ fn verify_names_a_record_with_a_changed_byte() {
     let session = f.run_session();
     let target = seqs_of(&f.records(session), RecordKind::ToolResult, "bytes_written")[0];
     tamper(&f.journal(), |records, _| {
-        let mut bytes = records.get(key(session, target)).unwrap().unwrap().to_vec();
+        let mut bytes = records.get(key(session, target)).unwrap().to_vec();
         let at = bytes.len() - 40;
         bytes[at] ^= 0x01;
-        records.insert(key(session, target), bytes).unwrap();
+        records.insert(key(session, target), bytes);
     });
 
     let (ok, said) = f.verify(session, &[]);
@@ -290,7 +290,7 @@ fn verify_names_a_deleted_record_and_a_deleted_last_one() {
     let anchor = format!("{}:{}", last.seq, longrun_host::journal::hex(&last.hash));
 
     tamper(&f.journal(), |raw, _| {
-        raw.remove(key(session, last.seq)).unwrap();
+        raw.remove(key(session, last.seq));
     });
     // A shorter chain is whole, but the head the host acknowledged, kept
     // outside the store, names what is gone (and so does an anchor).
@@ -311,7 +311,7 @@ fn verify_names_a_deleted_record_and_a_deleted_last_one() {
     );
 
     tamper(&f.journal(), |raw, _| {
-        raw.remove(key(session, 7)).unwrap();
+        raw.remove(key(session, 7));
     });
     let (ok, said) = f.verify(session, &[]);
     assert!(!ok);
@@ -326,10 +326,10 @@ fn verify_names_a_reordered_pair_of_records() {
     let f = Fixture::new();
     let session = f.run_session();
     tamper(&f.journal(), |raw, _| {
-        let a = raw.get(key(session, 5)).unwrap().unwrap();
-        let b = raw.get(key(session, 6)).unwrap().unwrap();
-        raw.insert(key(session, 5), b).unwrap();
-        raw.insert(key(session, 6), a).unwrap();
+        let a = raw.get(key(session, 5)).unwrap();
+        let b = raw.get(key(session, 6)).unwrap();
+        raw.insert(key(session, 5), b);
+        raw.insert(key(session, 6), a);
     });
 
     let (ok, said) = f.verify(session, &[]);
@@ -687,9 +687,9 @@ fn list_names_an_unreadable_session_and_goes_on_with_the_others() {
     let first = f.run_session();
     let second = f.run_session();
     tamper(&f.journal(), |raw, _| {
-        let mut bytes = raw.get(key(first, 0)).unwrap().unwrap().to_vec();
+        let mut bytes = raw.get(key(first, 0)).unwrap().to_vec();
         bytes[60] ^= 0xff;
-        raw.insert(key(first, 0), bytes).unwrap();
+        raw.insert(key(first, 0), bytes);
     });
 
     let out = f.longrun(&["replay", "list"]);

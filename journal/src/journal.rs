@@ -35,6 +35,7 @@ use crate::record::{
     genesis, hash_bytes, hash_matches, hex,
 };
 use crate::store::memory::MemoryStore;
+use crate::store::segments::{SegmentStore, is_segment_store};
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 
@@ -168,9 +169,14 @@ impl Default for JournalOptions {
 }
 
 /// Where a journal lives, as a configuration string names it: a directory
-/// (`sled:DIR`, or a plain path) or `memory:` (nothing kept).
+/// (a plain path: the store already there, or a new segment store;
+/// `segments:DIR`; `sled:DIR`) or `memory:` (nothing kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
+    /// The journal in this directory, whichever store it is; a new one is a
+    /// segment store.
+    Dir(std::path::PathBuf),
+    Segments(std::path::PathBuf),
     Sled(std::path::PathBuf),
     Memory,
 }
@@ -182,11 +188,12 @@ impl std::str::FromStr for Location {
         match text.split_once(':') {
             Some(("memory", "")) => Ok(Location::Memory),
             Some(("sled", dir)) if !dir.is_empty() => Ok(Location::Sled(dir.into())),
+            Some(("segments", dir)) if !dir.is_empty() => Ok(Location::Segments(dir.into())),
             Some((scheme, _)) if scheme.len() > 1 && !scheme.contains('/') => Err(format!(
-                "unknown journal store {scheme:?}: use a directory, sled:DIR or memory:"
+                "unknown journal store {scheme:?}: use a directory, segments:DIR, sled:DIR or memory:"
             )),
             _ if text.is_empty() => Err("an empty journal location".into()),
-            _ => Ok(Location::Sled(text.into())),
+            _ => Ok(Location::Dir(text.into())),
         }
     }
 }
@@ -325,39 +332,67 @@ impl Shared {
 }
 
 impl Journal {
-    /// Open (or create) the sled journal in `dir`, for a host.
+    /// Open (or create) the journal in `dir`, for a host: the store found
+    /// there, or a new segment store.
     pub fn open(dir: &Path) -> Result<Arc<Journal>, JournalError> {
         Journal::open_with(dir, JournalOptions::HOST)
     }
 
-    /// Open (or create) the sled journal in `dir`.
+    /// Open (or create) the journal in `dir`: the store found there, or a
+    /// new segment store.
     pub fn open_with(dir: &Path, options: JournalOptions) -> Result<Arc<Journal>, JournalError> {
-        let store = SledStore::open(dir, options.cache_bytes)?;
-        let heads = HeadsFile::open(dir).map_err(JournalError::Heads)?;
-        Journal::on_store(Arc::new(store), Some(heads))
+        Journal::open_location(&Location::Dir(dir.to_owned()), options)
     }
 
-    /// Open the existing sled journal in `dir` to read it, in place (see
-    /// [`SledStore::open_read_only`]): nothing is written to it, and a
-    /// journal that a running host holds is [`JournalError::Locked`].
+    /// Open the existing journal in `dir` to read it, in place: nothing is
+    /// written to it. A segment store is read beside a host that writes it;
+    /// a sled journal that a running host holds is
+    /// [`JournalError::Locked`] (see [`SledStore::open_read_only`]).
     pub fn open_read_only(
         dir: &Path,
         options: JournalOptions,
     ) -> Result<Arc<Journal>, JournalError> {
-        let store = SledStore::open_read_only(dir, options.cache_bytes)?;
+        // The heads before the store: a host writing meanwhile syncs its
+        // store before its heads, so the store read after them is never
+        // behind them (which would read as lost records).
         let heads = HeadsFile::open_read_only(dir).map_err(JournalError::Heads)?;
-        Journal::on_store(Arc::new(store), heads)
+        let store: Arc<dyn Store> = if holds_sled(dir) {
+            Arc::new(SledStore::open_read_only(dir, options.cache_bytes)?)
+        } else {
+            Arc::new(SegmentStore::open_read_only(dir)?)
+        };
+        Journal::on_store(store, heads)
     }
 
-    /// Open the journal a [`Location`] names.
+    /// Open (or create) the journal a [`Location`] names.
     pub fn open_location(
         location: &Location,
         options: JournalOptions,
     ) -> Result<Arc<Journal>, JournalError> {
-        match location {
-            Location::Sled(dir) => Journal::open_with(dir, options),
-            Location::Memory => Journal::in_memory(),
-        }
+        let (dir, store): (&Path, Arc<dyn Store>) = match location {
+            Location::Memory => return Journal::in_memory(),
+            Location::Dir(dir) if holds_sled(dir) => {
+                (dir, Arc::new(SledStore::open(dir, options.cache_bytes)?))
+            }
+            Location::Sled(dir) if is_segment_store(dir) => {
+                return Err(JournalError::Storage(StoreError::Io(format!(
+                    "{} holds a segment journal, not a sled one",
+                    dir.display()
+                ))));
+            }
+            Location::Sled(dir) => (dir, Arc::new(SledStore::open(dir, options.cache_bytes)?)),
+            Location::Segments(dir) if holds_sled(dir) => {
+                return Err(JournalError::Storage(StoreError::Io(format!(
+                    "{} holds a sled journal, not a segment one",
+                    dir.display()
+                ))));
+            }
+            Location::Dir(dir) | Location::Segments(dir) => {
+                (dir, Arc::new(SegmentStore::open(dir)?))
+            }
+        };
+        let heads = HeadsFile::open(dir).map_err(JournalError::Heads)?;
+        Journal::on_store(store, Some(heads))
     }
 
     /// A journal in memory (nothing survives the process).
@@ -769,6 +804,11 @@ impl Journal {
     }
 }
 
+/// Whether `dir` holds a sled journal (sled writes its `conf` first).
+fn holds_sled(dir: &Path) -> bool {
+    dir.join("conf").is_file()
+}
+
 /// Decode the record the store keeps of `session` under `seq`, checking its
 /// hash.
 fn decode_stored(session: SessionId, seq: u64, bytes: &[u8]) -> Result<Record, JournalError> {
@@ -940,8 +980,9 @@ mod tests {
     fn a_location_string_picks_the_store() {
         assert_eq!("memory:".parse(), Ok(Location::Memory));
         assert_eq!("sled:/x/y".parse(), Ok(Location::Sled("/x/y".into())));
-        assert_eq!("journal".parse(), Ok(Location::Sled("journal".into())));
-        assert_eq!("./a:b".parse(), Ok(Location::Sled("./a:b".into())));
+        assert_eq!("segments:x".parse(), Ok(Location::Segments("x".into())));
+        assert_eq!("journal".parse(), Ok(Location::Dir("journal".into())));
+        assert_eq!("./a:b".parse(), Ok(Location::Dir("./a:b".into())));
         assert!("postgres://h/db".parse::<Location>().is_err());
         assert!("".parse::<Location>().is_err());
     }

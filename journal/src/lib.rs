@@ -3,8 +3,8 @@
 //! checked on every read that matters.
 //!
 //! - [`record`]: the on-disk record format and the hash chain;
-//! - [`store`]: the storage interface, with [`SledStore`] (the embedded
-//!   default) and [`MemoryStore`];
+//! - [`store`]: the storage interface, with [`SegmentStore`] (the embedded
+//!   default), [`SledStore`] and [`MemoryStore`];
 //! - [`heads`]: each session's acknowledged head, kept outside the store so
 //!   that a store that loses its tail is caught ([`Loss`]);
 //! - [`Journal`]: sessions, writers, group commit, durable-only readers and
@@ -31,5 +31,6 @@ pub use journal::{
 pub use record::{Appended, Hash, Record, RecordKind, SessionId, hex, parse_hex};
 pub use state::{Pricing, SessionState, StateError, Status, Unpriced, Visitor, visit};
 pub use store::memory::MemoryStore;
+pub use store::segments::SegmentStore;
 pub use store::sled::{SET_ASIDE_PREFIX, SledStore, open_storage};
 pub use store::{Store, StoreError};

@@ -17,10 +17,13 @@
 //!   record under another key.
 //!
 //! Implementations, picked by a location string ([`crate::Location`]):
-//! [`sled`] (the embedded default, a directory) and [`memory`] (unit
-//! tests; nothing survives the process).
+//! [`segments`] (the embedded default: append-only files in a directory),
+//! [`sled`] (a sled database in a directory: journals written before the
+//! segment store, and anyone who asks for it) and [`memory`] (unit tests;
+//! nothing survives the process).
 
 pub mod memory;
+pub mod segments;
 pub mod sled;
 
 use crate::record::{Hash, SessionId};

@@ -1,28 +1,40 @@
 //! What every store, and the journal on it, must do: the same tests run on
-//! each implementation (sled on a temporary directory, memory).
+//! each implementation (segment files and sled on a temporary directory,
+//! memory).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use longrun_journal::{
-    Journal, JournalError, MemoryStore, RecordKind, SledStore, Store, StoreError,
+    Journal, JournalError, Location, MemoryStore, RecordKind, SegmentStore, SledStore, Store,
+    StoreError,
 };
 
 /// A store of each kind, fresh. The directory (for sled) lives as long as
 /// the store is used.
 fn stores() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let sled = SledStore::open(dir.path(), 8 << 20).unwrap();
+    let segments_dir = tempfile::tempdir().unwrap();
+    let segments = SegmentStore::open(segments_dir.path()).unwrap();
+    let sled_dir = tempfile::tempdir().unwrap();
+    let sled = SledStore::open(sled_dir.path(), 8 << 20).unwrap();
     vec![
-        ("sled", Arc::new(sled), Some(dir)),
+        ("segments", Arc::new(segments), Some(segments_dir)),
+        ("sled", Arc::new(sled), Some(sled_dir)),
         ("memory", Arc::new(MemoryStore::new()), None),
     ]
 }
 
 fn journals() -> Vec<(&'static str, Arc<Journal>, Option<tempfile::TempDir>)> {
-    let dir = tempfile::tempdir().unwrap();
+    let segments = tempfile::tempdir().unwrap();
+    let sled = tempfile::tempdir().unwrap();
+    let open = |location| Journal::open_location(&location, Default::default()).unwrap();
     vec![
-        ("sled", Journal::open(dir.path()).unwrap(), Some(dir)),
+        (
+            "segments",
+            open(Location::Segments(segments.path().into())),
+            Some(segments),
+        ),
+        ("sled", open(Location::Sled(sled.path().into())), Some(sled)),
         ("memory", Journal::in_memory().unwrap(), None),
     ]
 }

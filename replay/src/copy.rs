@@ -1,8 +1,9 @@
 //! A journal opened for an auditor: read in place, every write refused
 //! ([`Journal::open_read_only`]), without copying it.
 //!
-//! A journal that a running host holds open (sled's lock is taken) cannot
-//! be opened in place: it is read from a private copy instead, with a note
+//! A segment journal is read in place even while a host writes it. A sled
+//! journal that a running host holds open (sled's lock is taken) cannot
+//! be: it is read from a private copy instead, with a note
 //! on standard error. A copy taken while a host writes holds a consistent
 //! prefix of what was written (sled recovers a torn tail on open); the
 //! acknowledged heads are copied first, so that the host's later writes
@@ -11,6 +12,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use longrun_host::journal::store::segments::is_segment_store;
 use longrun_host::journal::{Journal, JournalError, JournalOptions};
 
 use crate::ReplayError;
@@ -38,10 +40,14 @@ pub fn open_read_only(dir: &Path) -> Result<JournalCopy, ReplayError> {
             );
             open_copy(dir)
         }
-        Err(JournalError::Storage(_)) if !dir.join("conf").is_file() => Err(ReplayError::Copy {
-            path: dir.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no journal there"),
-        }),
+        Err(JournalError::Storage(_))
+            if !dir.join("conf").is_file() && !is_segment_store(dir) =>
+        {
+            Err(ReplayError::Copy {
+                path: dir.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no journal there"),
+            })
+        }
         Err(e) => Err(e.into()),
     }
 }
