@@ -352,8 +352,7 @@ fn an_unfinished_snapshot_file_left_by_a_kill_is_set_aside_and_the_journal_opens
     let dir = tempfile::tempdir().unwrap();
     let session = {
         let journal =
-            Journal::open_location(&Location::Sled(dir.path().into()), Default::default())
-                .unwrap();
+            Journal::open_location(&Location::Sled(dir.path().into()), Default::default()).unwrap();
         write_session(&journal, 5)
     };
     for (name, bytes) in [

@@ -219,14 +219,20 @@ struct Shared {
     done: tokio::sync::watch::Sender<u64>,
     watchers: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<u64>>>,
     commits: std::sync::atomic::AtomicU64,
+    /// `State::requested`, readable without the lock (see `linger`).
+    requested: std::sync::atomic::AtomicU64,
 }
+
+/// How long the committer watches for the next request before it sleeps.
+const COMMITTER_LINGER: Duration = Duration::from_micros(200);
 
 #[derive(Default)]
 struct State {
     /// Heads appended since the last commit began.
     pending: HashMap<SessionId, Head>,
     /// For sessions written by this process: how many records readers may
-    /// see (the durable head + 1).
+    /// see (the durable head + 1); for a read-only journal, the
+    /// acknowledged head when it was opened + 1.
     visible: HashMap<SessionId, u64>,
     /// Sessions that lost acknowledged records.
     losses: HashMap<SessionId, Loss>,
@@ -302,6 +308,7 @@ impl Shared {
     fn run_committer(&self) {
         let mut completed = 0u64;
         loop {
+            self.linger(completed);
             let (target, stopping) = {
                 let Ok(mut state) = self.state.lock() else {
                     return;
@@ -321,6 +328,20 @@ impl Shared {
             if stopping {
                 return;
             }
+        }
+    }
+
+    /// After a commit, watch for the next request a little while before
+    /// sleeping: a session appends its next durable record moments after
+    /// hearing of the last, and waking a sleeping thread costs it more than
+    /// the commit's own system calls on a fast disk.
+    fn linger(&self, completed: u64) {
+        let until = std::time::Instant::now() + COMMITTER_LINGER;
+        while std::time::Instant::now() < until {
+            if self.requested.load(std::sync::atomic::Ordering::Acquire) != completed {
+                return;
+            }
+            std::thread::yield_now();
         }
     }
 
@@ -415,12 +436,22 @@ impl Journal {
                 }
             }
         }
+        // A reader beside a live writer sees what was acknowledged when it
+        // opened, never records the writer could still lose.
+        let visible = match (&heads, store.read_only()) {
+            (Some(heads), true) => heads
+                .heads()
+                .map(|(session, head)| (session, head.seq + 1))
+                .collect(),
+            _ => HashMap::new(),
+        };
         let (done, _) = tokio::sync::watch::channel(0u64);
         let shared = Arc::new(Shared {
             store,
             heads: heads.map(Mutex::new),
             state: Mutex::new(State {
                 losses,
+                visible,
                 ..State::default()
             }),
             commit: Mutex::new(()),
@@ -428,6 +459,7 @@ impl Journal {
             done,
             watchers: Mutex::new(HashMap::new()),
             commits: std::sync::atomic::AtomicU64::new(0),
+            requested: std::sync::atomic::AtomicU64::new(0),
         });
         let (finished, committer_done) = std::sync::mpsc::channel();
         let committer = {
@@ -661,6 +693,9 @@ impl Journal {
                 return Err(JournalError::Failed(why.clone()));
             }
             state.requested += 1;
+            self.shared
+                .requested
+                .store(state.requested, std::sync::atomic::Ordering::Release);
             self.shared.wake.notify_one();
             state.requested
         };

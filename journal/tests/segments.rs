@@ -11,7 +11,12 @@ fn last_segment(dir: &Path) -> PathBuf {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("segment-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("segment-")
+        })
         .collect();
     segments.sort();
     segments.pop().unwrap()
@@ -21,7 +26,12 @@ fn damaged_copies(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("damaged-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("damaged-")
+        })
         .collect()
 }
 
@@ -71,7 +81,8 @@ fn a_batch_cut_short_by_a_crash_is_lost_whole_and_the_store_goes_on_after_it() {
 #[test]
 fn bytes_overwritten_in_the_middle_cost_only_the_entries_they_hit() {
     let dir = tempfile::tempdir().unwrap();
-    let record = |s: u64, i: u64| format!("session {s} record {i} {}", "x".repeat(200)).into_bytes();
+    let record =
+        |s: u64, i: u64| format!("session {s} record {i} {}", "x".repeat(200)).into_bytes();
     let sessions: Vec<u64> = {
         let store = SegmentStore::open(dir.path()).unwrap();
         let sessions: Vec<u64> = (0..3).map(|_| store.new_session_id().unwrap()).collect();
@@ -92,10 +103,7 @@ fn bytes_overwritten_in_the_middle_cost_only_the_entries_they_hit() {
     let store = SegmentStore::open_read_only(dir.path()).unwrap();
     let mut lost = 0;
     for &s in &sessions {
-        let kept: Vec<(u64, Vec<u8>)> = store
-            .range(s, 0, u64::MAX)
-            .map(|r| r.unwrap())
-            .collect();
+        let kept: Vec<(u64, Vec<u8>)> = store.range(s, 0, u64::MAX).map(|r| r.unwrap()).collect();
         for (seq, bytes) in &kept {
             assert_eq!(*bytes, record(s, *seq), "what is read is what was written");
         }
@@ -143,5 +151,8 @@ fn a_second_writer_is_refused_while_the_first_holds_the_store() {
         Err(longrun_journal::StoreError::Locked(_))
     ));
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    assert!(SegmentStore::open_read_only(dir.path()).is_ok(), "readers are not");
+    assert!(
+        SegmentStore::open_read_only(dir.path()).is_ok(),
+        "readers are not"
+    );
 }

@@ -23,16 +23,17 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 
-use longrun_host::agent::{
-    Forked, JournaledCompaction, PolicyChanged, SessionCreated, ToolIntent, ToolResult,
-};
 use longrun_host::context::READ_OUTPUT;
-use longrun_host::journal::{
-    Hash, Journal, Record, RecordKind, SessionId, VerifyError, hex, parse_hex,
+use longrun_host::journal::payload::{
+    BudgetEvent, Control, Forked, Input, JournaledCompaction, ModelFailure, ModelResponse,
+    NewMessages, PolicyChanged, Refusal, SessionCreated, SessionEnded, ToolIntent, ToolResult,
+    Usage, Verdict,
 };
-use longrun_host::model::{ModelResponse, Usage};
+use longrun_host::journal::{
+    Hash, Journal, Record, RecordKind, SessionId, StateError, VerifyError, Visitor, hex, parse_hex,
+    visit,
+};
 use longrun_host::policy::{Decision, Policy, Price};
-use longrun_host::steer::Verdict;
 
 /// Wall-time slack for the record of an action: the agent cuts a model call
 /// at the limit, and writing its record takes a moment more.
@@ -223,64 +224,121 @@ fn parse<T: serde::de::DeserializeOwned>(record: &Record) -> Result<T, String> {
         .map_err(|e| format!("its {} payload does not parse: {e}", record.kind.as_str()))
 }
 
+/// Why a record fails the audit, as the visitor returns it.
+struct Failure(String);
+
+impl From<String> for Failure {
+    fn from(why: String) -> Failure {
+        Failure(why)
+    }
+}
+
+impl From<StateError> for Failure {
+    fn from(e: StateError) -> Failure {
+        Failure(e.to_string())
+    }
+}
+
+/// One method per record kind: a kind added to the journal does not
+/// compile here until someone says what audit checks of it.
+impl Visitor for Check<'_> {
+    type Error = Failure;
+
+    fn session_created(&mut self, _: &Record, _: &SessionCreated) -> Result<(), Failure> {
+        Err(Failure("a second session_created record".into()))
+    }
+
+    fn policy_changed(&mut self, _: &Record, changed: &PolicyChanged) -> Result<(), Failure> {
+        let model = self.in_force()?.model.clone();
+        let schemas = self.in_force.take().and_then(|f| f.schemas);
+        self.in_force = Some(in_force(
+            &changed.policy_text,
+            &changed.policy_hash,
+            model,
+            schemas,
+        )?);
+        Ok(())
+    }
+
+    fn model_response(&mut self, r: &Record, response: &ModelResponse) -> Result<(), Failure> {
+        self.used.steps += 1;
+        self.charge(&response.usage)?;
+        self.asked = response
+            .message
+            .tool_calls
+            .iter()
+            .map(|c| (c.id.clone(), (c.name.clone(), c.arguments.clone())))
+            .collect();
+        let budgets = &self.in_force()?.policy.session;
+        over("steps", self.used.steps, budgets.max_steps)?;
+        Ok(self.wall_time(r)?)
+    }
+
+    fn compaction(&mut self, _: &Record, compaction: &JournaledCompaction) -> Result<(), Failure> {
+        match &compaction.compaction.usage {
+            Some(usage) => Ok(self.charge(usage)?),
+            None => Ok(()),
+        }
+    }
+
+    fn approval_given(&mut self, _: &Record, verdict: &Verdict) -> Result<(), Failure> {
+        self.approvals
+            .insert(verdict.call_id.clone(), verdict.approved);
+        Ok(())
+    }
+
+    fn tool_intent(&mut self, r: &Record, intent: &ToolIntent) -> Result<(), Failure> {
+        Ok(self.intent(r, intent)?)
+    }
+
+    fn tool_result(&mut self, r: &Record, result: &ToolResult) -> Result<(), Failure> {
+        Ok(self.result(r, result)?)
+    }
+
+    fn forked(&mut self, _: &Record, forked: &Forked) -> Result<(), Failure> {
+        Ok(self.fork(forked)?)
+    }
+
+    // Nothing to re-check against the policy: the chain covers them.
+    fn model_request(&mut self, _: &Record, _: &NewMessages) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn policy_decision(&mut self, _: &Record, _: &Refusal) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn budget_event(&mut self, _: &Record, _: &BudgetEvent) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn approval_asked(&mut self, _: &Record, _: &Refusal) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn error(&mut self, _: &Record, _: &ModelFailure) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn session_ended(&mut self, _: &Record, _: &SessionEnded) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn user_message(&mut self, _: &Record, _: &Input) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn control(&mut self, _: &Record, _: &Control) -> Result<(), Failure> {
+        Ok(())
+    }
+}
+
 impl Check<'_> {
     fn record(&mut self, record: &Record) -> Result<(), String> {
         if record.seq == 0 {
             return self.created(record);
         }
-        match record.kind {
-            RecordKind::SessionCreated => Err("a second session_created record".into()),
-            RecordKind::PolicyChanged => {
-                let changed: PolicyChanged = parse(record)?;
-                let model = self.in_force()?.model.clone();
-                let schemas = self.in_force.take().and_then(|f| f.schemas);
-                self.in_force = Some(in_force(
-                    &changed.policy_text,
-                    &changed.policy_hash,
-                    model,
-                    schemas,
-                )?);
-                Ok(())
-            }
-            RecordKind::ModelResponse => {
-                let response: ModelResponse = parse(record)?;
-                self.used.steps += 1;
-                self.charge(&response.usage)?;
-                self.asked = response
-                    .message
-                    .tool_calls
-                    .into_iter()
-                    .map(|c| (c.id, (c.name, c.arguments)))
-                    .collect();
-                let budgets = &self.in_force()?.policy.session;
-                over("steps", self.used.steps, budgets.max_steps)?;
-                self.wall_time(record)
-            }
-            RecordKind::Compaction => {
-                let compaction: JournaledCompaction = parse(record)?;
-                match &compaction.compaction.usage {
-                    Some(usage) => self.charge(usage),
-                    None => Ok(()),
-                }
-            }
-            RecordKind::ApprovalGiven => {
-                let verdict: Verdict = parse(record)?;
-                self.approvals.insert(verdict.call_id, verdict.approved);
-                Ok(())
-            }
-            RecordKind::ToolIntent => self.intent(record),
-            RecordKind::ToolResult => self.result(record),
-            RecordKind::Forked => self.forked(record),
-            // Nothing to re-check against the policy: the chain covers them.
-            RecordKind::ModelRequest
-            | RecordKind::PolicyDecision
-            | RecordKind::BudgetEvent
-            | RecordKind::ApprovalAsked
-            | RecordKind::Error
-            | RecordKind::SessionEnded
-            | RecordKind::UserMessage
-            | RecordKind::Control => Ok(()),
-        }
+        visit(self, record).map_err(|Failure(why)| why)
     }
 
     fn in_force(&self) -> Result<&InForce, String> {
@@ -405,8 +463,7 @@ impl Check<'_> {
         Ok(())
     }
 
-    fn intent(&mut self, record: &Record) -> Result<(), String> {
-        let intent: ToolIntent = parse(record)?;
+    fn intent(&mut self, record: &Record, intent: &ToolIntent) -> Result<(), String> {
         self.used.tool_calls += 1;
         self.calls
             .insert(intent.call_id.clone(), intent.tool.clone());
@@ -486,8 +543,7 @@ impl Check<'_> {
         Ok(())
     }
 
-    fn result(&mut self, record: &Record) -> Result<(), String> {
-        let result: ToolResult = parse(record)?;
+    fn result(&mut self, record: &Record, result: &ToolResult) -> Result<(), String> {
         let tool = self.calls.get(&result.call_id).ok_or_else(|| {
             format!(
                 "a result for call {}, which no tool_intent announced",
@@ -515,8 +571,7 @@ impl Check<'_> {
         Ok(())
     }
 
-    fn forked(&self, record: &Record) -> Result<(), String> {
-        let forked: Forked = parse(record)?;
+    fn fork(&self, forked: &Forked) -> Result<(), String> {
         let first = self
             .journal
             .record(forked.child, 0)

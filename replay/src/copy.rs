@@ -40,9 +40,7 @@ pub fn open_read_only(dir: &Path) -> Result<JournalCopy, ReplayError> {
             );
             open_copy(dir)
         }
-        Err(JournalError::Storage(_))
-            if !dir.join("conf").is_file() && !is_segment_store(dir) =>
-        {
+        Err(JournalError::Storage(_)) if !dir.join("conf").is_file() && !is_segment_store(dir) => {
             Err(ReplayError::Copy {
                 path: dir.to_owned(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no journal there"),

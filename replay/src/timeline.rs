@@ -5,8 +5,12 @@
 
 use std::fmt::Write as _;
 
-use longrun_host::journal::{Journal, Record, RecordKind, hex};
-use serde_json::Value;
+use longrun_host::journal::payload::{
+    BudgetEvent, Control, ControlAction, EndStatus, Forked, Input, JournaledCompaction, Message,
+    Method, ModelFailure, ModelResponse, NewMessages, PolicyChanged, Refusal, Role, SessionCreated,
+    SessionEnded, ToolIntent, ToolResult, Verdict,
+};
+use longrun_host::journal::{Journal, Record, RecordKind, StateError, Status, Visitor, hex, visit};
 
 /// How the timeline is written.
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,187 +54,287 @@ fn kind_colour(kind: RecordKind) -> &'static str {
 }
 
 /// One record as a block of text (ending in a newline). `started` is the
-/// session's first record's time, for the offsets.
+/// session's first record's time, for the offsets. A record whose payload
+/// does not decode is shown as its text, with why.
 pub fn render(
     record: &Record,
     started_unix_millis: u64,
     journal: &Journal,
     style: Style,
 ) -> String {
-    let mut out = String::new();
     let offset = record.unix_millis.saturating_sub(started_unix_millis) as f64 / 1000.0;
+    let mut block = Block {
+        out: String::new(),
+        style,
+        journal,
+    };
     let _ = writeln!(
-        out,
+        block.out,
         "{} {} {}",
         style.paint(DIM, &format!("#{:<6}", record.seq)),
         style.paint(DIM, &format!("+{offset:>9.3}s")),
         style.paint(kind_colour(record.kind), record.kind.as_str()),
     );
-    let value: Value = serde_json::from_slice(&record.payload).unwrap_or(Value::Null);
-    let mut line = |label: &str, text: &str| {
-        for (i, part) in text.lines().enumerate() {
-            let label = if i == 0 { label } else { "" };
-            let _ = writeln!(out, "    {:<11}{part}", style.paint(DIM, label));
-        }
-        if text.is_empty() {
-            let _ = writeln!(out, "    {}", style.paint(DIM, label));
-        }
-    };
-    let s = |v: &Value| -> String {
-        match v {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        }
-    };
-    match record.kind {
-        RecordKind::SessionCreated => {
-            line("goal", &s(&value["goal"]));
-            line("model", &s(&value["model"]));
-            line("policy", &s(&value["policy_hash"]));
-            if let Some(tools) = value["tools"].as_array() {
-                let names: Vec<String> = tools.iter().map(|t| s(&t["name"])).collect();
-                line("tools", &names.join(", "));
-            }
-            if !value["snapshot"].is_null() {
-                line("snapshot", &s(&value["snapshot"]));
-            }
-            if !value["parent"].is_null() {
-                let p = &value["parent"];
-                line(
-                    "forked",
-                    &format!("from session {} at record {}", p["session"], p["at"]),
-                );
-            }
-            if let Some(labels) = value["labels"].as_object() {
-                line("labels", &Value::Object(labels.clone()).to_string());
-            }
-        }
-        RecordKind::ModelRequest => {
-            for message in value.as_array().into_iter().flatten() {
-                let role = s(&message["role"]);
-                match role.as_str() {
-                    "tool" => line(
-                        "tool →",
-                        &format!("{} {}", s(&message["tool_call_id"]), s(&message["content"])),
-                    ),
-                    _ => line(&format!("{role} →"), &s(&message["content"])),
+    if let Err(e) = visit(&mut block, record) {
+        block.line("unreadable", &style.paint(RED, &e.to_string()));
+        block.line("payload", &String::from_utf8_lossy(&record.payload));
+    }
+    block.out
+}
+
+/// The lines of one record's block: a [`Visitor`] with a method per kind.
+struct Block<'a> {
+    out: String,
+    style: Style,
+    journal: &'a Journal,
+}
+
+impl Block<'_> {
+    /// `text` under a dim `label`, one line per line of text.
+    fn line(&mut self, label: &str, text: &str) {
+        let label = self.style.paint(DIM, label);
+        let mut lines = text.lines();
+        match lines.next() {
+            Some(first) => {
+                let _ = writeln!(self.out, "    {label:<11}{first}");
+                for part in lines {
+                    let _ = writeln!(self.out, "    {:<11}{part}", self.style.paint(DIM, ""));
                 }
             }
-        }
-        RecordKind::ModelResponse => {
-            let message = &value["message"];
-            if !message["reasoning_content"].is_null() {
-                line("reasoning", &s(&message["reasoning_content"]));
+            None => {
+                let _ = writeln!(self.out, "    {label}");
             }
-            if !message["content"].is_null() {
-                line("says", &s(&message["content"]));
-            }
-            for call in message["tool_calls"].as_array().into_iter().flatten() {
-                line(
-                    "calls",
-                    &format!(
-                        "{} {} {}",
-                        style.paint(GREEN, &s(&call["name"])),
-                        s(&call["arguments"]),
-                        style.paint(DIM, &s(&call["id"]))
-                    ),
-                );
-            }
-            let usage = &value["usage"];
-            line(
-                "usage",
-                &format!(
-                    "{} in / {} out tokens",
-                    usage["input_tokens"], usage["output_tokens"]
-                ),
-            );
-        }
-        RecordKind::ToolIntent => line(
-            "runs",
-            &format!(
-                "{} {} {}",
-                style.paint(GREEN, &s(&value["tool"])),
-                s(&value["arguments"]),
-                style.paint(DIM, &s(&value["call_id"]))
-            ),
-        ),
-        RecordKind::ToolResult => {
-            if !value["error"].is_null() {
-                line("error", &style.paint(RED, &s(&value["error"])));
-            } else if !value["output"].is_null() {
-                line("output", &s(&value["output"]));
-            } else if let Some(blob) = record.blobs.first() {
-                match (style.expand_blobs, journal.blob(blob)) {
-                    (true, Ok(bytes)) => line("output", &String::from_utf8_lossy(&bytes)),
-                    (true, Err(e)) => line("output", &style.paint(RED, &e.to_string())),
-                    (false, _) => line(
-                        "output",
-                        &format!("in blob {} (--blobs shows it)", hex(blob)),
-                    ),
-                }
-            }
-            line("took", &format!("{} ms", value["elapsed_ms"]));
-        }
-        RecordKind::PolicyDecision => line(
-            "refused",
-            &style.paint(
-                RED,
-                &format!("{}: {}", s(&value["tool"]), s(&value["reason"])),
-            ),
-        ),
-        RecordKind::ApprovalAsked => line(
-            "asks",
-            &format!("{}: {}", s(&value["tool"]), s(&value["reason"])),
-        ),
-        RecordKind::ApprovalGiven => {
-            let verdict = if value["approved"] == true {
-                "approved"
-            } else {
-                "denied"
-            };
-            let reason = value["reason"]
-                .as_str()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default();
-            line(
-                verdict,
-                &format!("{} by {}{reason}", s(&value["call_id"]), s(&value["by"])),
-            );
-        }
-        RecordKind::Compaction => {
-            line(
-                "compacted",
-                &format!(
-                    "messages {}..{} ({}), steps through {}: {} → {} tokens",
-                    value["from"],
-                    value["to"],
-                    s(&value["method"]),
-                    value["through_step"],
-                    value["tokens_before"],
-                    value["tokens_after"]
-                ),
-            );
-            line("summary", &s(&value["replacement"]["content"]));
-        }
-        RecordKind::UserMessage => line(
-            "person",
-            &format!("{}: {}", s(&value["by"]), s(&value["text"])),
-        ),
-        RecordKind::PolicyChanged => line("policy", &format!("now {}", s(&value["policy_hash"]))),
-        RecordKind::Forked => line(
-            "forked",
-            &format!("session {} from record {}", value["child"], value["at"]),
-        ),
-        RecordKind::SessionEnded => {
-            line("status", &s(&value["status"]));
-            if !value["answer"].is_null() {
-                line("answer", &s(&value["answer"]));
-            }
-        }
-        RecordKind::BudgetEvent | RecordKind::Control | RecordKind::Error => {
-            line("", &serde_json::to_string(&value).unwrap_or_default());
         }
     }
-    out
+
+    fn message(&mut self, message: &Message) {
+        let content = message.content.as_deref().unwrap_or_default();
+        match message.role {
+            Role::Tool => self.line(
+                "tool →",
+                &format!(
+                    "{} {content}",
+                    message.tool_call_id.as_deref().unwrap_or_default()
+                ),
+            ),
+            role => self.line(&format!("{} →", role_name(role)), content),
+        }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+impl Visitor for Block<'_> {
+    type Error = StateError;
+
+    fn session_created(&mut self, _: &Record, p: &SessionCreated) -> Result<(), StateError> {
+        self.line("goal", &p.goal);
+        self.line("model", &p.model);
+        self.line("policy", &p.policy_hash);
+        let tools: Vec<&str> = p.tools.iter().map(|t| t.name.as_str()).collect();
+        self.line("tools", &tools.join(", "));
+        if let Some(snapshot) = &p.snapshot {
+            self.line("snapshot", snapshot);
+        }
+        if let Some(parent) = &p.parent {
+            self.line(
+                "forked",
+                &format!("from session {} at record {}", parent.session, parent.at),
+            );
+        }
+        if !p.labels.is_empty() {
+            self.line(
+                "labels",
+                &serde_json::Value::Object(p.labels.clone()).to_string(),
+            );
+        }
+        Ok(())
+    }
+
+    fn model_request(&mut self, _: &Record, p: &NewMessages) -> Result<(), StateError> {
+        for message in &p.0 {
+            self.message(message);
+        }
+        Ok(())
+    }
+
+    fn model_response(&mut self, _: &Record, p: &ModelResponse) -> Result<(), StateError> {
+        let message = &p.message;
+        if let Some(reasoning) = &message.reasoning_content {
+            self.line("reasoning", reasoning);
+        }
+        if let Some(content) = &message.content {
+            self.line("says", content);
+        }
+        for call in &message.tool_calls {
+            let text = format!(
+                "{} {} {}",
+                self.style.paint(GREEN, &call.name),
+                call.arguments,
+                self.style.paint(DIM, &call.id)
+            );
+            self.line("calls", &text);
+        }
+        self.line(
+            "usage",
+            &format!(
+                "{} in / {} out tokens",
+                p.usage.input_tokens, p.usage.output_tokens
+            ),
+        );
+        Ok(())
+    }
+
+    fn tool_intent(&mut self, _: &Record, p: &ToolIntent) -> Result<(), StateError> {
+        let text = format!(
+            "{} {} {}",
+            self.style.paint(GREEN, &p.tool),
+            p.arguments,
+            self.style.paint(DIM, &p.call_id)
+        );
+        self.line("runs", &text);
+        Ok(())
+    }
+
+    fn tool_result(&mut self, r: &Record, p: &ToolResult) -> Result<(), StateError> {
+        if let Some(error) = &p.error {
+            let text = self.style.paint(RED, error);
+            self.line("error", &text);
+        } else if let Some(output) = &p.output {
+            self.line("output", output);
+        } else if let Some(blob) = r.blobs.first() {
+            let text = match (self.style.expand_blobs, self.journal.blob(blob)) {
+                (true, Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+                (true, Err(e)) => self.style.paint(RED, &e.to_string()),
+                (false, _) => format!("in blob {} (--blobs shows it)", hex(blob)),
+            };
+            self.line("output", &text);
+        }
+        self.line("took", &format!("{} ms", p.elapsed_ms));
+        Ok(())
+    }
+
+    fn policy_decision(&mut self, _: &Record, p: &Refusal) -> Result<(), StateError> {
+        let text = self.style.paint(RED, &format!("{}: {}", p.tool, p.reason));
+        self.line("refused", &text);
+        Ok(())
+    }
+
+    fn budget_event(&mut self, _: &Record, p: &BudgetEvent) -> Result<(), StateError> {
+        match p {
+            BudgetEvent::Warning {
+                warning,
+                used,
+                limit,
+            } => self.line("warning", &format!("{warning}: {used} of {limit} used")),
+            BudgetEvent::Exhausted {
+                exhausted,
+                used,
+                limit,
+            } => {
+                let text = self
+                    .style
+                    .paint(RED, &format!("{exhausted}: {used} of {limit} used"));
+                self.line("exhausted", &text);
+            }
+        }
+        Ok(())
+    }
+
+    fn approval_asked(&mut self, _: &Record, p: &Refusal) -> Result<(), StateError> {
+        self.line("asks", &format!("{}: {}", p.tool, p.reason));
+        Ok(())
+    }
+
+    fn approval_given(&mut self, _: &Record, p: &Verdict) -> Result<(), StateError> {
+        let verdict = if p.approved { "approved" } else { "denied" };
+        let reason = p
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        self.line(verdict, &format!("{} by {}{reason}", p.call_id, p.by));
+        Ok(())
+    }
+
+    fn compaction(&mut self, _: &Record, p: &JournaledCompaction) -> Result<(), StateError> {
+        let c = &p.compaction;
+        let method = match c.method {
+            Method::Summary => "summary",
+            Method::Trim => "trim",
+        };
+        self.line(
+            "compacted",
+            &format!(
+                "messages {}..{} ({method}), steps through {}: {} → {} tokens",
+                c.from, c.to, p.through_step, c.tokens_before, c.tokens_after
+            ),
+        );
+        self.line(
+            "summary",
+            c.replacement.content.as_deref().unwrap_or_default(),
+        );
+        if let Some(error) = &c.error {
+            self.line("because", error);
+        }
+        Ok(())
+    }
+
+    fn error(&mut self, _: &Record, p: &ModelFailure) -> Result<(), StateError> {
+        let retry = p
+            .retry_in_ms
+            .map(|ms| format!(" (retried in {ms} ms)"))
+            .unwrap_or_default();
+        let text = self
+            .style
+            .paint(RED, &format!("attempt {}: {}{retry}", p.attempt, p.error));
+        self.line("model", &text);
+        Ok(())
+    }
+
+    fn session_ended(&mut self, _: &Record, p: &SessionEnded) -> Result<(), StateError> {
+        let status = match p.status {
+            EndStatus::Completed => Status::Completed,
+            EndStatus::Cancelled => Status::Cancelled,
+        };
+        self.line("status", status.as_str());
+        if let Some(answer) = &p.answer {
+            self.line("answer", answer);
+        }
+        Ok(())
+    }
+
+    fn user_message(&mut self, _: &Record, p: &Input) -> Result<(), StateError> {
+        self.line("person", &format!("{}: {}", p.by, p.text));
+        Ok(())
+    }
+
+    fn control(&mut self, _: &Record, p: &Control) -> Result<(), StateError> {
+        let action = match p.action {
+            ControlAction::Pause => "pause",
+            ControlAction::Resume => "resume",
+        };
+        self.line("control", action);
+        Ok(())
+    }
+
+    fn forked(&mut self, _: &Record, p: &Forked) -> Result<(), StateError> {
+        self.line(
+            "forked",
+            &format!("session {} from record {}", p.child, p.at),
+        );
+        Ok(())
+    }
+
+    fn policy_changed(&mut self, _: &Record, p: &PolicyChanged) -> Result<(), StateError> {
+        self.line("policy", &format!("now {}", p.policy_hash));
+        Ok(())
+    }
 }

@@ -19,7 +19,10 @@ pub struct RawRecords(Vec<(Key, Vec<u8>)>);
 
 impl RawRecords {
     pub fn get(&self, key: Key) -> Option<Vec<u8>> {
-        self.0.iter().find(|(k, _)| *k == key).map(|(_, b)| b.clone())
+        self.0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, b)| b.clone())
     }
 
     /// Replace the record at `key` where it lies, or add it at the end.

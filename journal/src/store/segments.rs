@@ -122,8 +122,7 @@ fn io(what: &str, e: std::io::Error) -> StoreError {
 impl SegmentStore {
     /// Open (or create) the store in `dir` for writing.
     pub fn open(dir: &Path) -> Result<SegmentStore, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| io(&format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir).map_err(|e| io(&format!("creating {}", dir.display()), e))?;
         let lock = lock(dir)?;
         SegmentStore::load(dir, Some(lock))
     }
@@ -334,7 +333,12 @@ impl Inner {
                 .sync_data()
                 .map_err(|e| io("syncing the journal", e))?;
         }
-        let number = self.segments.iter().map(|s| s.number + 1).max().unwrap_or(1);
+        let number = self
+            .segments
+            .iter()
+            .map(|s| s.number + 1)
+            .max()
+            .unwrap_or(1);
         let path = dir.join(format!("{SEGMENT_PREFIX}{number:012}"));
         let file = OpenOptions::new()
             .read(true)
@@ -478,7 +482,12 @@ fn cut_damaged_tail(
     let copy = dir.join(format!("damaged-{SEGMENT_PREFIX}{number:012}-at-{whole}"));
     std::fs::write(&copy, damaged)
         .and_then(|()| File::open(&copy)?.sync_all())
-        .map_err(|e| io(&format!("keeping the damaged bytes in {}", copy.display()), e))?;
+        .map_err(|e| {
+            io(
+                &format!("keeping the damaged bytes in {}", copy.display()),
+                e,
+            )
+        })?;
     file.set_len(whole)
         .and_then(|()| file.sync_all())
         .map_err(|e| io("cutting off a damaged end of the journal", e))?;
@@ -732,12 +741,12 @@ impl RangeReader<'_> {
     fn read(&mut self, place: Place) -> Result<Vec<u8>, StoreError> {
         if let Some((segment, start, bytes)) = &self.window {
             let end = place.offset + u64::from(place.len);
-            if *segment == place.segment && place.offset >= *start {
-                if let Some(slice) =
+            if *segment == place.segment
+                && place.offset >= *start
+                && let Some(slice) =
                     bytes.get((place.offset - start) as usize..(end - start) as usize)
-                {
-                    return Ok(slice.to_vec());
-                }
+            {
+                return Ok(slice.to_vec());
             }
         }
         let file = self.store.file(place.segment)?;
@@ -790,27 +799,30 @@ pub enum RawEntry {
 pub fn read_entries(dir: &Path) -> Result<Vec<RawEntry>, StoreError> {
     let store = SegmentStore::open_read_only(dir)?;
     let inner = store.lock_inner()?;
-    let mut places: Vec<(u32, u64, Option<(SessionId, u64)>, Option<Hash>, Place)> = Vec::new();
+    enum Key {
+        Record(SessionId, u64),
+        Blob(Hash),
+    }
+    let mut places: Vec<(Place, Key)> = Vec::new();
     for (session, records) in &inner.records {
         for (seq, place) in records {
-            places.push((place.segment, place.offset, Some((*session, *seq)), None, *place));
+            places.push((*place, Key::Record(*session, *seq)));
         }
     }
     for (hash, place) in &inner.blobs {
-        places.push((place.segment, place.offset, None, Some(*hash), *place));
+        places.push((*place, Key::Blob(*hash)));
     }
-    places.sort_by_key(|(segment, offset, ..)| (*segment, *offset));
+    places.sort_by_key(|(place, _)| (place.segment, place.offset));
     let mut out = Vec::with_capacity(places.len());
-    for (segment, _, record, blob, place) in places {
-        let bytes = store.read(&inner.segments[segment as usize].file, place)?;
-        out.push(match (record, blob) {
-            (Some((session, seq)), _) => RawEntry::Record {
+    for (place, key) in places {
+        let bytes = store.read(&inner.segments[place.segment as usize].file, place)?;
+        out.push(match key {
+            Key::Record(session, seq) => RawEntry::Record {
                 session,
                 seq,
                 bytes,
             },
-            (None, Some(hash)) => RawEntry::Blob { hash, bytes },
-            (None, None) => continue,
+            Key::Blob(hash) => RawEntry::Blob { hash, bytes },
         });
     }
     Ok(out)
