@@ -96,7 +96,7 @@ fn journal_append(c: &mut Criterion) {
     for (sessions, grouped, per_step) in rates {
         if grouped > 0.0 && per_step > 0.0 {
             println!(
-                "journal_append: {sessions} session(s): group commit {grouped:.0} durable steps/s, one flush per step {per_step:.0} steps/s, ratio {:.1}x",
+                "journal_append: {sessions} session(s): group commit {grouped:.0} durable steps/s, one flush per step {per_step:.0} steps/s, ratio {:.2}x",
                 grouped / per_step
             );
         }

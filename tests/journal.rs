@@ -162,9 +162,7 @@ fn every_changed_byte_of_every_record_is_found_and_named() {
             assert_eq!(err.seq, seq as u64, "byte {at} of record {seq}: {err}");
             drop(journal);
             tamper(dir.path(), |records, _| {
-                records
-                    .insert(key(session, seq as u64), original.clone())
-                    .unwrap();
+                records.insert(key(session, seq as u64), original.clone());
             });
             checked += 1;
         }

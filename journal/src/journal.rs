@@ -219,12 +219,7 @@ struct Shared {
     done: tokio::sync::watch::Sender<u64>,
     watchers: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<u64>>>,
     commits: std::sync::atomic::AtomicU64,
-    /// `State::requested`, readable without the lock (see `linger`).
-    requested: std::sync::atomic::AtomicU64,
 }
-
-/// How long the committer watches for the next request before it sleeps.
-const COMMITTER_LINGER: Duration = Duration::from_micros(200);
 
 #[derive(Default)]
 struct State {
@@ -308,7 +303,6 @@ impl Shared {
     fn run_committer(&self) {
         let mut completed = 0u64;
         loop {
-            self.linger(completed);
             let (target, stopping) = {
                 let Ok(mut state) = self.state.lock() else {
                     return;
@@ -331,18 +325,26 @@ impl Shared {
         }
     }
 
-    /// After a commit, watch for the next request a little while before
-    /// sleeping: a session appends its next durable record moments after
-    /// hearing of the last, and waking a sleeping thread costs it more than
-    /// the commit's own system calls on a fast disk.
-    fn linger(&self, completed: u64) {
-        let until = std::time::Instant::now() + COMMITTER_LINGER;
-        while std::time::Instant::now() < until {
-            if self.requested.load(std::sync::atomic::Ordering::Acquire) != completed {
-                return;
-            }
-            std::thread::yield_now();
+    /// Commit on the caller's thread when nobody else is committing or
+    /// waiting for a commit: then the caller's group is itself, and handing
+    /// the commit to the committer thread would only add two thread
+    /// wake-ups to its wait. Only on a multi-threaded runtime, whose other
+    /// tasks move to another worker meanwhile (`block_in_place`); `None`
+    /// when the caller should join the committer's next group instead.
+    fn commit_alone(&self) -> Option<Result<(), JournalError>> {
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_threaded {
+            return None;
         }
+        let idle = {
+            let state = self.state.lock().ok()?;
+            state.failed.is_none() && state.requested == *self.done.borrow()
+        };
+        if !idle || self.commit.try_lock().is_err() {
+            return None;
+        }
+        Some(tokio::task::block_in_place(|| self.commit()))
     }
 
     /// How many of `session`'s records readers may see, if this process
@@ -459,7 +461,6 @@ impl Journal {
             done,
             watchers: Mutex::new(HashMap::new()),
             commits: std::sync::atomic::AtomicU64::new(0),
-            requested: std::sync::atomic::AtomicU64::new(0),
         });
         let (finished, committer_done) = std::sync::mpsc::channel();
         let committer = {
@@ -687,15 +688,15 @@ impl Journal {
 
     /// Wait until everything appended so far is durable (a group commit).
     pub async fn sync(&self) -> Result<(), JournalError> {
+        if let Some(done) = self.shared.commit_alone() {
+            return done;
+        }
         let ticket = {
             let mut state = self.shared.state()?;
             if let Some(why) = &state.failed {
                 return Err(JournalError::Failed(why.clone()));
             }
             state.requested += 1;
-            self.shared
-                .requested
-                .store(state.requested, std::sync::atomic::Ordering::Release);
             self.shared.wake.notify_one();
             state.requested
         };
