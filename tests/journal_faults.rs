@@ -220,11 +220,17 @@ fn kills_lose_nothing_acknowledged_and_repeat_no_effect(store: Store, kills: usi
     );
 }
 
-/// Overwrite `len` bytes of `file` ending at the last occurrence of
-/// `needle`; false when it does not occur.
-fn overwrite_before_last(file: &Path, needle: &[u8], len: usize) -> bool {
+/// Overwrite `len` bytes of `file` ending at the `nth` occurrence of
+/// `needle` from the end (0: the last); false when there are fewer.
+fn overwrite_before(file: &Path, needle: &[u8], len: usize, nth: usize) -> bool {
     let mut bytes = std::fs::read(file).unwrap();
-    let Some(at) = bytes.windows(needle.len()).rposition(|w| w == needle) else {
+    let found: Vec<usize> = bytes
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(at, _)| at)
+        .collect();
+    let Some(&at) = found.iter().rev().nth(nth) else {
         return false;
     };
     let end = at + needle.len();
@@ -267,17 +273,32 @@ fn overwritten_tail_is_named(store: Store) {
     kill_after(setup.run(), Some(10), 500);
     let before = check_journal(&setup.journal).unwrap();
     let written: Vec<String> = (0..40).map(|s| setup.step_file(s)).collect();
-    // 100 bytes of the store's log inside the last fs_write intent.
-    assert!(overwrite_before_last(
-        &log_file(&setup.journal, store),
-        br#""idempotent":false"#,
-        100
-    ));
-
-    let verify = setup.replay_verify();
-    let said = String::from_utf8_lossy(&verify.stdout).to_string()
-        + &String::from_utf8_lossy(&verify.stderr);
-    assert!(!verify.status.success(), "verify fails: {said}");
+    // 100 bytes of the store's log inside the last fs_write intent. sled
+    // may hold older copies of a record that it no longer reads; damage to
+    // one of those is no loss, so for sled the damage moves back a copy at
+    // a time until it lands on one sled reads. A segment store has one.
+    let tries = match store {
+        Store::Segments => 1,
+        Store::Sled => 6,
+    };
+    let mut said = String::new();
+    let mut damaged = false;
+    for nth in 0..tries {
+        assert!(overwrite_before(
+            &log_file(&setup.journal, store),
+            br#""idempotent":false"#,
+            100,
+            nth
+        ));
+        let verify = setup.replay_verify();
+        said = String::from_utf8_lossy(&verify.stdout).to_string()
+            + &String::from_utf8_lossy(&verify.stderr);
+        if !verify.status.success() {
+            damaged = true;
+            break;
+        }
+    }
+    assert!(damaged, "verify fails: {said}");
     assert!(
         said.contains("are missing") || said.contains("is missing"),
         "verify names the loss: {said}"

@@ -246,7 +246,20 @@ pub async fn reexecute(
                     });
                 }
             }
-            _ => {}
+            // Nothing to run again: only tools act, under the policy in force.
+            RecordKind::SessionCreated
+            | RecordKind::ModelRequest
+            | RecordKind::ModelResponse
+            | RecordKind::PolicyDecision
+            | RecordKind::BudgetEvent
+            | RecordKind::ApprovalAsked
+            | RecordKind::ApprovalGiven
+            | RecordKind::Compaction
+            | RecordKind::Error
+            | RecordKind::SessionEnded
+            | RecordKind::UserMessage
+            | RecordKind::Control
+            | RecordKind::Forked => {}
         }
     }
     bar.finish_and_clear();
