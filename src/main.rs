@@ -235,6 +235,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if cli.command.only_prints() {
+        longrun_host::process::end_quietly_when_output_closes();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -247,6 +250,22 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    /// Whether the command's job is printing what it finds (an audit, a
+    /// listing), so that a reader closing its output ends it.
+    fn only_prints(&self) -> bool {
+        match self {
+            Command::Replay(ReplayCommand::Fork { .. }) => false,
+            Command::Replay(_) | Command::Policy(_) | Command::Model(_) => true,
+            Command::Tool(ToolCommand::List { .. }) => true,
+            Command::Tool(ToolCommand::Call { .. })
+            | Command::Run { .. }
+            | Command::Serve { .. }
+            | Command::Mcp { .. } => false,
         }
     }
 }

@@ -267,3 +267,84 @@ fn model_fetch_uses_the_cached_file_and_never_downloads_again() {
     let out = longrun(&["model", "fetch", "llama-70b"]);
     assert!(text(&out.stderr).contains("unknown local model \"llama-70b\""));
 }
+
+/// `scripts/demo`'s commands, through the same script, with a scripted
+/// model in place of the local one: they must keep working.
+#[test]
+fn the_demos_commands_run_the_session_then_list_and_verify_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.jsonl");
+    std::fs::write(
+        &script,
+        r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}]}
+{"tool_calls": [{"name": "fs_read", "arguments": {"path": "/workspace/hello.txt"}}]}
+{"content": "hello.txt says: This folder is the workspace that the example policies mount at /workspace."}"#,
+    )
+    .unwrap();
+    let out = Command::new("scripts/demo-session")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("LONGRUN", env!("CARGO_BIN_EXE_longrun"))
+        .env(
+            "LONGRUN_DEMO_MODEL",
+            format!("scripted:{}", script.display()),
+        )
+        .env("LONGRUN_DEMO_JOURNAL", dir.path().join("journal"))
+        .output()
+        .unwrap();
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("call fs_read"), "{said}");
+    assert!(
+        said.contains("This folder is the workspace that the example policies mount"),
+        "the answer: {said}"
+    );
+    assert!(said.contains("completed"), "listed as completed: {said}");
+    assert!(said.contains("ok"), "verified: {said}");
+}
+
+/// A reader that stops early (`longrun replay show ... | head`) ends the
+/// command quietly: no panic about a broken pipe.
+#[test]
+fn a_closed_output_pipe_ends_replay_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.jsonl");
+    std::fs::write(
+        &script,
+        r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "repeat": 300}
+{"content": "listed"}"#,
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::create_dir(dir.path().join("ws")).unwrap();
+    std::fs::write(
+        &policy,
+        "[tools]\nallow = [\"fs_list\"]\n\n[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-only\"\n",
+    )
+    .unwrap();
+    let journal = dir.path().join("journal");
+    let ran = Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["run", "list it", "--policy"])
+        .arg(&policy)
+        .arg("--model")
+        .arg(format!("scripted:{}", script.display()))
+        .arg("--journal")
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", text(&ran.stderr));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["replay", "show", "0", "--no-pager", "--journal"])
+        .arg(&journal)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The pipe is closed here, with most of the timeline unwritten.
+    let out = child.wait_with_output().unwrap();
+    let said = text(&out.stderr);
+    assert!(!said.contains("panicked"), "{said}");
+    assert!(!said.contains("Broken pipe"), "{said}");
+}

@@ -375,3 +375,45 @@ async fn a_missing_mount_directory_is_a_setup_error_naming_it() {
         other => panic!("expected a setup error, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_path_says_in_plain_words_what_exists_next_to_it() {
+    let w = workspace().await;
+    for (tool, args) in [
+        ("fs_list", json!({"path": "/workspace/README.txt"})),
+        ("fs_read", json!({"path": "/workspace/README.txt"})),
+        ("fs_read", json!({"path": "/workspace/docs/guide.md"})),
+    ] {
+        let said = w.err(tool, args.clone()).await.to_string();
+        assert!(
+            said.contains("No such file or directory"),
+            "{tool} {args}: {said}"
+        );
+        assert!(
+            said.contains("/workspace holds: README.md, data.json, src/"),
+            "{tool} {args}: the real names: {said}"
+        );
+        assert!(!said.contains("os error"), "no errno numbers: {said}");
+    }
+    let said = w
+        .err("fs_list", json!({"path": "/workspace/src/nope/deeper"}))
+        .await
+        .to_string();
+    assert!(
+        said.contains("/workspace/src holds: lib.rs, main.rs"),
+        "the nearest existing directory: {said}"
+    );
+    let said = w
+        .err("fs_list", json!({"path": "/workspace/README.md"}))
+        .await
+        .to_string();
+    assert!(
+        said.contains("fs_read reads it"),
+        "a file is not listed: {said}"
+    );
+    let said = w
+        .err("fs_read", json!({"path": "/workspace/src"}))
+        .await
+        .to_string();
+    assert!(said.contains("fs_list lists it"), "{said}");
+}

@@ -144,6 +144,19 @@ pub fn raise_open_file_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
+/// Let a closed standard output end this process quietly, as it ends any
+/// Unix filter (`longrun replay list | head`): Rust ignores `SIGPIPE`, so
+/// every later `println!` would panic on the broken pipe instead. Only for
+/// commands whose job is printing; a server keeps ignoring it, so that a
+/// client that hangs up is an error on that connection, not the end.
+pub fn end_quietly_when_output_closes() {
+    // SAFETY: restores the default disposition of one signal; no handler
+    // runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// The open-file limit in force now.
 pub fn open_file_limit() -> Option<u64> {
     let mut limit = libc::rlimit {

@@ -109,16 +109,35 @@ impl fmt::Display for ToolError {
 
 impl std::error::Error for ToolError {}
 
-/// I/O errors from the sandbox: a permission error means the sandbox said no
-/// (a read-only mount, say), so it is reported as `denied`.
-impl From<std::io::Error> for ToolError {
-    fn from(err: std::io::Error) -> Self {
+impl ToolError {
+    /// An I/O error from the sandbox, described by `message`: a permission
+    /// error means the sandbox said no (a read-only mount, say), so it is
+    /// `denied`; anything else `failed`.
+    pub fn io(err: &std::io::Error, message: impl fmt::Display) -> Self {
         match err.kind() {
             std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-                ToolError::Denied(err.to_string())
+                ToolError::denied(message)
             }
-            _ => ToolError::Failed(err.to_string()),
+            _ => ToolError::failed(message),
         }
+    }
+}
+
+/// An I/O error in plain words: the system's text without its error number
+/// (`No such file or directory`, not `... (os error 44)`: WASI's numbers
+/// are not the host's, and mean nothing to a model or a person).
+pub fn plain_words(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_owned(),
+        _ => text,
+    }
+}
+
+/// I/O errors from the sandbox, in plain words (see [`ToolError::io`]).
+impl From<std::io::Error> for ToolError {
+    fn from(err: std::io::Error) -> Self {
+        ToolError::io(&err, plain_words(&err))
     }
 }
 

@@ -4,13 +4,17 @@
 //! The sandbox, not this code, decides what is reachable: a path outside
 //! every mount, a `..` that climbs out or a symlink that points out fails
 //! with the sandbox's own error.
+//!
+//! Errors name the path and say what went wrong in plain words; a path that
+//! does not exist also says what its nearest existing directory holds, so a
+//! model that guessed a name sees the real ones instead of guessing again.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobMatcher};
-use longrun_sdk::{Effects, JsonSchema, Tool, ToolError};
+use longrun_sdk::{Effects, JsonSchema, Tool, ToolError, plain_words};
 use regex::RegexBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -39,12 +43,21 @@ struct ReadOutput {
 }
 
 fn read(args: ReadArgs) -> Result<ReadOutput, ToolError> {
-    let mut file = fs::File::open(&args.path)?;
-    let size = file.metadata()?.len();
+    let on = |err| on_path(&args.path, err);
+    let mut file = fs::File::open(&args.path).map_err(on)?;
+    let meta = file.metadata().map_err(on)?;
+    if meta.is_dir() {
+        return Err(ToolError::failed(format!(
+            "{} is a directory: fs_list lists it{}",
+            args.path,
+            holds(Path::new(&args.path))
+        )));
+    }
+    let size = meta.len();
     let want = args.max_bytes.unwrap_or(DEFAULT_READ_BYTES);
-    file.seek(SeekFrom::Start(args.offset))?;
+    file.seek(SeekFrom::Start(args.offset)).map_err(on)?;
     let mut buf = Vec::new();
-    file.take(want).read_to_end(&mut buf)?;
+    file.take(want).read_to_end(&mut buf).map_err(on)?;
     let content = String::from_utf8(buf)
         .map_err(|_| ToolError::failed(format!("{} is not UTF-8 text", args.path)))?;
     let end = args.offset.saturating_add(content.len() as u64);
@@ -77,18 +90,20 @@ struct WriteOutput {
 }
 
 fn write(args: WriteArgs) -> Result<WriteOutput, ToolError> {
+    let on = |err| on_path(&args.path, err);
     if args.create_dirs
         && let Some(parent) = Path::new(&args.path).parent()
     {
-        fs::create_dir_all(parent)?;
+        fs::create_dir_all(parent).map_err(on)?;
     }
     let mut file = fs::OpenOptions::new()
         .create(true)
         .write(true)
         .append(args.append)
         .truncate(!args.append)
-        .open(&args.path)?;
-    file.write_all(args.content.as_bytes())?;
+        .open(&args.path)
+        .map_err(on)?;
+    file.write_all(args.content.as_bytes()).map_err(on)?;
     Ok(WriteOutput {
         bytes_written: args.content.len(),
     })
@@ -139,6 +154,59 @@ fn list(args: ListArgs) -> Result<ListOutput, ToolError> {
     Ok(ListOutput { entries, truncated })
 }
 
+/// An I/O error on `path`, in words a model can act on: the path, what went
+/// wrong, and where it helps, what is there instead.
+fn on_path(path: &str, err: std::io::Error) -> ToolError {
+    let there = Path::new(path);
+    let hint = match err.kind() {
+        std::io::ErrorKind::NotFound => holds(there),
+        std::io::ErrorKind::NotADirectory if there.is_file() => {
+            " (it is a file: fs_read reads it)".to_owned()
+        }
+        std::io::ErrorKind::IsADirectory => " (fs_list lists it)".to_owned(),
+        _ => String::new(),
+    };
+    ToolError::io(&err, format!("{path}: {}{hint}", plain_words(&err)))
+}
+
+/// Most names [`holds`] shows.
+const NAMES_SHOWN: usize = 20;
+
+/// What the nearest existing directory at or above `path` holds, as
+/// "; /workspace holds: a.txt, src/", or nothing when none can be listed
+/// (outside every mount).
+fn holds(path: &Path) -> String {
+    let Some(dir) = path.ancestors().find(|a| a.is_dir()) else {
+        return String::new();
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return String::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                name + "/"
+            } else {
+                name
+            }
+        })
+        .collect();
+    names.sort();
+    let more = names.len().saturating_sub(NAMES_SHOWN);
+    names.truncate(NAMES_SHOWN);
+    match (names.is_empty(), more) {
+        (true, _) => format!("; {} is empty", dir.display()),
+        (false, 0) => format!("; {} holds: {}", dir.display(), names.join(", ")),
+        (false, more) => format!(
+            "; {} holds: {} (and {more} more)",
+            dir.display(),
+            names.join(", ")
+        ),
+    }
+}
+
 fn kind_of(meta: &fs::Metadata) -> &'static str {
     if meta.is_dir() {
         "dir"
@@ -155,12 +223,15 @@ fn walk(
     recursive: bool,
     visit: &mut dyn FnMut(&Path, &fs::Metadata) -> bool,
 ) -> Result<bool, ToolError> {
-    let mut children: Vec<PathBuf> = fs::read_dir(dir)?
+    let on = |err| on_path(&dir.display().to_string(), err);
+    let mut children: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(on)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     children.sort();
     for child in children {
-        let meta = fs::symlink_metadata(&child)?;
+        let meta = fs::symlink_metadata(&child)
+            .map_err(|err| on_path(&child.display().to_string(), err))?;
         if !visit(&child, &meta) {
             return Ok(false);
         }
