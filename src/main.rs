@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use longrun_host::agent::{AgentConfig, Resumed, Session, SessionStatus};
-use longrun_host::journal::Journal;
+use longrun_host::journal::{Journal, SessionId};
 use longrun_host::model::{Model, ModelSpec, ScriptedModel};
 use longrun_host::openai::{OpenAiConfig, OpenAiModel};
 use longrun_host::policy::{Access, Decision, Policy};
@@ -38,31 +38,21 @@ enum Command {
     /// List and call tools.
     #[command(subcommand)]
     Tool(ToolCommand),
-    /// Run an agent session in the foreground; an unfinished session in the
-    /// journal is resumed first.
+    /// Start a new agent session with GOAL and run it in the foreground.
+    /// It never resumes another session (`resume` does).
     Run {
-        /// The goal of a new session.
+        /// The goal of the new session.
         goal: String,
-        #[arg(long)]
-        policy: PathBuf,
         #[command(flatten)]
-        model: ModelArgs,
-        /// The most tokens of context sent to the model; older steps are
-        /// compacted past it.
-        #[arg(long, default_value_t = AgentConfig::default().context_tokens)]
-        context_tokens: u64,
-        /// The most tokens the model may write in one step (its answer or
-        /// its calls); the budgets reserve this much before each model call.
-        #[arg(long, default_value_t = AgentConfig::default().max_output_tokens)]
-        max_output_tokens: u64,
-        /// Tool outputs longer than this many bytes reach the model cut, with
-        /// a handle to page through the rest (`read_output`).
-        #[arg(long, default_value_t = AgentConfig::default().output_view_bytes)]
-        output_view: usize,
+        session: SessionArgs,
+    },
+    /// Go on with an unfinished session (one a crash, a kill or a budget
+    /// stopped): SESSION, or the journal's most recent unfinished one.
+    Resume {
+        /// The session to resume (as `replay list` shows it).
+        session_id: Option<SessionId>,
         #[command(flatten)]
-        journal: JournalDir,
-        #[command(flatten)]
-        tools: ToolsDir,
+        session: SessionArgs,
     },
     /// Manage local models.
     #[command(subcommand)]
@@ -115,6 +105,37 @@ enum ModelCommand {
         #[arg(default_value = longrun_host::fetch::DEFAULT_MODEL)]
         name: String,
     },
+}
+
+/// How a session runs: `run` and `resume` take the same.
+#[derive(clap::Args)]
+struct SessionArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The most tokens of context sent to the model; older steps are
+    /// compacted past it.
+    #[arg(long, default_value_t = AgentConfig::default().context_tokens)]
+    context_tokens: u64,
+    /// The most tokens the model may write in one step (its answer or its
+    /// calls); the budgets reserve this much before each model call.
+    #[arg(long, default_value_t = AgentConfig::default().max_output_tokens)]
+    max_output_tokens: u64,
+    /// Tool outputs longer than this many bytes reach the model cut, with a
+    /// handle to page through the rest (`read_output`).
+    #[arg(long, default_value_t = AgentConfig::default().output_view_bytes)]
+    output_view: usize,
+    #[command(flatten)]
+    journal: JournalDir,
+    #[command(flatten)]
+    tools: ToolsDir,
+}
+
+/// Which session `run_session` runs.
+enum Start {
+    New { goal: String },
+    Resume { session: Option<SessionId> },
 }
 
 #[derive(clap::Args)]
@@ -264,6 +285,7 @@ impl Command {
             Command::Tool(ToolCommand::List { .. }) => true,
             Command::Tool(ToolCommand::Call { .. })
             | Command::Run { .. }
+            | Command::Resume { .. }
             | Command::Serve { .. }
             | Command::Mcp { .. } => false,
         }
@@ -272,24 +294,15 @@ impl Command {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run {
-            goal,
-            policy,
-            model,
-            context_tokens,
-            max_output_tokens,
-            output_view,
-            journal,
-            tools,
+        Command::Run { goal, session } => run_session(Start::New { goal }, session).await,
+        Command::Resume {
+            session_id,
+            session,
         } => {
-            let config = AgentConfig {
-                context_tokens,
-                max_output_tokens,
-                output_view_bytes: output_view,
-                ..AgentConfig::default()
+            let start = Start::Resume {
+                session: session_id,
             };
-            let model = model.load().await?;
-            run_session(&goal, &policy, model.as_ref(), config, &journal.dir, &tools).await
+            run_session(start, session).await
         }
         Command::Serve {
             config,
@@ -570,30 +583,61 @@ async fn shutdown_signal() {
 }
 
 /// Resume the first unfinished session of the journal, or start one.
-async fn run_session(
-    goal: &str,
-    policy: &Path,
-    model: &dyn Model,
-    config: AgentConfig,
-    journal_dir: &Path,
-    tools: &ToolsDir,
-) -> Result<ExitCode> {
-    let policy = Policy::load(policy)?;
-    let toolbox = tools.load().await?;
+/// Start a new session, or resume one, and drive it; says which on
+/// standard error.
+async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
+    let config = AgentConfig {
+        context_tokens: args.context_tokens,
+        max_output_tokens: args.max_output_tokens,
+        output_view_bytes: args.output_view,
+        ..AgentConfig::default()
+    };
+    let journal_dir = &args.journal.dir;
+    let model = args.model.load().await?;
+    let policy = Policy::load(&args.policy)?;
+    let toolbox = args.tools.load().await?;
     std::fs::create_dir_all(journal_dir)
         .with_context(|| format!("creating the journal directory {}", journal_dir.display()))?;
     let journal = Journal::open(journal_dir)
         .with_context(|| format!("opening the journal in {}", journal_dir.display()))?;
-    let mut unfinished = None;
+    let mut unfinished = Vec::new();
     for session in journal.sessions()? {
         if longrun_host::agent::resumable(&journal, session)? {
-            unfinished = Some(session);
-            break;
+            unfinished.push(session);
         }
     }
-    let mut session = match unfinished {
-        Some(id) => {
-            match Session::resume(&journal, id, &toolbox, &policy, model, config.clone()).await? {
+    let mut session = match start {
+        Start::New { goal } => {
+            let session =
+                Session::start(&journal, &toolbox, &policy, model.as_ref(), config, &goal).await?;
+            eprintln!("new session {}", session.id());
+            if let Some(last) = unfinished.last() {
+                eprintln!(
+                    "(unfinished in this journal: {}; `longrun resume {last}` goes on with one)",
+                    unfinished
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            session
+        }
+        Start::Resume { session } => {
+            let id = match session {
+                Some(id) if unfinished.contains(&id) => id,
+                Some(id) if journal.sessions()?.contains(&id) => {
+                    bail!("session {id} cannot be resumed: it has ended, or it is a fork")
+                }
+                Some(id) => bail!("there is no session {id} in {}", journal_dir.display()),
+                None => *unfinished.last().with_context(|| {
+                    format!(
+                        "no unfinished session in {}: `longrun run GOAL` starts one",
+                        journal_dir.display()
+                    )
+                })?,
+            };
+            match Session::resume(&journal, id, &toolbox, &policy, model.as_ref(), config).await? {
                 Resumed::Session(session) => {
                     eprintln!("resuming session {id}");
                     *session
@@ -601,7 +645,6 @@ async fn run_session(
                 Resumed::Ended => bail!("session {id} has already ended"),
             }
         }
-        None => Session::start(&journal, &toolbox, &policy, model, config, goal).await?,
     };
     drive(&mut session, &policy).await
 }
@@ -827,16 +870,19 @@ mod tests {
 
     #[test]
     fn the_journal_and_tools_directories_are_separate_arguments() {
-        for command in ["mcp", "run"] {
+        for command in ["mcp", "run", "resume"] {
             let mut args = vec!["longrun", command, "--policy", "p.toml"];
-            if command == "run" {
-                args.extend(["goal", "--model", "scripted:s.jsonl"]);
+            match command {
+                "run" => args.extend(["goal", "--model", "scripted:s.jsonl"]),
+                "resume" => args.extend(["7", "--model", "scripted:s.jsonl"]),
+                _ => {}
             }
             args.extend(["--journal", "j", "--tools-dir", "t"]);
             let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{command}: {e}"));
             let (journal, tools) = match cli.command {
-                Command::Mcp { journal, tools, .. } | Command::Run { journal, tools, .. } => {
-                    (journal, tools)
+                Command::Mcp { journal, tools, .. } => (journal, tools),
+                Command::Run { session, .. } | Command::Resume { session, .. } => {
+                    (session.journal, session.tools)
                 }
                 _ => unreachable!(),
             };

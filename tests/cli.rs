@@ -348,3 +348,100 @@ fn a_closed_output_pipe_ends_replay_quietly() {
     assert!(!said.contains("panicked"), "{said}");
     assert!(!said.contains("Broken pipe"), "{said}");
 }
+
+/// `run GOAL` is always a new session, whatever the journal holds; going on
+/// with an unfinished one takes `resume`, and the output says which.
+#[test]
+fn run_never_resumes_a_session_and_resume_goes_on_with_the_one_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.jsonl");
+    std::fs::write(
+        &script,
+        r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "repeat": 3}
+{"content": "listed three times"}"#,
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("ws")).unwrap();
+    let policy = |max_steps: u64| {
+        let path = dir.path().join(format!("policy-{max_steps}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[session]\nmax_steps = {max_steps}\n\n[tools]\nallow = [\"fs_list\"]\n\n[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-only\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let journal = dir.path().join("journal");
+    let longrun = |args: &[&str], policy: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .args(args)
+            .arg("--policy")
+            .arg(policy)
+            .arg("--model")
+            .arg(format!("scripted:{}", script.display()))
+            .arg("--journal")
+            .arg(&journal)
+            .output()
+            .unwrap()
+    };
+    let sessions = || {
+        longrun_host::journal::Journal::open_read_only(&journal, Default::default())
+            .unwrap()
+            .sessions()
+            .unwrap()
+    };
+
+    // A budget of 2 steps stops the first session unfinished.
+    let first = longrun(&["run", "list three times"], &policy(2));
+    assert!(
+        text(&first.stderr).contains("new session 0"),
+        "{}",
+        text(&first.stderr)
+    );
+    assert_eq!(sessions(), vec![0]);
+
+    // `run` again: a second session, not the first resumed.
+    let second = longrun(&["run", "list three times"], &policy(2));
+    let said = text(&second.stderr);
+    assert!(said.contains("new session 1"), "{said}");
+    assert!(!said.contains("resuming"), "{said}");
+    assert!(
+        said.contains("longrun resume"),
+        "it says how to go on: {said}"
+    );
+    assert_eq!(sessions(), vec![0, 1]);
+
+    // `resume 0` with the budget raised finishes session 0 and only it.
+    let resumed = longrun(&["resume", "0"], &policy(10));
+    let said = text(&resumed.stderr);
+    assert!(resumed.status.success(), "{said}");
+    assert!(said.contains("resuming session 0"), "{said}");
+    assert!(text(&resumed.stdout).contains("listed three times"));
+    assert_eq!(sessions(), vec![0, 1]);
+
+    // Nothing to resume is an error that says what to do instead.
+    let ended = longrun(&["resume", "0"], &policy(10));
+    assert!(!ended.status.success());
+    assert!(
+        text(&ended.stderr).contains("has ended"),
+        "{}",
+        text(&ended.stderr)
+    );
+    let none = Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["resume", "--policy"])
+        .arg(policy(10))
+        .arg("--model")
+        .arg(format!("scripted:{}", script.display()))
+        .arg("--journal")
+        .arg(dir.path().join("empty"))
+        .output()
+        .unwrap();
+    assert!(!none.status.success());
+    assert!(
+        text(&none.stderr).contains("no unfinished session"),
+        "{}",
+        text(&none.stderr)
+    );
+}

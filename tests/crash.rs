@@ -43,9 +43,18 @@ fn a_session_killed_at_50_random_points_completes_with_every_step_once() {
 
     let mut rng = Rng::from_env("LONGRUN_CRASH_SEED");
 
+    // `run` the first time, `resume` once the journal holds the session (a
+    // kill during start-up may come before it does).
     let longrun = |stderr: Stdio| {
+        let started = Journal::open_read_only(&journal_dir, Default::default())
+            .is_ok_and(|journal| !journal.sessions().unwrap_or_default().is_empty());
+        let args: &[&str] = if started {
+            &["resume", "--policy"]
+        } else {
+            &["run", "write the steps", "--policy"]
+        };
         Command::new(env!("CARGO_BIN_EXE_longrun"))
-            .args(["run", "write the steps", "--policy"])
+            .args(args)
             .arg(&policy)
             .arg("--model")
             .arg(format!("scripted:{}", script.display()))

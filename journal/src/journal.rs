@@ -109,6 +109,10 @@ pub struct Loss {
     /// The first record that is not as acknowledged: missing, or (when it is
     /// the acknowledged head itself) stored with other contents.
     pub first_missing: u64,
+    /// The last of the run of missing records that starts at
+    /// `first_missing`: the acknowledged head when the store lost its tail,
+    /// less when records after a damaged stretch survived.
+    pub last_missing: u64,
     /// Whether the store holds a different record at the acknowledged head
     /// (rather than ending before it).
     pub changed: bool,
@@ -120,6 +124,7 @@ impl std::fmt::Display for Loss {
             session,
             acknowledged,
             first_missing,
+            last_missing,
             changed,
         } = self;
         if *changed {
@@ -127,12 +132,12 @@ impl std::fmt::Display for Loss {
                 f,
                 "record {acknowledged} of session {session} is not the one acknowledged as durable"
             )
-        } else if first_missing == acknowledged {
-            write!(f, "record {acknowledged} of session {session} is missing")
+        } else if first_missing == last_missing {
+            write!(f, "record {first_missing} of session {session} is missing")
         } else {
             write!(
                 f,
-                "records {first_missing}..{acknowledged} of session {session} are missing"
+                "records {first_missing}..{last_missing} of session {session} are missing"
             )
         }
     }
@@ -792,6 +797,7 @@ impl Journal {
                 session,
                 acknowledged: head.seq,
                 first_missing: expected_seq,
+                last_missing: head.seq,
                 changed: false,
             };
             return Err(bad(expected_seq, loss.to_string()));
@@ -858,22 +864,34 @@ fn find_loss(
     head: Head,
 ) -> Result<Option<Loss>, StoreError> {
     let last = store.last(session)?.map(|(seq, _)| seq);
-    let loss = |first_missing, changed| Loss {
+    let loss = |first_missing, last_missing, changed| Loss {
         session,
         acknowledged: head.seq,
         first_missing,
+        last_missing,
         changed,
     };
-    match last {
-        None => Ok(Some(loss(0, false))),
-        Some(last) if last < head.seq => Ok(Some(loss(last + 1, false))),
+    let at_head = match last {
+        None => return Ok(Some(loss(0, head.seq, false))),
+        Some(last) if last < head.seq => {
+            // The tail is gone; an earlier stretch may be too.
+            return Ok(Some(match store.missing(session, last)? {
+                Some((first, last_gap)) => loss(first, last_gap, false),
+                None => loss(last + 1, head.seq, false),
+            }));
+        }
         Some(_) => match store.get(session, head.seq)? {
-            Some(bytes) if decode_unchecked(&bytes).is_ok_and(|r| r.hash == head.hash) => Ok(None),
-            // The records before the head are the chain's business
-            // (verify names them); a missing or changed head is a loss.
-            Some(_) => Ok(Some(loss(head.seq, true))),
-            None => Ok(Some(loss(head.seq, false))),
+            Some(bytes) if decode_unchecked(&bytes).is_ok_and(|r| r.hash == head.hash) => None,
+            Some(_) => Some(loss(head.seq, head.seq, true)),
+            None => Some(loss(head.seq, head.seq, false)),
         },
+    };
+    // Records missing before the head: a store that keeps what follows a
+    // damaged stretch (the segment store does) has a hole there, which a
+    // resume must not step over any more than over a lost tail.
+    match store.missing(session, head.seq)? {
+        Some((first, last_gap)) => Ok(Some(loss(first, last_gap, false))),
+        None => Ok(at_head),
     }
 }
 

@@ -109,6 +109,24 @@ pub trait Store: Send + Sync {
     /// (as stored: a gap shows as a jump in the numbers).
     fn range(&self, session: SessionId, from: u64, to: u64) -> RecordIter<'_>;
 
+    /// The first run of record numbers in `0..=upto` that `session` does not
+    /// hold, as (first, last), if any. (The default reads the numbers of
+    /// the range; a store with an index answers from it.)
+    fn missing(&self, session: SessionId, upto: u64) -> Result<Option<(u64, u64)>, StoreError> {
+        let mut expected = 0u64;
+        for stored in self.range(session, 0, upto) {
+            let (seq, _) = stored?;
+            if seq != expected {
+                return Ok(Some((expected, seq - 1)));
+            }
+            expected = seq + 1;
+        }
+        Ok(
+            (expected <= upto && self.last(session)?.is_some_and(|(last, _)| last > upto))
+                .then_some((expected, upto)),
+        )
+    }
+
     /// Every session with at least one record, in creation order.
     fn sessions(&self) -> Result<Vec<SessionId>, StoreError>;
 

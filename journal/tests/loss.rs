@@ -323,3 +323,27 @@ async fn a_segment_journal_is_read_in_place_beside_its_writer_and_nothing_on_dis
     assert!(Journal::open_read_only(&missing.path().join("none"), Default::default()).is_err());
     assert!(Journal::open_read_only(missing.path(), Default::default()).is_err());
 }
+
+/// A store that keeps what follows a damaged stretch (the segment store
+/// does) has a hole below the acknowledged head: a loss like a lost tail,
+/// named, and the session is not written again over it.
+#[tokio::test]
+async fn a_record_missing_before_the_acknowledged_head_is_named_and_not_resumed_over() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let session = written(kind, dir.path(), 10).await;
+        drop_records(kind, dir.path(), session, 4..6);
+        let journal = open(kind, dir.path());
+        let loss = journal.loss(session).expect("the hole is found on open");
+        assert_eq!(
+            loss.to_string(),
+            format!("records 4..5 of session {session} are missing"),
+            "{kind:?}"
+        );
+        assert!(matches!(
+            journal.open_session(session),
+            Err(JournalError::Lost(_))
+        ));
+        assert_eq!(journal.verify(session).unwrap_err().seq, 4);
+    }
+}

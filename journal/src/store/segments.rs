@@ -663,6 +663,24 @@ impl Store for SegmentStore {
         })
     }
 
+    fn missing(&self, session: SessionId, upto: u64) -> Result<Option<(u64, u64)>, StoreError> {
+        let inner = self.lock_inner()?;
+        let Some(records) = inner.records.get(&session) else {
+            return Ok(None);
+        };
+        let mut expected = 0u64;
+        for &(seq, _) in records {
+            if expected > upto {
+                break;
+            }
+            if seq != expected {
+                return Ok(Some((expected, (seq - 1).min(upto))));
+            }
+            expected = seq + 1;
+        }
+        Ok(None)
+    }
+
     fn sessions(&self) -> Result<Vec<SessionId>, StoreError> {
         Ok(self.lock_inner()?.order.clone())
     }
