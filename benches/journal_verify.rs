@@ -55,11 +55,11 @@ fn journal_verify(c: &mut Criterion) {
     });
     group.finish();
     if let Some(median) = samples.median() {
-        println!(
+        common::print_result(&format!(
             "journal_verify: {STEPS} records in {:.1} ms (median), {:.0} records/s",
             median * 1e3,
             STEPS as f64 / median
-        );
+        ));
     }
 }
 

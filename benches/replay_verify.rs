@@ -193,14 +193,14 @@ fn replay_verify(c: &mut Criterion) {
         chain_time.median(),
         command_time.median(),
     ) {
-        println!(
+        common::print_result(&format!(
             "replay_verify: {STEPS} steps ({RECORDS} records) verified with the policy re-check in {:.1} ms (median); \
              baseline, hash chain and blobs only: {:.1} ms; ratio {:.2}x; the whole command (open in place, verify): {:.1} ms (target: under 1,000 ms)",
             audit * 1e3,
             chain * 1e3,
             audit / chain,
             command * 1e3
-        );
+        ));
     }
 }
 

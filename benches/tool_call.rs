@@ -81,12 +81,12 @@ fn tool_call(c: &mut Criterion) {
     group.finish();
 
     if let (Some(w), Some(n)) = (wasm.median(), native.median()) {
-        println!(
+        common::print_result(&format!(
             "tool_call: longrun echo median {:.1} µs, process per call median {:.1} µs, ratio {:.1}x faster",
             w * 1e6,
             n * 1e6,
             n / w
-        );
+        ));
     }
 }
 

@@ -40,3 +40,15 @@ impl Samples {
         Some(s[s.len() / 2])
     }
 }
+
+/// Print a benchmark's result line. Under `cargo test` (no `--bench`)
+/// criterion runs each benchmark once, as a smoke test: the figures are then
+/// one unmeasured sample on a busy machine, and the line says so.
+#[allow(dead_code)] // Not every benchmark prints a result line.
+pub fn print_result(line: &str) {
+    if std::env::args().any(|a| a == "--bench") {
+        println!("{line}");
+    } else {
+        println!("(test mode, one sample, not a measurement: `cargo bench` measures) {line}");
+    }
+}

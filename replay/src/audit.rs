@@ -552,9 +552,11 @@ impl Check<'_> {
     }
 
     fn result(&mut self, record: &Record, result: &ToolResult) -> Result<(), String> {
-        let tool = self.calls.get(&result.call_id).ok_or_else(|| {
+        // Taken out: a call has one result, and the map stays small over a
+        // long session.
+        let tool = self.calls.remove(&result.call_id).ok_or_else(|| {
             format!(
-                "a result for call {}, which no tool_intent announced",
+                "a result for call {}, which no tool_intent announced or another result answered",
                 result.call_id
             )
         })?;
@@ -568,7 +570,7 @@ impl Check<'_> {
             (None, None) => 0,
         };
         if tool != READ_OUTPUT {
-            let limit = self.in_force()?.policy.limits_for(tool).max_output;
+            let limit = self.in_force()?.policy.limits_for(&tool).max_output;
             if size > limit {
                 return Err(format!(
                     "the output of call {} is {size} bytes, over the limit of {limit}",
