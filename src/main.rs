@@ -600,37 +600,29 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
         .with_context(|| format!("creating the journal directory {}", journal_dir.display()))?;
     let journal = Journal::open(journal_dir)
         .with_context(|| format!("opening the journal in {}", journal_dir.display()))?;
-    let mut unfinished = Vec::new();
-    for session in journal.sessions()? {
-        if longrun_host::agent::resumable(&journal, session)? {
-            unfinished.push(session);
-        }
-    }
     let mut session = match start {
         Start::New { goal } => {
+            let unfinished = last_unfinished(&journal)?;
             let session =
                 Session::start(&journal, &toolbox, &policy, model.as_ref(), config, &goal).await?;
             eprintln!("new session {}", session.id());
-            if let Some(last) = unfinished.last() {
+            if let Some(last) = unfinished {
                 eprintln!(
-                    "(unfinished in this journal: {}; `longrun resume {last}` goes on with one)",
-                    unfinished
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "(session {last} in this journal is unfinished; `longrun resume {last}` goes on with it)"
                 );
             }
             session
         }
         Start::Resume { session } => {
             let id = match session {
-                Some(id) if unfinished.contains(&id) => id,
-                Some(id) if journal.sessions()?.contains(&id) => {
+                Some(id) if !journal.sessions()?.contains(&id) => {
+                    bail!("there is no session {id} in {}", journal_dir.display())
+                }
+                Some(id) if !longrun_host::agent::resumable(&journal, id)? => {
                     bail!("session {id} cannot be resumed: it has ended, or it is a fork")
                 }
-                Some(id) => bail!("there is no session {id} in {}", journal_dir.display()),
-                None => *unfinished.last().with_context(|| {
+                Some(id) => id,
+                None => last_unfinished(&journal)?.with_context(|| {
                     format!(
                         "no unfinished session in {}: `longrun run GOAL` starts one",
                         journal_dir.display()
@@ -647,6 +639,17 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
         }
     };
     drive(&mut session, &policy).await
+}
+
+/// The most recent session that can be resumed, looking from the newest
+/// back and stopping at the first.
+fn last_unfinished(journal: &Journal) -> Result<Option<SessionId>> {
+    for session in journal.sessions()?.into_iter().rev() {
+        if longrun_host::agent::resumable(journal, session)? {
+            return Ok(Some(session));
+        }
+    }
+    Ok(None)
 }
 
 /// Run a session to its end or a pause, showing each step; the exit code

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use longrun_host::journal::payload::{Payload, ToolResult};
+use longrun_host::journal::store::segments::segment_files;
 use longrun_host::journal::{
     Journal, Location, RecordKind, SessionId, SessionState, Status, Unpriced,
 };
@@ -261,20 +262,7 @@ fn bytes_overwritten_in_the_stores_tail_are_named_and_the_effect_does_not_run_tw
 fn log_file(journal: &Path, store: Store) -> PathBuf {
     match store {
         Store::Sled => journal.join("db"),
-        Store::Segments => {
-            let mut segments: Vec<PathBuf> = std::fs::read_dir(journal)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| {
-                    p.file_name()
-                        .unwrap()
-                        .to_string_lossy()
-                        .starts_with("segment-")
-                })
-                .collect();
-            segments.sort();
-            segments.pop().unwrap()
-        }
+        Store::Segments => segment_files(journal).unwrap().pop().unwrap().1,
     }
 }
 

@@ -36,7 +36,7 @@ use crate::record::{
 };
 use crate::store::memory::MemoryStore;
 use crate::store::segments::{SegmentStore, is_segment_store};
-use crate::store::sled::SledStore;
+use crate::store::sled::{SledStore, is_sled_store};
 use crate::store::{Store, StoreError};
 
 /// How long dropping a journal waits for its last sync before it gives up
@@ -384,7 +384,7 @@ impl Journal {
         // store before its heads, so the store read after them is never
         // behind them (which would read as lost records).
         let heads = HeadsFile::open_read_only(dir).map_err(JournalError::Heads)?;
-        let store: Arc<dyn Store> = if holds_sled(dir) {
+        let store: Arc<dyn Store> = if is_sled_store(dir) {
             Arc::new(SledStore::open_read_only(dir, options.cache_bytes)?)
         } else {
             Arc::new(SegmentStore::open_read_only(dir)?)
@@ -399,7 +399,7 @@ impl Journal {
     ) -> Result<Arc<Journal>, JournalError> {
         let (dir, store): (&Path, Arc<dyn Store>) = match location {
             Location::Memory => return Journal::in_memory(),
-            Location::Dir(dir) if holds_sled(dir) => {
+            Location::Dir(dir) if is_sled_store(dir) => {
                 (dir, Arc::new(SledStore::open(dir, options.cache_bytes)?))
             }
             Location::Sled(dir) if is_segment_store(dir) => {
@@ -409,7 +409,7 @@ impl Journal {
                 ))));
             }
             Location::Sled(dir) => (dir, Arc::new(SledStore::open(dir, options.cache_bytes)?)),
-            Location::Segments(dir) if holds_sled(dir) => {
+            Location::Segments(dir) if is_sled_store(dir) => {
                 return Err(JournalError::Storage(StoreError::Io(format!(
                     "{} holds a sled journal, not a segment one",
                     dir.display()
@@ -844,11 +844,6 @@ impl Journal {
     pub fn size_on_disk(&self) -> Result<u64, JournalError> {
         Ok(self.store().size_on_disk()?)
     }
-}
-
-/// Whether `dir` holds a sled journal (sled writes its `conf` first).
-fn holds_sled(dir: &Path) -> bool {
-    dir.join("conf").is_file()
 }
 
 /// Decode the record the store keeps of `session` under `seq`, checking its

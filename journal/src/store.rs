@@ -77,6 +77,27 @@ pub fn check_append(
     Ok(())
 }
 
+/// The rule of [`Store::missing`], for implementations: the first run of
+/// numbers in `0..=upto` absent from `seqs` (a session's stored record
+/// numbers, in order), as (first, last).
+pub fn first_gap(
+    seqs: impl IntoIterator<Item = Result<u64, StoreError>>,
+    upto: u64,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let mut expected = 0u64;
+    for seq in seqs {
+        if expected > upto {
+            break;
+        }
+        let seq = seq?;
+        if seq != expected {
+            return Ok(Some((expected, (seq - 1).min(upto))));
+        }
+        expected = seq + 1;
+    }
+    Ok(None)
+}
+
 /// One stored record: its sequence number (from the key) and its bytes.
 pub type StoredRecord = (u64, Vec<u8>);
 
@@ -110,20 +131,13 @@ pub trait Store: Send + Sync {
     fn range(&self, session: SessionId, from: u64, to: u64) -> RecordIter<'_>;
 
     /// The first run of record numbers in `0..=upto` that `session` does not
-    /// hold, as (first, last), if any. (The default reads the numbers of
-    /// the range; a store with an index answers from it.)
+    /// hold, as (first, last), if any ([`first_gap`] over the stored
+    /// numbers; the default reads them through [`Store::range`]).
     fn missing(&self, session: SessionId, upto: u64) -> Result<Option<(u64, u64)>, StoreError> {
-        let mut expected = 0u64;
-        for stored in self.range(session, 0, upto) {
-            let (seq, _) = stored?;
-            if seq != expected {
-                return Ok(Some((expected, seq - 1)));
-            }
-            expected = seq + 1;
-        }
-        Ok(
-            (expected <= upto && self.last(session)?.is_some_and(|(last, _)| last > upto))
-                .then_some((expected, upto)),
+        first_gap(
+            self.range(session, 0, u64::MAX)
+                .map(|stored| stored.map(|(seq, _)| seq)),
+            upto,
         )
     }
 

@@ -5,21 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
+use longrun_journal::store::segments::segment_files;
 use longrun_journal::{SegmentStore, Store};
 
 fn last_segment(dir: &Path) -> PathBuf {
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("segment-")
-        })
-        .collect();
-    segments.sort();
-    segments.pop().unwrap()
+    segment_files(dir).unwrap().pop().unwrap().1
 }
 
 fn damaged_copies(dir: &Path) -> Vec<PathBuf> {

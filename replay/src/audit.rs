@@ -299,11 +299,13 @@ impl Visitor for Check<'_> {
         Ok(self.fork(forked)?)
     }
 
-    // Nothing to re-check against the policy: the chain covers them.
+    // Not reached: `Check::record` passes model requests by without
+    // decoding them (see there); nothing in them to re-check either.
     fn model_request(&mut self, _: &Record, _: &NewMessages) -> Result<(), Failure> {
         Ok(())
     }
 
+    // Nothing to re-check against the policy: the chain covers them.
     fn policy_decision(&mut self, _: &Record, _: &Refusal) -> Result<(), Failure> {
         Ok(())
     }

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use longrun_host::journal::store::segments::is_segment_store;
+use longrun_host::journal::store::sled::is_sled_store;
 use longrun_host::journal::{Journal, JournalError, JournalOptions};
 
 use crate::ReplayError;
@@ -40,7 +41,7 @@ pub fn open_read_only(dir: &Path) -> Result<JournalCopy, ReplayError> {
             );
             open_copy(dir)
         }
-        Err(JournalError::Storage(_)) if !dir.join("conf").is_file() && !is_segment_store(dir) => {
+        Err(JournalError::Storage(_)) if !is_sled_store(dir) && !is_segment_store(dir) => {
             Err(ReplayError::Copy {
                 path: dir.to_owned(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no journal there"),
@@ -56,7 +57,7 @@ pub fn open_copy(dir: &Path) -> Result<JournalCopy, ReplayError> {
         path: dir.to_owned(),
         source,
     };
-    if !dir.join("conf").is_file() {
+    if !is_sled_store(dir) {
         return Err(copy_err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             "no journal there",

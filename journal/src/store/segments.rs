@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{RecordIter, Store, StoreError, StoredRecord, check_append};
+use super::{RecordIter, Store, StoreError, StoredRecord, check_append, first_gap};
 use crate::record::{Hash, SessionId};
 
 const MAGIC: &[u8; 8] = b"LRJSEG\0\x01";
@@ -58,7 +58,9 @@ const SEGMENT_HEADER: u64 = 16;
 /// Length and two checksums.
 const ENTRY_HEADER: usize = 12;
 /// The body bytes the head checksum covers (a blob's kind and hash).
-const HEAD_CHECKED: usize = 33;
+const HEAD_CHECKED: usize = BLOB_HEADER;
+/// Kind and hash.
+const BLOB_HEADER: usize = 1 + 32;
 /// No entry is larger: a length past it is damage, not an allocation.
 const MAX_ENTRY: usize = 1 << 30;
 /// A segment is closed once it holds this many bytes.
@@ -302,11 +304,11 @@ impl Inner {
             }
             BLOB => {
                 let mut hash = [0u8; 32];
-                hash.copy_from_slice(&body[1..33]);
+                hash.copy_from_slice(&body[1..BLOB_HEADER]);
                 self.blobs.entry(hash).or_insert(Place {
                     segment,
-                    offset: base + 33,
-                    len: (body.len() - 33) as u32,
+                    offset: base + BLOB_HEADER as u64,
+                    len: (body.len() - BLOB_HEADER) as u32,
                 });
             }
             // `entry_at` accepts no other kind.
@@ -333,18 +335,23 @@ impl Inner {
 
     /// Close the current segment (durably) and begin the next.
     fn begin_segment(&mut self, dir: &Path) -> Result<(), StoreError> {
-        if let Some(current) = self.segments.last() {
-            current
-                .file
-                .sync_data()
-                .map_err(|e| io("syncing the journal", e))?;
-        }
         let number = self
             .segments
             .iter()
             .map(|s| s.number + 1)
             .max()
             .unwrap_or(1);
+        self.begin_segment_numbered(dir, number)
+    }
+
+    /// [`Inner::begin_segment`], numbered `number`.
+    fn begin_segment_numbered(&mut self, dir: &Path, number: u64) -> Result<(), StoreError> {
+        if let Some(current) = self.segments.last() {
+            current
+                .file
+                .sync_data()
+                .map_err(|e| io("syncing the journal", e))?;
+        }
         let path = dir.join(format!("{SEGMENT_PREFIX}{number:012}"));
         let file = OpenOptions::new()
             .read(true)
@@ -412,6 +419,30 @@ impl Inner {
     }
 }
 
+/// The body of an entry holding `records` of `session` from `first_seq` on.
+fn records_body(session: SessionId, first_seq: u64, records: &[Vec<u8>]) -> Vec<u8> {
+    let size = RECORDS_HEADER + records.iter().map(|r| 4 + r.len()).sum::<usize>();
+    let mut body = Vec::with_capacity(size);
+    body.push(RECORDS);
+    body.extend_from_slice(&session.to_le_bytes());
+    body.extend_from_slice(&first_seq.to_le_bytes());
+    body.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for record in records {
+        body.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        body.extend_from_slice(record);
+    }
+    body
+}
+
+/// The body of an entry holding a blob.
+fn blob_body(hash: &Hash, bytes: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(BLOB_HEADER + bytes.len());
+    body.push(BLOB);
+    body.extend_from_slice(hash);
+    body.extend_from_slice(bytes);
+    body
+}
+
 /// The end of the whole entry at `bytes[at..]`, if one is there: its length
 /// fits, its checksums match and its body has a known shape.
 fn entry_at(bytes: &[u8], at: usize) -> Option<usize> {
@@ -428,7 +459,7 @@ fn entry_at(bytes: &[u8], at: usize) -> Option<usize> {
     }
     match body[0] {
         RECORDS if len >= RECORDS_HEADER && shape_is_sound(body) => {}
-        BLOB if len >= HEAD_CHECKED => {}
+        BLOB if len >= BLOB_HEADER => {}
         _ => return None,
     }
     if header[4..8] != crc32fast::hash(body).to_le_bytes() {
@@ -513,8 +544,8 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| io(&format!("syncing the directory {}", dir.display()), e))
 }
 
-/// The segment files in `dir`, in order.
-fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+/// The segment files in `dir` (number and path), in order.
+pub fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -588,16 +619,7 @@ impl Store for SegmentStore {
         check_append(session, first_seq, records.len(), |seq| {
             Ok(inner.has(session, seq))
         })?;
-        let size = RECORDS_HEADER + records.iter().map(|r| 4 + r.len()).sum::<usize>();
-        let mut body = Vec::with_capacity(size);
-        body.push(RECORDS);
-        body.extend_from_slice(&session.to_le_bytes());
-        body.extend_from_slice(&first_seq.to_le_bytes());
-        body.extend_from_slice(&(records.len() as u32).to_le_bytes());
-        for record in records {
-            body.extend_from_slice(&(record.len() as u32).to_le_bytes());
-            body.extend_from_slice(record);
-        }
+        let body = records_body(session, first_seq, records);
         let (segment, base) = inner.write_entry(&self.dir, &body)?;
         let mut offset = base + RECORDS_HEADER as u64;
         for (seq, record) in (first_seq..).zip(records) {
@@ -665,20 +687,8 @@ impl Store for SegmentStore {
 
     fn missing(&self, session: SessionId, upto: u64) -> Result<Option<(u64, u64)>, StoreError> {
         let inner = self.lock_inner()?;
-        let Some(records) = inner.records.get(&session) else {
-            return Ok(None);
-        };
-        let mut expected = 0u64;
-        for &(seq, _) in records {
-            if expected > upto {
-                break;
-            }
-            if seq != expected {
-                return Ok(Some((expected, (seq - 1).min(upto))));
-            }
-            expected = seq + 1;
-        }
-        Ok(None)
+        let seqs = inner.records.get(&session).into_iter().flatten();
+        first_gap(seqs.map(|(seq, _)| Ok(*seq)), upto)
     }
 
     fn sessions(&self) -> Result<Vec<SessionId>, StoreError> {
@@ -691,16 +701,12 @@ impl Store for SegmentStore {
         if inner.blobs.contains_key(hash) {
             return Ok(());
         }
-        let mut body = Vec::with_capacity(33 + bytes.len());
-        body.push(BLOB);
-        body.extend_from_slice(hash);
-        body.extend_from_slice(bytes);
-        let (segment, base) = inner.write_entry(&self.dir, &body)?;
+        let (segment, base) = inner.write_entry(&self.dir, &blob_body(hash, bytes))?;
         inner.blobs.insert(
             *hash,
             Place {
                 segment,
-                offset: base + 33,
+                offset: base + BLOB_HEADER as u64,
                 len: bytes.len() as u32,
             },
         );
@@ -860,48 +866,25 @@ pub fn write_entries(dir: &Path, entries: &[RawEntry]) -> Result<(), StoreError>
     let old = segment_files(dir)?;
     let lock = lock(dir)?;
     let mut inner = Inner::default();
-    let mut number = old.last().map(|(n, _)| *n).unwrap_or(0);
-    // Start after the old segments, so that a crash half-way loses nothing.
-    inner.segments.push(Segment {
-        number,
-        file: Arc::new(File::open(dir).map_err(|e| io("opening the directory", e))?),
-        len: SEGMENT_BYTES,
-    });
+    // After the old segments, so that a crash half-way loses nothing.
+    let first = old.last().map_or(1, |(n, _)| n + 1);
+    inner.begin_segment_numbered(dir, first)?;
     for entry in entries {
         let body = match entry {
             RawEntry::Record {
                 session,
                 seq,
                 bytes,
-            } => {
-                let mut body = vec![RECORDS];
-                body.extend_from_slice(&session.to_le_bytes());
-                body.extend_from_slice(&seq.to_le_bytes());
-                body.extend_from_slice(&1u32.to_le_bytes());
-                body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                body.extend_from_slice(bytes);
-                body
-            }
-            RawEntry::Blob { hash, bytes } => {
-                let mut body = vec![BLOB];
-                body.extend_from_slice(hash);
-                body.extend_from_slice(bytes);
-                body
-            }
+            } => records_body(*session, *seq, std::slice::from_ref(bytes)),
+            RawEntry::Blob { hash, bytes } => blob_body(hash, bytes),
         };
         inner.write_entry(dir, &body)?;
     }
-    if inner.segments.len() == 1 {
-        inner.begin_segment(dir)?;
-    }
     if let Some(last) = inner.segments.last() {
         last.file.sync_data().map_err(|e| io("syncing", e))?;
-        number = last.number;
     }
-    for (old_number, path) in old {
-        if old_number < number {
-            std::fs::remove_file(&path).map_err(|e| io("removing an old segment", e))?;
-        }
+    for (_, path) in old {
+        std::fs::remove_file(&path).map_err(|e| io("removing an old segment", e))?;
     }
     drop(lock);
     sync_dir(dir)

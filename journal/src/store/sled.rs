@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{RecordIter, Store, StoreError, StoredRecord, check_append};
+use super::{RecordIter, Store, StoreError, StoredRecord, check_append, first_gap};
 use crate::record::{Hash, SessionId};
 
 /// A sled database holding a journal.
@@ -43,6 +43,11 @@ impl From<sled::Error> for StoreError {
     }
 }
 
+/// Whether `dir` holds a sled journal (sled writes its `conf` first).
+pub fn is_sled_store(dir: &Path) -> bool {
+    dir.join("conf").is_file()
+}
+
 /// How long opening waits for the storage's lock before it reports the
 /// journal as open elsewhere.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -64,7 +69,7 @@ impl SledStore {
     /// writer would. No record, blob or acknowledged head is added or
     /// changed.
     pub fn open_read_only(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
-        if !dir.join("conf").is_file() {
+        if !is_sled_store(dir) {
             return Err(StoreError::Io(format!("no journal in {}", dir.display())));
         }
         SledStore::open_with(dir, cache_bytes, true, Duration::from_millis(300))
@@ -161,6 +166,16 @@ impl Store for SledStore {
                     Ok((key_seq(&key), value.to_vec()))
                 }),
         )
+    }
+
+    fn missing(&self, session: SessionId, upto: u64) -> Result<Option<(u64, u64)>, StoreError> {
+        // The keys alone: every open asks this of each session.
+        let keys = self
+            .records
+            .range(record_key(session, 0)..=record_key(session, u64::MAX))
+            .keys()
+            .map(|key| Ok(key_seq(&key?)));
+        first_gap(keys, upto)
     }
 
     fn sessions(&self) -> Result<Vec<SessionId>, StoreError> {
