@@ -12,7 +12,9 @@ use longrun_host::journal::{Journal, SessionId};
 use longrun_host::model::{Model, ModelSpec, ScriptedModel};
 use longrun_host::openai::{OpenAiConfig, OpenAiModel};
 use longrun_host::policy::{Access, Decision, Policy};
-use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
+use longrun_host::sandbox::{
+    CallRequest, ComponentSource, Refused, Sandbox, SandboxConfig, Toolbox,
+};
 use longrun_model_local::LocalModel;
 use longrun_server::mcp::McpServer;
 
@@ -110,8 +112,8 @@ enum ModelCommand {
 /// How a session runs: `run` and `resume` take the same.
 #[derive(clap::Args)]
 struct SessionArgs {
-    #[arg(long)]
-    policy: PathBuf,
+    #[command(flatten)]
+    policy: PolicyArg,
     #[command(flatten)]
     model: ModelArgs,
     /// The most tokens of context sent to the model; older steps are
@@ -138,6 +140,31 @@ enum Start {
     Resume { session: Option<SessionId> },
 }
 
+/// The policy a command runs under.
+#[derive(clap::Args)]
+struct PolicyArg {
+    /// The policy file (default: the built-in policy: the current directory
+    /// read-only at /workspace, no network, the tools that only read, modest
+    /// budgets; `longrun policy explain` shows it).
+    #[arg(long = "policy", id = "policy_file")]
+    file: Option<PathBuf>,
+}
+
+impl PolicyArg {
+    fn load(&self) -> Result<Policy> {
+        match &self.file {
+            Some(file) => Ok(Policy::load(file)?),
+            None => built_in_policy(),
+        }
+    }
+}
+
+/// The built-in policy, for the current directory.
+fn built_in_policy() -> Result<Policy> {
+    let here = std::env::current_dir().context("the current directory")?;
+    Ok(Policy::built_in(&here)?)
+}
+
 #[derive(clap::Args)]
 struct JournalDir {
     /// The journal directory.
@@ -155,9 +182,12 @@ struct JournalDir {
 enum PolicyCommand {
     /// Parse a policy strictly; exit non-zero with file:line:column on error.
     Check { file: PathBuf },
-    /// Say what a policy lets each tool touch.
+    /// Print the built-in policy (for the current directory) as a policy
+    /// file to start from.
+    Default,
+    /// Say what a policy (default: the built-in one) lets each tool touch.
     Explain {
-        file: PathBuf,
+        file: Option<PathBuf>,
         #[command(flatten)]
         tools: ToolsDir,
     },
@@ -178,8 +208,8 @@ enum ToolCommand {
         name: String,
         /// The arguments, as a JSON object.
         args: String,
-        #[arg(long)]
-        policy: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
         /// Approve the call if the policy says it needs a person's approval.
         #[arg(long)]
         approve: bool,
@@ -194,7 +224,8 @@ struct ModelArgs {
     /// The model: `local:NAME` (a GGUF file, or the default model's name),
     /// `openai-compatible:PROFILE` (e.g. `kimi-k2.6`, or a model id with
     /// --base-url) or `scripted:FILE` (a recorded script, JSON Lines).
-    #[arg(long)]
+    /// Default: the embedded default model, fetched once.
+    #[arg(long, default_value = DEFAULT_MODEL_SPEC)]
     model: ModelSpec,
     /// The API's base URL, for an `openai-compatible` model.
     #[arg(long)]
@@ -214,11 +245,20 @@ impl ModelArgs {
     }
 }
 
+/// The model a session runs on when `--model` is not given.
+const DEFAULT_MODEL_SPEC: &str = "local:smollm2-135m";
+
+/// The built-in tool components, built and embedded by `build.rs`.
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_tools.rs"));
+}
+
 #[derive(clap::Args)]
 struct ToolsDir {
-    /// The directory of tool components (default: $LONGRUN_TOOLS_DIR, or the
-    /// built-in tools beside this executable).
-    #[arg(long = "tools-dir", id = "tools_dir")]
+    /// A directory of more tool components, loaded beside the built-in ones
+    /// (which this binary holds); a tool it exports replaces the built-in
+    /// tool of the same name.
+    #[arg(long = "tools-dir", id = "tools_dir", env = "LONGRUN_TOOLS_DIR")]
     dir: Option<PathBuf>,
 }
 
@@ -228,16 +268,26 @@ impl ToolsDir {
     }
 
     async fn load_with(&self, sandbox: SandboxConfig) -> Result<Toolbox> {
-        let dir = match &self.dir {
-            Some(dir) => dir.clone(),
-            None => longrun_host::tooldir::builtin_tools_dir().context(
-                "cannot find the built-in tools: run scripts/build-tools, or pass --tools-dir",
-            )?,
-        };
+        let mut sources: Vec<ComponentSource> = builtin::BUILTIN_TOOLS
+            .iter()
+            .map(|(file, bytes)| ComponentSource::built_in(file, bytes))
+            .collect();
+        let mut refused = Vec::new();
+        if let Some(dir) = &self.dir {
+            let paths = ComponentSource::read_dir(dir)
+                .with_context(|| format!("loading tools from {}", dir.display()))?;
+            for path in paths {
+                match ComponentSource::read(&path) {
+                    Ok(source) => sources.push(source),
+                    Err(e) => refused.push(Refused {
+                        file: path.display().to_string(),
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+        }
         let sandbox = Arc::new(Sandbox::new(sandbox)?);
-        Toolbox::load_dir(sandbox, &dir)
-            .await
-            .with_context(|| format!("loading tools from {}", dir.display()))
+        Ok(Toolbox::load_sources(sandbox, sources, refused).await?)
     }
 }
 
@@ -360,8 +410,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy(PolicyCommand::Default) => {
+            let here = std::env::current_dir().context("the current directory")?;
+            print!("{}", Policy::built_in_text(&here));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Policy(PolicyCommand::Explain { file, tools }) => {
-            let policy = Policy::load(&file)?;
+            let policy = match file {
+                Some(file) => Policy::load(&file)?,
+                None => built_in_policy()?,
+            };
             let toolbox = tools.load().await?;
             explain(&policy, &toolbox);
             Ok(ExitCode::SUCCESS)
@@ -396,7 +454,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             approve,
             tools,
         }) => {
-            let policy = Policy::load(&policy)?;
+            let policy = policy.load()?;
             let toolbox = tools.load().await?;
             let approved = approve || ask_approval(&policy, &name, &args)?;
             let report = toolbox
@@ -594,7 +652,7 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
     };
     let journal_dir = &args.journal.dir;
     let model = args.model.load().await?;
-    let policy = Policy::load(&args.policy)?;
+    let policy = args.policy.load()?;
     let toolbox = args.tools.load().await?;
     std::fs::create_dir_all(journal_dir)
         .with_context(|| format!("creating the journal directory {}", journal_dir.display()))?;
@@ -705,6 +763,13 @@ async fn drive(session: &mut Session<'_>, policy: &Policy) -> Result<ExitCode> {
             );
             Ok(ExitCode::from(4))
         }
+        SessionStatus::Stuck { call, error, count } => {
+            eprintln!(
+                "stopped: {}({}) failed the same way {count} times ({error}); the policy's max_repeated_failures ended the session",
+                call.name, call.arguments
+            );
+            Ok(ExitCode::from(6))
+        }
         // Only a steered session (the HTTP API) pauses or is cancelled.
         SessionStatus::Paused | SessionStatus::Cancelled | SessionStatus::Halted => {
             eprintln!("paused or cancelled from outside");
@@ -797,16 +862,21 @@ fn explain(policy: &Policy, toolbox: &Toolbox) {
         }
     }
     let s = &policy.session;
+    let limit = |v: Option<String>| v.unwrap_or_else(|| "unlimited".to_owned());
     println!();
-    println!("Session budgets (unset = unlimited):");
+    println!("Session budgets:");
     println!(
-        "  steps {:?}, tool calls {:?}, input tokens {:?}, output tokens {:?}, cost ${:?}, wall time {:?}",
-        s.max_steps,
-        s.max_tool_calls,
-        s.max_input_tokens,
-        s.max_output_tokens,
-        s.max_cost_usd.map(|c| c.0),
-        s.max_wall_time.map(|t| t.0)
+        "  steps {}, tool calls {}, input tokens {}, output tokens {}, cost {}, wall time {}",
+        limit(s.max_steps.map(|v| v.to_string())),
+        limit(s.max_tool_calls.map(|v| v.to_string())),
+        limit(s.max_input_tokens.map(|v| v.to_string())),
+        limit(s.max_output_tokens.map(|v| v.to_string())),
+        limit(s.max_cost_usd.map(|c| format!("${}", c.0))),
+        limit(s.max_wall_time.map(|t| format!("{:?}", t.0)))
+    );
+    println!(
+        "  the same call failing the same way: {} times, then the session ends as stuck",
+        s.repeated_failures_allowed()
     );
     if !policy.prices.is_empty() {
         println!("Prices (dollars per million tokens):");

@@ -14,7 +14,7 @@ use longrun_replay::export::parse_line;
 use serde_json::Value;
 
 mod common;
-use common::tamper::{key, tamper};
+use common::tamper::{key, rewrite, tamper};
 
 /// What the session is asked to do: write a file, read it and a file that
 /// was there before, count words (one text with a hyphen, one without),
@@ -367,29 +367,6 @@ fn verify_names_the_record_whose_blob_was_swapped() {
         )),
         "{said}"
     );
-}
-
-/// The session written again, record by record, into a new journal in
-/// `into`, with `edit` applied to each payload: a consistent chain that
-/// says something else, as an operator with write access could make.
-fn rewrite(
-    from: &[Record],
-    from_journal: &Path,
-    into: &Path,
-    edit: impl Fn(&Record) -> Vec<u8>,
-) -> SessionId {
-    let source = Journal::open_with(from_journal, JournalOptions::AUDIT).unwrap();
-    let target = Journal::open(into).unwrap();
-    let mut writer = target.create_session().unwrap();
-    for record in from {
-        for blob in &record.blobs {
-            target.put_blob(&source.blob(blob).unwrap()).unwrap();
-        }
-        writer
-            .append(record.kind, &edit(record), &record.blobs)
-            .unwrap();
-    }
-    writer.session()
 }
 
 /// `replay verify` of the session rewritten with a forged first record:

@@ -11,16 +11,22 @@
 //! idempotent tool call runs again, and an interrupted non-idempotent one is
 //! reported to the model as "outcome unknown", never run twice.
 //!
+//! A call that fails exactly as it failed before (same tool, same arguments,
+//! same error) is a loop in the making: the model reads a note with the
+//! error saying so (journaled as `repeated_failure`), and past the policy's
+//! `max_repeated_failures` the session ends as stuck instead of spending
+//! its budgets on the same mistake.
+//!
 //! The loop sees the model, the sandbox and the journal only through their
 //! interfaces ([`Model`], [`Toolbox`], [`SessionWriter`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use longrun_journal::SessionState;
 use longrun_journal::payload::{
     BudgetEvent, ControlAction, EndStatus, NewMessages, Payload, SessionEnded,
 };
+use longrun_journal::{RepeatedFailures, SessionState};
 
 use crate::budget::{BudgetExceeded, BudgetKind, Ledger};
 use crate::context;
@@ -92,6 +98,14 @@ pub enum SessionStatus {
     /// The host asked the session to stop where it is ([`Steering::halt`]);
     /// nothing was journaled for it, and a resume goes on from here.
     Halted,
+    /// The model made `call` again and it failed with `error` for the
+    /// `count`th time, past the policy's `max_repeated_failures`; the
+    /// session has ended.
+    Stuck {
+        call: ToolCall,
+        error: String,
+        count: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,8 +144,23 @@ fn price(policy: &Policy, model: &dyn Model) -> Result<Price, AgentError> {
 
 pub use longrun_journal::payload::{
     ForkPoint, Forked, JournaledCompaction, ModelFailure, PolicyChanged, RecordedTool, Refusal,
-    SessionCreated, ToolIntent, ToolResult,
+    RepeatedFailure, SessionCreated, ToolIntent, ToolResult,
 };
+
+/// What the model reads after the error of a call that failed so before:
+/// that repeating it does not help, and how many more the policy allows.
+pub fn repeat_note(repeat: &RepeatedFailure) -> String {
+    let ending = match repeat.limit.saturating_sub(repeat.count) {
+        0 => "The next identical failure ends the session.".to_owned(),
+        1 => "Two more identical failures end the session.".to_owned(),
+        n => format!("{} more identical failures end the session.", n + 1),
+    };
+    format!(
+        "\n\nNote: this exact call ({} with these arguments) has now failed {} times with the same error. \
+         Calling it again will fail again: change the arguments, call another tool, or answer. {ending}",
+        repeat.tool, repeat.count
+    )
+}
 
 /// The payload of a `PolicyChanged` record: `policy` is in force from here on.
 pub fn policy_changed(policy: &Policy) -> PolicyChanged {
@@ -210,6 +239,8 @@ pub struct Session<'a> {
     /// Whether a tool output reached the model cut (so it holds a handle
     /// that `read_output` can page through).
     outputs_cut: bool,
+    /// How often each failing call failed.
+    failures: RepeatedFailures,
     progress: Option<ProgressHook<'a>>,
 }
 
@@ -327,6 +358,7 @@ impl<'a> Session<'a> {
             interrupted: Default::default(),
             compacted_steps: 0,
             outputs_cut: false,
+            failures: RepeatedFailures::default(),
             progress: None,
         }
     }
@@ -386,6 +418,17 @@ impl<'a> Session<'a> {
                 Payload::UserMessage(input) => {
                     messages.push(Message::text(Role::User, input.text.clone()));
                 }
+                // It follows the failure it is about (the fold checks), whose
+                // result the model read with the note.
+                Payload::RepeatedFailure(repeat) => {
+                    if let Some(Message {
+                        content: Some(content),
+                        ..
+                    }) = messages.last_mut()
+                    {
+                        content.push_str(&repeat_note(repeat));
+                    }
+                }
                 Payload::SessionEnded(_) => return Ok(Resumed::Ended),
                 // What the model was sent is already in the context; the
                 // rest is in the state.
@@ -430,6 +473,7 @@ impl<'a> Session<'a> {
             interrupted: state.interrupted.into_iter().collect(),
             compacted_steps: state.compacted_through,
             outputs_cut,
+            failures: state.failures,
             ..Session::fresh(writer, journal, toolbox, policy, model, config, price)
         })))
     }
@@ -764,18 +808,18 @@ impl<'a> Session<'a> {
             // It may have run, or not: running it again could do twice what
             // must be done once, so the model is told and decides.
             let error = "outcome unknown: the host stopped while this call ran, and it is not idempotent, so it was not run again".to_owned();
-            self.record(Payload::ToolResult(ToolResult {
+            let result = Payload::ToolResult(ToolResult {
                 call_id: call.id.clone(),
                 output: None,
                 output_blob: None,
                 error: Some(error.clone()),
                 elapsed_ms: 0,
                 view_bytes: None,
-            }))
-            .await?;
-            self.messages
-                .push(Message::tool_result(&call.id, format!("error: {error}")));
-            return Ok(None);
+            });
+            let content = format!("error: {error}");
+            return self
+                .journal_failure(&call, result, &[], content, &error)
+                .await;
         }
         if call.name == context::READ_OUTPUT {
             return self.read_output(call).await;
@@ -791,8 +835,7 @@ impl<'a> Session<'a> {
                         .map(|r| format!(": {r}"))
                         .unwrap_or_default()
                 );
-                self.refuse(&call, reason).await?;
-                return Ok(None);
+                return self.refuse(&call, reason).await;
             }
             Some(_) => true,
             None => false,
@@ -815,8 +858,7 @@ impl<'a> Session<'a> {
                 }
                 return Ok(Some(SessionStatus::AwaitingApproval { call }));
             }
-            self.refuse(&call, refusal.to_string()).await?;
-            return Ok(None);
+            return self.refuse(&call, refusal.to_string()).await;
         }
         let idempotent = self.toolbox.tool(&call.name).is_some_and(|t| t.idempotent);
         if let Some(status) = self.intend(&call, idempotent).await? {
@@ -824,23 +866,71 @@ impl<'a> Session<'a> {
         }
         let report = self.toolbox.call(self.policy, &request).await;
         let outcome = report.outcome.map_err(|e| e.to_string());
-        self.finish_call(&call.id, outcome, report.elapsed, true)
-            .await?;
-        Ok(None)
+        self.finish_call(&call, outcome, report.elapsed, true).await
     }
 
     /// Refuse a call: journaled with its reason and told to the model as a
-    /// tool error; the session goes on.
-    async fn refuse(&mut self, call: &ToolCall, reason: String) -> Result<(), AgentError> {
-        self.record(Payload::PolicyDecision(Refusal {
+    /// tool error; the session goes on unless the same refusal repeats
+    /// past the policy's limit.
+    async fn refuse(
+        &mut self,
+        call: &ToolCall,
+        reason: String,
+    ) -> Result<Option<SessionStatus>, AgentError> {
+        let refusal = Payload::PolicyDecision(Refusal {
             call_id: call.id.clone(),
             tool: call.name.clone(),
             reason: reason.clone(),
+        });
+        self.journal_failure(call, refusal, &[], format!("error: {reason}"), &reason)
+            .await
+    }
+
+    /// Journal the record of a failed call (its result or its refusal) and
+    /// give the model `content`, counting the failure: when it repeats an
+    /// earlier one, a `repeated_failure` goes in the same write and its note
+    /// after the error, and past the policy's limit the session ends there.
+    async fn journal_failure(
+        &mut self,
+        call: &ToolCall,
+        failure: Payload,
+        blobs: &[crate::journal::Hash],
+        mut content: String,
+        error: &str,
+    ) -> Result<Option<SessionStatus>, AgentError> {
+        let count = self.failures.failed(call, error);
+        if count < 2 {
+            self.writer.append_payload_durable(&failure, blobs).await?;
+            self.messages.push(Message::tool_result(&call.id, content));
+            return Ok(None);
+        }
+        let repeat = RepeatedFailure {
+            call_id: call.id.clone(),
+            tool: call.name.clone(),
+            count,
+            limit: self.policy.session.repeated_failures_allowed(),
+        };
+        self.writer.append_payload(&failure, blobs)?;
+        let stuck = count > repeat.limit;
+        content.push_str(&repeat_note(&repeat));
+        if !stuck {
+            self.record(Payload::RepeatedFailure(repeat)).await?;
+            self.messages.push(Message::tool_result(&call.id, content));
+            return Ok(None);
+        }
+        self.writer
+            .append_payload(&Payload::RepeatedFailure(repeat), &[])?;
+        self.record(Payload::SessionEnded(SessionEnded {
+            status: EndStatus::Stuck,
+            answer: None,
         }))
         .await?;
-        self.messages
-            .push(Message::tool_result(&call.id, format!("error: {reason}")));
-        Ok(())
+        self.messages.push(Message::tool_result(&call.id, content));
+        Ok(Some(SessionStatus::Stuck {
+            call: call.clone(),
+            error: error.to_owned(),
+            count,
+        }))
     }
 
     /// Check the tool-call budget and make the call's intent durable, so
@@ -869,12 +959,12 @@ impl<'a> Session<'a> {
     /// cap reaches the model cut, with the handle of this record.
     async fn finish_call(
         &mut self,
-        call_id: &str,
+        call: &ToolCall,
         outcome: Result<String, String>,
         elapsed: Duration,
         view: bool,
-    ) -> Result<(), AgentError> {
-        let (mut result, blobs) = tool_result(&self.journal, call_id, &outcome, elapsed)?;
+    ) -> Result<Option<SessionStatus>, AgentError> {
+        let (mut result, blobs) = tool_result(&self.journal, &call.id, &outcome, elapsed)?;
         let content = match outcome {
             Ok(output) => {
                 let cap = self.config.output_view_bytes;
@@ -886,13 +976,18 @@ impl<'a> Session<'a> {
                     output
                 }
             }
-            Err(e) => format!("error: {e}"),
+            Err(e) => {
+                let content = format!("error: {e}");
+                return self
+                    .journal_failure(call, Payload::ToolResult(result), &blobs, content, &e)
+                    .await;
+            }
         };
         self.writer
             .append_payload_durable(&Payload::ToolResult(result), &blobs)
             .await?;
-        self.messages.push(Message::tool_result(call_id, content));
-        Ok(())
+        self.messages.push(Message::tool_result(&call.id, content));
+        Ok(None)
     }
 
     /// The built-in `read_output`: a page of an output this session's
@@ -903,9 +998,8 @@ impl<'a> Session<'a> {
         }
         let started = std::time::Instant::now();
         let outcome = self.page(&call.arguments);
-        self.finish_call(&call.id, outcome, started.elapsed(), false)
-            .await?;
-        Ok(None)
+        self.finish_call(&call, outcome, started.elapsed(), false)
+            .await
     }
 
     fn page(&self, arguments: &str) -> Result<String, String> {

@@ -49,6 +49,9 @@ pub enum PolicyError {
     },
 }
 
+/// What the built-in policy is called in messages and listings.
+pub const BUILT_IN_SOURCE: &str = "<built-in policy>";
+
 /// A parsed, validated policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -150,6 +153,23 @@ pub struct SessionBudgets {
     pub max_output_tokens: Option<u64>,
     pub max_cost_usd: Option<NonNegative>,
     pub max_wall_time: Option<HumanDuration>,
+    /// How many times the same call (same tool, same arguments) may fail the
+    /// same way before the session ends as stuck; see
+    /// [`SessionBudgets::repeated_failures_allowed`].
+    pub max_repeated_failures: Option<std::num::NonZeroU64>,
+}
+
+impl SessionBudgets {
+    /// What `max_repeated_failures` allows when the policy does not say: a
+    /// model gets two notes that repeating a failure does not help.
+    pub const REPEATED_FAILURES_ALLOWED: u64 = 3;
+
+    /// How many times the same failure may happen: the next one ends the
+    /// session (each repeat before that is pointed out to the model).
+    pub fn repeated_failures_allowed(&self) -> u64 {
+        self.max_repeated_failures
+            .map_or(Self::REPEATED_FAILURES_ALLOWED, |n| n.get())
+    }
 }
 
 /// Limits on each tool call.
@@ -537,6 +557,45 @@ impl Policy {
             overrides: raw.overrides,
             prices: raw.prices,
         })
+    }
+
+    /// The policy a session runs under when none is given: `dir` (the
+    /// current directory) read-only at `/workspace`, no network, the tools
+    /// that only read, and modest budgets. Its text ([`Policy::built_in_text`])
+    /// is recorded like any policy file's.
+    pub fn built_in(dir: &Path) -> Result<Policy, PolicyError> {
+        Policy::parse(&Policy::built_in_text(dir), BUILT_IN_SOURCE, dir)
+    }
+
+    /// The built-in policy's text for `dir`, a policy file an operator can
+    /// start from (`longrun policy default`).
+    pub fn built_in_text(dir: &Path) -> String {
+        let host = toml::Value::String(dir.display().to_string()).to_string();
+        format!(
+            "# longrun's built-in policy: what a session may do when no --policy is given.
+# The current directory, read-only, at /workspace; no network; tools that
+# only read; modest budgets.
+
+[session]
+max_steps = 20
+max_tool_calls = 30
+max_input_tokens = 400_000
+max_output_tokens = 40_000
+max_wall_time = \"30m\"
+max_repeated_failures = 3
+
+[[filesystem]]
+host = {host}
+guest = \"/workspace\"
+access = \"read-only\"
+
+[network]
+allow = []
+
+[tools]
+allow = [\"fs_list\", \"fs_read\", \"fs_search\", \"json_query\", \"word_count\"]
+"
+        )
     }
 
     /// The policy that denies everything: no tools, no mounts, no network.

@@ -518,19 +518,16 @@ impl Sandbox {
         }
     }
 
-    /// Load a component, from the compiled cache when it holds this exact
-    /// component for this exact engine.
-    pub fn load_component(&self, path: &Path) -> Result<Component, SandboxError> {
-        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+    /// Compile a component (`path` says where it came from), from the
+    /// compiled cache when it holds this exact component for this exact
+    /// engine.
+    pub fn compile_component(&self, path: &Path, bytes: &[u8]) -> Result<Component, SandboxError> {
         let invalid = |e: wasmtime::Error| SandboxError::InvalidComponent {
             path: path.to_owned(),
             reason: format!("{e:#}"),
         };
         let Some(cache_dir) = &self.cache_dir else {
-            return Component::new(&self.engine, &bytes).map_err(invalid);
+            return Component::new(&self.engine, bytes).map_err(invalid);
         };
         let key = {
             use std::hash::{Hash, Hasher};
@@ -546,7 +543,7 @@ impl Sandbox {
             let mut h = Blake(blake3::Hasher::new());
             self.engine.precompile_compatibility_hash().hash(&mut h);
             env!("CARGO_PKG_VERSION").hash(&mut h);
-            h.0.update(&bytes);
+            h.0.update(bytes);
             h.0.finalize().to_hex().to_string()
         };
         let compiled = cache_dir.join(format!("{key}.cwasm"));
@@ -561,7 +558,7 @@ impl Sandbox {
                 return Ok(component);
             }
         }
-        let data = self.engine.precompile_component(&bytes).map_err(invalid)?;
+        let data = self.engine.precompile_component(bytes).map_err(invalid)?;
         if let Err(e) = write_cache_entry(cache_dir, &compiled, &checksum, &data) {
             tracing::warn!(
                 "cannot cache the compiled component in {}: {e}",
@@ -699,17 +696,49 @@ struct ToolEntry {
     validator: jsonschema::Validator,
 }
 
-/// A set of tool components and the tools they export.
-pub struct Toolbox {
-    sandbox: Arc<Sandbox>,
-    components: Vec<LoadedComponent>,
-    tools: BTreeMap<String, ToolEntry>,
-    refused: Vec<Refused>,
+/// A tool component's bytes, and where they came from.
+#[derive(Debug, Clone)]
+pub struct ComponentSource {
+    /// Its path, or `built-in:FILE` for one built into the host.
+    pub origin: PathBuf,
+    /// The file name the journal records.
+    pub file: String,
+    pub bytes: std::borrow::Cow<'static, [u8]>,
+    /// Built into the host: a component loaded beside it that exports a
+    /// tool of the same name replaces that tool.
+    pub built_in: bool,
 }
 
-impl Toolbox {
-    /// Load every `*.wasm` component in `dir`.
-    pub async fn load_dir(sandbox: Arc<Sandbox>, dir: &Path) -> Result<Toolbox, SandboxError> {
+impl ComponentSource {
+    /// A component built into the host binary.
+    pub fn built_in(file: &'static str, bytes: &'static [u8]) -> ComponentSource {
+        ComponentSource {
+            origin: PathBuf::from(format!("built-in:{file}")),
+            file: file.to_owned(),
+            bytes: std::borrow::Cow::Borrowed(bytes),
+            built_in: true,
+        }
+    }
+
+    /// The component file at `path`.
+    pub fn read(path: &Path) -> Result<ComponentSource, SandboxError> {
+        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(ComponentSource {
+            origin: path.to_owned(),
+            file: path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            bytes: std::borrow::Cow::Owned(bytes),
+            built_in: false,
+        })
+    }
+
+    /// The `*.wasm` components in `dir`, by name.
+    pub fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, SandboxError> {
         let entries = std::fs::read_dir(dir).map_err(|source| SandboxError::Read {
             path: dir.to_owned(),
             source,
@@ -722,6 +751,22 @@ impl Toolbox {
         if paths.is_empty() {
             return Err(SandboxError::NoComponents(dir.to_owned()));
         }
+        Ok(paths)
+    }
+}
+
+/// A set of tool components and the tools they export.
+pub struct Toolbox {
+    sandbox: Arc<Sandbox>,
+    components: Vec<LoadedComponent>,
+    tools: BTreeMap<String, ToolEntry>,
+    refused: Vec<Refused>,
+}
+
+impl Toolbox {
+    /// Load every `*.wasm` component in `dir`.
+    pub async fn load_dir(sandbox: Arc<Sandbox>, dir: &Path) -> Result<Toolbox, SandboxError> {
+        let paths = ComponentSource::read_dir(dir)?;
         Toolbox::load(sandbox, &paths).await
     }
 
@@ -731,20 +776,45 @@ impl Toolbox {
     /// refused in both; the rest load. Only when nothing loads is it an
     /// error.
     pub async fn load(sandbox: Arc<Sandbox>, paths: &[PathBuf]) -> Result<Toolbox, SandboxError> {
+        let mut sources = Vec::with_capacity(paths.len());
+        let mut unreadable = Vec::new();
+        for path in paths {
+            match ComponentSource::read(path) {
+                Ok(source) => sources.push(source),
+                Err(e) => unreadable.push(Refused {
+                    file: path
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        Toolbox::load_sources(sandbox, sources, unreadable).await
+    }
+
+    /// Load the given components, as [`Toolbox::load`] does; a tool that a
+    /// built-in component and another one both export is the other one's
+    /// (`refused` starts the list of what was not loaded).
+    pub async fn load_sources(
+        sandbox: Arc<Sandbox>,
+        sources: Vec<ComponentSource>,
+        refused: Vec<Refused>,
+    ) -> Result<Toolbox, SandboxError> {
         let mut toolbox = Toolbox {
             sandbox,
             components: Vec::new(),
             tools: BTreeMap::new(),
-            refused: Vec::new(),
+            refused,
         };
         let mut exported: BTreeMap<String, Vec<ToolEntry>> = BTreeMap::new();
-        for path in paths {
-            let file = path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            match toolbox.add(path, &file).await {
+        let mut replaced = 0;
+        // Whether each loaded component (by index) is a built-in one.
+        let mut loaded_built_in = Vec::with_capacity(sources.len());
+        for source in &sources {
+            match toolbox.add(source).await {
                 Ok(entries) => {
+                    loaded_built_in.push(source.built_in);
                     for entry in entries {
                         exported
                             .entry(entry.info.name.clone())
@@ -755,7 +825,7 @@ impl Toolbox {
                 Err(e) => {
                     tracing::warn!("tool component refused: {e}");
                     toolbox.refused.push(Refused {
-                        file,
+                        file: source.file.clone(),
                         reason: match e {
                             SandboxError::InvalidComponent { reason, .. } => reason,
                             other => other.to_string(),
@@ -764,7 +834,13 @@ impl Toolbox {
                 }
             }
         }
+        let built_in = |entry: &ToolEntry| loaded_built_in[entry.component];
         for (name, mut entries) in exported {
+            // A component beside the built-in ones replaces their tool.
+            if entries.len() > 1 && entries.iter().filter(|e| !built_in(e)).count() == 1 {
+                entries.retain(|e| !built_in(e));
+                replaced += 1;
+            }
             if entries.len() == 1 {
                 toolbox.tools.extend(entries.pop().map(|e| (name, e)));
                 continue;
@@ -782,6 +858,9 @@ impl Toolbox {
                 });
             }
         }
+        if replaced > 0 {
+            tracing::debug!("{replaced} built-in tools replaced by components loaded beside them");
+        }
         if toolbox.tools.is_empty() && !toolbox.refused.is_empty() {
             return Err(SandboxError::NothingLoaded {
                 refused: toolbox.refused,
@@ -792,24 +871,22 @@ impl Toolbox {
 
     /// Load one component and list its tools, in a sandbox with nothing
     /// granted and small limits.
-    async fn add(&mut self, path: &Path, file: &str) -> Result<Vec<ToolEntry>, SandboxError> {
+    async fn add(&mut self, source: &ComponentSource) -> Result<Vec<ToolEntry>, SandboxError> {
+        let file = source.file.as_str();
         let invalid = |reason: String| SandboxError::InvalidComponent {
-            path: path.to_owned(),
+            path: source.origin.clone(),
             reason,
         };
-        let component = self.sandbox.load_component(path)?;
+        let component = self
+            .sandbox
+            .compile_component(&source.origin, &source.bytes)?;
         let pre = self
             .sandbox
             .linker
             .instantiate_pre(&component)
             .map_err(|e| invalid(format!("{e:#}")))?;
         let pre = bindings::ToolPre::new(pre).map_err(|e| invalid(format!("{e:#}")))?;
-        let component_hash = std::fs::read(path)
-            .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
-            .map_err(|source| SandboxError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+        let component_hash = blake3::hash(&source.bytes).to_hex().to_string();
 
         let limits = Limits {
             timeout: LISTING_TIMEOUT,

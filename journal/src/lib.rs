@@ -29,7 +29,9 @@ pub use journal::{
     VerifyError,
 };
 pub use record::{Appended, Hash, Record, RecordKind, SessionId, hex, parse_hex};
-pub use state::{Pricing, SessionState, StateError, Status, Unpriced, Visitor, visit};
+pub use state::{
+    Pricing, RepeatedFailures, SessionState, StateError, Status, Unpriced, Visitor, visit,
+};
 pub use store::memory::MemoryStore;
 pub use store::segments::SegmentStore;
 pub use store::sled::{SET_ASIDE_PREFIX, SledStore, open_storage};

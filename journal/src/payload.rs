@@ -400,6 +400,22 @@ pub enum EndStatus {
     Completed,
     /// A person cancelled it.
     Cancelled,
+    /// The model repeated a failing call past the policy's
+    /// `max_repeated_failures` (the last `repeated_failure` says which).
+    Stuck,
+}
+
+/// The payload of `repeated_failure`: the call `call_id` failed exactly as
+/// an earlier call had (same tool, same arguments, same error); `count` is
+/// how many times that failure has now happened in the session, and `limit`
+/// how many the policy in force allowed before the session ends (as
+/// `stuck`, when `count` is past it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepeatedFailure {
+    pub call_id: String,
+    pub tool: String,
+    pub count: u64,
+    pub limit: u64,
 }
 
 /// The payload of `session_ended`.
@@ -430,6 +446,7 @@ pub enum Payload {
     Control(Control),
     Forked(Forked),
     PolicyChanged(PolicyChanged),
+    RepeatedFailure(RepeatedFailure),
 }
 
 /// A payload that does not decode as its kind says.
@@ -467,6 +484,7 @@ impl Payload {
             RecordKind::Control => Payload::Control(json(kind, bytes)?),
             RecordKind::Forked => Payload::Forked(json(kind, bytes)?),
             RecordKind::PolicyChanged => Payload::PolicyChanged(json(kind, bytes)?),
+            RecordKind::RepeatedFailure => Payload::RepeatedFailure(json(kind, bytes)?),
         })
     }
 
@@ -489,6 +507,7 @@ impl Payload {
             Payload::Control(_) => RecordKind::Control,
             Payload::Forked(_) => RecordKind::Forked,
             Payload::PolicyChanged(_) => RecordKind::PolicyChanged,
+            Payload::RepeatedFailure(_) => RecordKind::RepeatedFailure,
         }
     }
 
@@ -510,6 +529,7 @@ impl Payload {
             Payload::Control(p) => serde_json::to_vec(p),
             Payload::Forked(p) => serde_json::to_vec(p),
             Payload::PolicyChanged(p) => serde_json::to_vec(p),
+            Payload::RepeatedFailure(p) => serde_json::to_vec(p),
         };
         // These types hold only strings, numbers, and JSON values that came
         // from JSON: serializing them cannot fail.

@@ -56,10 +56,13 @@ pub enum RecordKind {
     /// The session went on under another policy than the one recorded
     /// before (a host resumed it with a changed policy file).
     PolicyChanged = 16,
+    /// A call failed exactly as it had failed before (same tool, same
+    /// arguments, same error), and the model was told so.
+    RepeatedFailure = 17,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 16] = [
+    pub const ALL: [RecordKind; 17] = [
         RecordKind::SessionCreated,
         RecordKind::ModelRequest,
         RecordKind::ModelResponse,
@@ -76,6 +79,7 @@ impl RecordKind {
         RecordKind::Control,
         RecordKind::Forked,
         RecordKind::PolicyChanged,
+        RecordKind::RepeatedFailure,
     ];
 
     /// The kind's name in exports and APIs (`snake_case`), stable.
@@ -97,6 +101,7 @@ impl RecordKind {
             RecordKind::Control => "control",
             RecordKind::Forked => "forked",
             RecordKind::PolicyChanged => "policy_changed",
+            RecordKind::RepeatedFailure => "repeated_failure",
         }
     }
 

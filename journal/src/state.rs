@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use crate::payload::{
     BudgetEvent, BudgetKind, ControlAction, EndStatus, Input, JournaledCompaction, ModelFailure,
-    ModelResponse, NewMessages, Payload, PayloadError, PolicyChanged, Refusal, SessionCreated,
-    SessionEnded, ToolCall, ToolIntent, ToolResult, Usage, Verdict,
+    ModelResponse, NewMessages, Payload, PayloadError, PolicyChanged, Refusal, RepeatedFailure,
+    SessionCreated, SessionEnded, ToolCall, ToolIntent, ToolResult, Usage, Verdict,
 };
 use crate::payload::{Control, Forked};
 use crate::record::{Hash, Record, RecordKind, SessionId};
@@ -42,10 +42,12 @@ pub enum Status {
     /// The model failed for good at its last request; a host that resumes
     /// it asks again.
     Failed,
+    /// The model repeated a failing call past the policy's limit; ended.
+    Stuck,
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Running,
         Status::Paused,
         Status::AwaitingApproval,
@@ -53,6 +55,7 @@ impl Status {
         Status::Completed,
         Status::Cancelled,
         Status::Failed,
+        Status::Stuck,
     ];
 
     /// The status's name in APIs and listings, stable.
@@ -65,6 +68,7 @@ impl Status {
             Status::Completed => "completed",
             Status::Cancelled => "cancelled",
             Status::Failed => "failed",
+            Status::Stuck => "stuck",
         }
     }
 
@@ -75,7 +79,7 @@ impl Status {
 
     /// Whether the session has ended (nothing can be added but a fork).
     pub fn ended(self) -> bool {
-        matches!(self, Status::Completed | Status::Cancelled)
+        matches!(self, Status::Completed | Status::Cancelled | Status::Stuck)
     }
 }
 
@@ -119,6 +123,43 @@ pub struct Approval {
     pub decided: Option<(u64, Verdict)>,
 }
 
+/// How often each failing call failed in a session: a call fails "the same
+/// way" as an earlier one when its tool, its arguments (as JSON, whatever
+/// their spacing and key order) and its error are the same. The agent loop
+/// counts with it as it runs and [`SessionState`] from the records, so a
+/// resumed session goes on counting where it stopped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RepeatedFailures {
+    counts: std::collections::HashMap<Hash, u64>,
+    /// The call that failed last, and how many times it has failed so.
+    last: Option<(String, String, u64)>,
+}
+
+impl RepeatedFailures {
+    /// Count one more failure of `call` with `error`; returns how many times
+    /// it has now failed so (1 the first time).
+    pub fn failed(&mut self, call: &ToolCall, error: &str) -> u64 {
+        let arguments = serde_json::from_str::<serde_json::Value>(&call.arguments)
+            .map_or_else(|_| call.arguments.clone(), |v| v.to_string());
+        let mut key = blake3::Hasher::new();
+        for part in [call.name.as_str(), arguments.as_str(), error] {
+            key.update(&(part.len() as u64).to_le_bytes());
+            key.update(part.as_bytes());
+        }
+        let count = self.counts.entry(*key.finalize().as_bytes()).or_insert(0);
+        *count += 1;
+        self.last = Some((call.id.clone(), call.name.clone(), *count));
+        *count
+    }
+
+    /// The last failed call (its id and tool) and its count.
+    pub fn last(&self) -> Option<(&str, &str, u64)> {
+        self.last
+            .as_ref()
+            .map(|(id, tool, count)| (id.as_str(), tool.as_str(), *count))
+    }
+}
+
 /// A session, as its records so far say.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionState {
@@ -154,6 +195,8 @@ pub struct SessionState {
     pub compacted_through: u64,
     /// Sessions forked from this one.
     pub forks: Vec<Forked>,
+    /// How often each failing call failed.
+    pub failures: RepeatedFailures,
 }
 
 /// A record that cannot follow the ones before it, or does not decode.
@@ -200,6 +243,7 @@ impl SessionState {
             paused: false,
             compacted_through: 0,
             forks: Vec::new(),
+            failures: RepeatedFailures::default(),
         }
     }
 
@@ -313,21 +357,27 @@ impl SessionState {
                 self.interrupted
                     .insert(intent.call_id.clone(), intent.clone());
             }
-            Payload::ToolResult(ToolResult { call_id, .. }) => {
+            Payload::ToolResult(ToolResult { call_id, error, .. }) => {
                 let Some(at) = pending(self, call_id) else {
                     return Err(refuse(format!(
                         "call {call_id} is not waiting for a result"
                     )));
                 };
-                self.pending.remove(at);
+                let call = self.pending.remove(at);
+                if let Some(error) = error {
+                    self.failures.failed(&call, error);
+                }
                 self.interrupted.remove(call_id);
                 self.status = Status::Running;
             }
-            Payload::PolicyDecision(Refusal { call_id, .. }) => {
+            Payload::PolicyDecision(Refusal {
+                call_id, reason, ..
+            }) => {
                 let from_client = self.created.as_ref().is_some_and(|c| c.calls_from_client());
                 match pending(self, call_id) {
                     Some(at) => {
-                        self.pending.remove(at);
+                        let call = self.pending.remove(at);
+                        self.failures.failed(&call, reason);
                     }
                     // A client's call is refused as it is proposed.
                     None if from_client => {}
@@ -396,10 +446,30 @@ impl SessionState {
                 self.status = self.resting_status();
             }
             Payload::Forked(forked) => self.forks.push(forked.clone()),
+            Payload::RepeatedFailure(RepeatedFailure {
+                call_id,
+                tool,
+                count,
+                limit: _,
+            }) => {
+                // It follows the failure it is about, and says the count
+                // the records give.
+                let last = self.failures.last();
+                if last != Some((call_id.as_str(), tool.as_str(), *count)) || *count < 2 {
+                    return Err(refuse(format!(
+                        "it says call {call_id} ({tool}) failed so {count} times, but the records say {}",
+                        match last {
+                            Some((id, tool, n)) => format!("call {id} ({tool}) failed last, {n} times"),
+                            None => "no call failed".to_owned(),
+                        }
+                    )));
+                }
+            }
             Payload::SessionEnded(SessionEnded { status, answer }) => {
                 self.status = match status {
                     EndStatus::Completed => Status::Completed,
                     EndStatus::Cancelled => Status::Cancelled,
+                    EndStatus::Stuck => Status::Stuck,
                 };
                 self.answer = answer.clone();
                 self.pending.clear();
@@ -463,6 +533,7 @@ pub trait Visitor {
     fn control(&mut self, r: &Record, p: &Control) -> Result<(), Self::Error>;
     fn forked(&mut self, r: &Record, p: &Forked) -> Result<(), Self::Error>;
     fn policy_changed(&mut self, r: &Record, p: &PolicyChanged) -> Result<(), Self::Error>;
+    fn repeated_failure(&mut self, r: &Record, p: &RepeatedFailure) -> Result<(), Self::Error>;
 }
 
 /// Hand `record` to the method of `visitor` for its kind.
@@ -485,5 +556,6 @@ pub fn visit<V: Visitor>(visitor: &mut V, record: &Record) -> Result<(), V::Erro
         Payload::Control(p) => visitor.control(r, p),
         Payload::Forked(p) => visitor.forked(r, p),
         Payload::PolicyChanged(p) => visitor.policy_changed(r, p),
+        Payload::RepeatedFailure(p) => visitor.repeated_failure(r, p),
     }
 }

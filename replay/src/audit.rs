@@ -25,13 +25,13 @@ use std::str::FromStr;
 
 use longrun_host::context::READ_OUTPUT;
 use longrun_host::journal::payload::{
-    BudgetEvent, Control, Forked, Input, JournaledCompaction, ModelFailure, ModelResponse,
-    NewMessages, PolicyChanged, Refusal, SessionCreated, SessionEnded, ToolIntent, ToolResult,
-    Usage, Verdict,
+    BudgetEvent, Control, EndStatus, Forked, Input, JournaledCompaction, ModelFailure,
+    ModelResponse, NewMessages, PolicyChanged, Refusal, RepeatedFailure, SessionCreated,
+    SessionEnded, ToolCall, ToolIntent, ToolResult, Usage, Verdict,
 };
 use longrun_host::journal::{
-    Hash, Journal, Record, RecordKind, SessionId, StateError, VerifyError, Visitor, hex, parse_hex,
-    visit,
+    Hash, Journal, Record, RecordKind, RepeatedFailures, SessionId, StateError, VerifyError,
+    Visitor, hex, parse_hex, visit,
 };
 use longrun_host::policy::{Decision, Policy, Price};
 
@@ -88,6 +88,9 @@ pub fn verify(
         asked: HashMap::new(),
         approvals: HashMap::new(),
         calls: HashMap::new(),
+        failures: RepeatedFailures::default(),
+        repeat_due: None,
+        stuck_due: false,
         warnings: Vec::new(),
     };
     let (records, check) = check_in_parallel(journal, session, check)?;
@@ -216,6 +219,12 @@ struct Check<'j> {
     approvals: HashMap<String, bool>,
     /// The tool of each announced call, by call id.
     calls: HashMap<String, String>,
+    /// How often each failing call failed, and the repeat that the next
+    /// record must report (call id, tool, count).
+    failures: RepeatedFailures,
+    repeat_due: Option<(String, String, u64)>,
+    /// A repeat past the policy's limit: the session must end as stuck next.
+    stuck_due: bool,
     warnings: Vec<String>,
 }
 
@@ -292,7 +301,31 @@ impl Visitor for Check<'_> {
     }
 
     fn tool_result(&mut self, r: &Record, result: &ToolResult) -> Result<(), Failure> {
-        Ok(self.result(r, result)?)
+        self.result(r, result)?;
+        if let Some(error) = &result.error {
+            self.failed(&result.call_id, error);
+        }
+        Ok(())
+    }
+
+    fn repeated_failure(&mut self, _: &Record, repeat: &RepeatedFailure) -> Result<(), Failure> {
+        let due = self.repeat_due.take();
+        let said = (repeat.call_id.clone(), repeat.tool.clone(), repeat.count);
+        if due.as_ref() != Some(&said) {
+            return Err(Failure(format!(
+                "it says call {} ({}) failed the same way {} times, but the records before it do not",
+                repeat.call_id, repeat.tool, repeat.count
+            )));
+        }
+        let allowed = self.in_force()?.policy.session.repeated_failures_allowed();
+        if repeat.limit != allowed {
+            return Err(Failure(format!(
+                "it says the limit was {}, but the policy in force allowed {allowed}",
+                repeat.limit
+            )));
+        }
+        self.stuck_due = repeat.count > allowed;
+        Ok(())
     }
 
     fn forked(&mut self, _: &Record, forked: &Forked) -> Result<(), Failure> {
@@ -305,8 +338,8 @@ impl Visitor for Check<'_> {
         Ok(())
     }
 
-    // Nothing to re-check against the policy: the chain covers them.
-    fn policy_decision(&mut self, _: &Record, _: &Refusal) -> Result<(), Failure> {
+    fn policy_decision(&mut self, _: &Record, refusal: &Refusal) -> Result<(), Failure> {
+        self.failed(&refusal.call_id, &refusal.reason);
         Ok(())
     }
 
@@ -322,7 +355,12 @@ impl Visitor for Check<'_> {
         Ok(())
     }
 
-    fn session_ended(&mut self, _: &Record, _: &SessionEnded) -> Result<(), Failure> {
+    fn session_ended(&mut self, _: &Record, ended: &SessionEnded) -> Result<(), Failure> {
+        if ended.status == EndStatus::Stuck && !self.stuck_due {
+            return Err(Failure(
+                "the session ended as stuck, but no call had failed the same way past max_repeated_failures".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -339,6 +377,21 @@ impl Check<'_> {
     fn record(&mut self, record: &Record) -> Result<(), String> {
         if record.seq == 0 {
             return self.created(record);
+        }
+        // A repeated failure is reported right after it, and one past the
+        // limit ends the session right after that.
+        if let Some((call, tool, count)) = &self.repeat_due
+            && record.kind != RecordKind::RepeatedFailure
+        {
+            return Err(format!(
+                "call {call} ({tool}) failed the same way for the {count}th time, and no repeated_failure record says so"
+            ));
+        }
+        if self.stuck_due && record.kind != RecordKind::SessionEnded {
+            let allowed = self.in_force()?.policy.session.repeated_failures_allowed();
+            return Err(format!(
+                "the session went on after a call failed the same way more than max_repeated_failures ({allowed}) times"
+            ));
         }
         if record.kind == RecordKind::ModelRequest {
             // The messages sent hold nothing the policy limits, and the hash
@@ -581,6 +634,23 @@ impl Check<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Count a failure of a call the model asked for (an MCP client's calls
+    /// are not the loop's, and not counted).
+    fn failed(&mut self, call_id: &str, error: &str) {
+        let Some((name, arguments)) = self.asked.get(call_id).filter(|_| self.model_driven) else {
+            return;
+        };
+        let call = ToolCall {
+            id: call_id.to_owned(),
+            name: name.clone(),
+            arguments: arguments.clone(),
+        };
+        let count = self.failures.failed(&call, error);
+        if count >= 2 {
+            self.repeat_due = Some((call.id, call.name, count));
+        }
     }
 
     fn fork(&self, forked: &Forked) -> Result<(), String> {

@@ -259,7 +259,8 @@ pub async fn reexecute(
             | RecordKind::SessionEnded
             | RecordKind::UserMessage
             | RecordKind::Control
-            | RecordKind::Forked => {}
+            | RecordKind::Forked
+            | RecordKind::RepeatedFailure => {}
         }
     }
     bar.finish_and_clear();

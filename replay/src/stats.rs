@@ -94,7 +94,8 @@ pub fn stats(journal: &Journal, session: SessionId) -> Result<Stats, ReplayError
             | Payload::UserMessage(_)
             | Payload::Control(_)
             | Payload::Forked(_)
-            | Payload::PolicyChanged(_) => {}
+            | Payload::PolicyChanged(_)
+            | Payload::RepeatedFailure(_) => {}
         }
     }
     Ok(out)

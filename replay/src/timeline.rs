@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 
 use longrun_host::journal::payload::{
     BudgetEvent, Control, ControlAction, EndStatus, Forked, Input, JournaledCompaction, Message,
-    Method, ModelFailure, ModelResponse, NewMessages, PolicyChanged, Refusal, Role, SessionCreated,
-    SessionEnded, ToolIntent, ToolResult, Verdict,
+    Method, ModelFailure, ModelResponse, NewMessages, PolicyChanged, Refusal, RepeatedFailure, Role,
+    SessionCreated, SessionEnded, ToolIntent, ToolResult, Verdict,
 };
 use longrun_host::journal::{Journal, Record, RecordKind, StateError, Status, Visitor, hex, visit};
 
@@ -45,7 +45,10 @@ fn kind_colour(kind: RecordKind) -> &'static str {
     match kind {
         RecordKind::ModelRequest | RecordKind::ModelResponse => CYAN,
         RecordKind::ToolIntent | RecordKind::ToolResult => GREEN,
-        RecordKind::PolicyDecision | RecordKind::Error | RecordKind::PolicyChanged => RED,
+        RecordKind::PolicyDecision
+        | RecordKind::Error
+        | RecordKind::PolicyChanged
+        | RecordKind::RepeatedFailure => RED,
         RecordKind::ApprovalAsked | RecordKind::ApprovalGiven | RecordKind::BudgetEvent => YELLOW,
         RecordKind::Compaction => MAGENTA,
         RecordKind::UserMessage | RecordKind::Control => BLUE,
@@ -303,6 +306,7 @@ impl Visitor for Block<'_> {
         let status = match p.status {
             EndStatus::Completed => Status::Completed,
             EndStatus::Cancelled => Status::Cancelled,
+            EndStatus::Stuck => Status::Stuck,
         };
         self.line("status", status.as_str());
         if let Some(answer) = &p.answer {
@@ -335,6 +339,15 @@ impl Visitor for Block<'_> {
 
     fn policy_changed(&mut self, _: &Record, p: &PolicyChanged) -> Result<(), StateError> {
         self.line("policy", &format!("now {}", p.policy_hash));
+        Ok(())
+    }
+
+    fn repeated_failure(&mut self, _: &Record, p: &RepeatedFailure) -> Result<(), StateError> {
+        let text = format!(
+            "{} failed the same way {} times (the policy allows {})",
+            p.tool, p.count, p.limit
+        );
+        self.line("repeat", &self.style.paint(RED, &text));
         Ok(())
     }
 }

@@ -74,6 +74,7 @@ impl Budgets {
                 self.max_wall_time_secs.map(std::time::Duration::from_secs),
             )
             .map(HumanDuration),
+            max_repeated_failures: policy.max_repeated_failures,
         }
     }
 
@@ -298,6 +299,7 @@ async fn drive(shared: &Shared, entry: &Arc<Entry>, mut session: Session<'_>) {
                 Status::Completed
             }
             Ok(SessionStatus::Cancelled) => Status::Cancelled,
+            Ok(SessionStatus::Stuck { .. }) => Status::Stuck,
             Ok(SessionStatus::Halted) => return,
             Ok(SessionStatus::Paused) => Status::Paused,
             Ok(SessionStatus::AwaitingApproval { call }) => {

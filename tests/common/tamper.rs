@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use longrun_host::journal::store::segments::{RawEntry, read_entries, write_entries};
-use longrun_host::journal::{Hash, SessionId};
+use longrun_host::journal::{Hash, Journal, JournalOptions, Record, SessionId};
 
 /// A record's key: session and sequence number.
 pub type Key = (SessionId, u64);
@@ -94,4 +94,27 @@ pub fn raw(dir: &Path) -> (RawRecords, RawBlobs) {
         }
     }
     (RawRecords(records), RawBlobs(blobs))
+}
+
+/// The session written again, record by record, into a new journal in
+/// `into`, with `edit` applied to each payload: a consistent chain that
+/// says something else, as an operator with write access could make.
+pub fn rewrite(
+    from: &[Record],
+    from_journal: &Path,
+    into: &Path,
+    edit: impl Fn(&Record) -> Vec<u8>,
+) -> SessionId {
+    let source = Journal::open_with(from_journal, JournalOptions::AUDIT).unwrap();
+    let target = Journal::open(into).unwrap();
+    let mut writer = target.create_session().unwrap();
+    for record in from {
+        for blob in &record.blobs {
+            target.put_blob(&source.blob(blob).unwrap()).unwrap();
+        }
+        writer
+            .append(record.kind, &edit(record), &record.blobs)
+            .unwrap();
+    }
+    writer.session()
 }
