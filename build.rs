@@ -82,7 +82,14 @@ fn build_tools(root: &Path, target_dir: &Path) {
     let mut command = Command::new(cargo);
     command
         .current_dir(root)
-        .args(["build", "--profile", "tools", "--locked", "--target", WASM_TARGET])
+        .args([
+            "build",
+            "--profile",
+            "tools",
+            "--locked",
+            "--target",
+            WASM_TARGET,
+        ])
         .arg("--target-dir")
         .arg(target_dir);
     for name in BUILTIN.iter().chain(&ALSO_BUILT) {

@@ -76,8 +76,7 @@ fn script(lines: &[&str]) -> ScriptedModel {
 
 const READ_MISSING: &str =
     r#"{"tool_calls": [{"name": "fs_read", "arguments": {"path": "/workspace/missing.txt"}}]}"#;
-const LIST: &str =
-    r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}]}"#;
+const LIST: &str = r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}]}"#;
 const ANSWER: &str = r#"{"content": "hello.txt says hi"}"#;
 
 /// The scripted model, keeping the last message of each request it gets.
@@ -108,7 +107,13 @@ async fn a_repeated_failure_is_pointed_out_and_past_the_limit_ends_the_session_a
     let w = world();
     let policy = w.policy("max_repeated_failures = 2");
     let model = Recording(
-        script(&[READ_MISSING, READ_MISSING, READ_MISSING, READ_MISSING, ANSWER]),
+        script(&[
+            READ_MISSING,
+            READ_MISSING,
+            READ_MISSING,
+            READ_MISSING,
+            ANSWER,
+        ]),
         Mutex::default(),
     );
 
@@ -121,7 +126,10 @@ async fn a_repeated_failure_is_pointed_out_and_past_the_limit_ends_the_session_a
     assert!(error.contains("/workspace/missing.txt"), "{error}");
     let seen = model.1.lock().unwrap().clone();
     assert_eq!(seen.len(), 3, "the third failure ended it: {seen:?}");
-    assert!(!seen[1].contains("Note:"), "the first failure is not a repeat");
+    assert!(
+        !seen[1].contains("Note:"),
+        "the first failure is not a repeat"
+    );
     assert!(
         seen[2].contains("has now failed 2 times with the same error")
             && seen[2].contains("The next identical failure ends the session."),
@@ -130,7 +138,10 @@ async fn a_repeated_failure_is_pointed_out_and_past_the_limit_ends_the_session_a
     );
     let repeats = w.repeats(id);
     assert_eq!(
-        repeats.iter().map(|r| (r.count, r.limit)).collect::<Vec<_>>(),
+        repeats
+            .iter()
+            .map(|r| (r.count, r.limit))
+            .collect::<Vec<_>>(),
         [(2, 2), (3, 2)]
     );
     assert_eq!(w.status(id), Status::Stuck);
@@ -162,7 +173,13 @@ async fn without_the_field_three_identical_failures_are_allowed_and_the_fourth_e
     let w = world();
     let policy = w.policy("");
     let three = script(&[READ_MISSING, READ_MISSING, READ_MISSING, ANSWER]);
-    let four = script(&[READ_MISSING, READ_MISSING, READ_MISSING, READ_MISSING, ANSWER]);
+    let four = script(&[
+        READ_MISSING,
+        READ_MISSING,
+        READ_MISSING,
+        READ_MISSING,
+        ANSWER,
+    ]);
 
     let (_, after_three) = run(&w, &policy, &three).await;
     let (id, after_four) = run(&w, &policy, &four).await;
@@ -179,7 +196,8 @@ async fn without_the_field_three_identical_failures_are_allowed_and_the_fourth_e
 async fn a_refusal_repeated_counts_like_any_failure() {
     let w = world();
     let policy = w.policy("max_repeated_failures = 1");
-    let denied = r#"{"tool_calls": [{"name": "http_get", "arguments": {"url": "https://example.com/"}}]}"#;
+    let denied =
+        r#"{"tool_calls": [{"name": "http_get", "arguments": {"url": "https://example.com/"}}]}"#;
     let model = script(&[denied, denied, ANSWER]);
 
     let (id, status) = run(&w, &policy, &model).await;

@@ -459,7 +459,8 @@ impl SessionState {
                     return Err(refuse(format!(
                         "it says call {call_id} ({tool}) failed so {count} times, but the records say {}",
                         match last {
-                            Some((id, tool, n)) => format!("call {id} ({tool}) failed last, {n} times"),
+                            Some((id, tool, n)) =>
+                                format!("call {id} ({tool}) failed last, {n} times"),
                             None => "no call failed".to_owned(),
                         }
                     )));

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 
 use longrun_host::journal::payload::{
     BudgetEvent, Control, ControlAction, EndStatus, Forked, Input, JournaledCompaction, Message,
-    Method, ModelFailure, ModelResponse, NewMessages, PolicyChanged, Refusal, RepeatedFailure, Role,
-    SessionCreated, SessionEnded, ToolIntent, ToolResult, Verdict,
+    Method, ModelFailure, ModelResponse, NewMessages, PolicyChanged, Refusal, RepeatedFailure,
+    Role, SessionCreated, SessionEnded, ToolIntent, ToolResult, Verdict,
 };
 use longrun_host::journal::{Journal, Record, RecordKind, StateError, Status, Visitor, hex, visit};
 
