@@ -1,8 +1,16 @@
 //! `tool_call`: one call of the built-in `echo` tool through the whole host
 //! path (policy check, argument size and JSON Schema validation, a fresh
-//! instance with its WASI context, the call, the output check), against
-//! spawning an equivalent native process per call (`cat`, which echoes its
-//! input), in the same run. Prints both medians and the ratio.
+//! instance with its WASI context, the call, the output check), against two
+//! baselines in the same run:
+//!
+//! - bare wasmtime: the same component, pre-instantiated once, with the
+//!   pooling allocator; each call is a new store with an empty WASI context,
+//!   a fresh instance and the call — the least any host can do per call
+//!   with a fresh instance;
+//! - spawning an equivalent native process per call (`cat`, which echoes its
+//!   input).
+//!
+//! Prints the three medians and longrun's ratio to each.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -15,6 +23,77 @@ use longrun_host::policy::Policy;
 use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
 
 mod common;
+
+/// The bare-wasmtime baseline.
+mod bare {
+    use wasmtime::component::{Component, Linker, ResourceTable};
+    use wasmtime::{Config, Engine, PoolingAllocationConfig, Store};
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "tool",
+        exports: { default: async },
+    });
+
+    pub struct Ctx {
+        wasi: WasiCtx,
+        table: ResourceTable,
+    }
+
+    impl WasiView for Ctx {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    /// One component, ready to be instantiated per call.
+    pub struct Bare {
+        engine: Engine,
+        pre: ToolPre<Ctx>,
+    }
+
+    impl Bare {
+        pub fn new(component: &std::path::Path) -> Bare {
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(4)
+                .total_core_instances(64)
+                .total_memories(8)
+                .total_tables(32)
+                .total_stacks(4);
+            let mut config = Config::new();
+            config.allocation_strategy(pool);
+            let engine = Engine::new(&config).expect("engine");
+            let mut linker = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("WASI");
+            let component = Component::from_file(&engine, component).expect("component");
+            let pre = ToolPre::new(linker.instantiate_pre(&component).expect("pre"))
+                .expect("the tool world");
+            Bare { engine, pre }
+        }
+
+        /// A fresh store and instance, and one call of `tool`.
+        pub async fn call(&self, tool: &str, args: &str) -> String {
+            let ctx = Ctx {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            };
+            let mut store = Store::new(&self.engine, ctx);
+            let instance = self
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .expect("instance");
+            match instance.call_call(&mut store, tool, args).await {
+                Ok(Ok(output)) => output,
+                other => panic!("the bare call failed: {other:?}"),
+            }
+        }
+    }
+}
 
 const ARGS: &str = r#"{"text":"hello from the benchmark"}"#;
 
@@ -57,6 +136,27 @@ fn tool_call(c: &mut Criterion) {
         })
     });
 
+    let component = tools_dir.join("longrun_tool_example.wasm");
+    let bare = bare::Bare::new(&component);
+    assert_eq!(
+        runtime.block_on(bare.call("echo", ARGS)),
+        expected,
+        "both paths run the same tool"
+    );
+    let bare_samples = Samples::default();
+    group.bench_function("bare_wasmtime_echo", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let output = runtime.block_on(bare.call("echo", ARGS));
+                assert_eq!(output, expected);
+            }
+            let elapsed = start.elapsed();
+            bare_samples.record(elapsed, iters);
+            elapsed
+        })
+    });
+
     let native = Samples::default();
     group.bench_function("process_per_call", |b| {
         b.iter_custom(|iters| {
@@ -80,10 +180,12 @@ fn tool_call(c: &mut Criterion) {
     });
     group.finish();
 
-    if let (Some(w), Some(n)) = (wasm.median(), native.median()) {
+    if let (Some(w), Some(b), Some(n)) = (wasm.median(), bare_samples.median(), native.median()) {
         common::print_result(&format!(
-            "tool_call: longrun echo median {:.1} µs, process per call median {:.1} µs, ratio {:.1}x faster",
+            "tool_call: longrun echo median {:.1} µs, bare wasmtime median {:.1} µs (longrun {:.2}x of it), process per call median {:.1} µs (longrun {:.1}x faster)",
             w * 1e6,
+            b * 1e6,
+            w / b,
             n * 1e6,
             n / w
         ));

@@ -31,6 +31,7 @@ impl Samples {
     }
 
     /// The median seconds per iteration, if any sample was taken.
+    #[allow(dead_code)] // Not every benchmark prints a median.
     pub fn median(&self) -> Option<f64> {
         let mut s = self.0.lock().ok()?.clone();
         if s.is_empty() {

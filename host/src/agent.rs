@@ -44,6 +44,10 @@ const INLINE_OUTPUT: usize = 1024;
 /// The least context the loop works with: the goal, one step and a summary.
 const MIN_CONTEXT_TOKENS: u64 = 1024;
 
+/// How the text of a tool message that reports a failed or refused call
+/// begins (the model reads it; a backend may tell failures apart by it).
+pub const TOOL_ERROR_PREFIX: &str = "error: ";
+
 /// What the loop tells the model before the last step in which tools could
 /// help (see [`Ledger::only_an_answer_fits`]); that step offers no tools.
 pub const ANSWER_NOW: &str = "The session's budget allows no more tool calls. \
@@ -402,14 +406,14 @@ impl<'a> Session<'a> {
                             }
                             None => output,
                         },
-                        (None, Some(error)) => format!("error: {error}"),
+                        (None, Some(error)) => format!("{TOOL_ERROR_PREFIX}{error}"),
                         (None, None) => String::new(),
                     };
                     messages.push(Message::tool_result(&result.call_id, content));
                 }
                 Payload::PolicyDecision(refusal) => messages.push(Message::tool_result(
                     &refusal.call_id,
-                    format!("error: {}", refusal.reason),
+                    format!("{TOOL_ERROR_PREFIX}{}", refusal.reason),
                 )),
                 Payload::Compaction(compaction) => compaction
                     .compaction
@@ -816,7 +820,7 @@ impl<'a> Session<'a> {
                 elapsed_ms: 0,
                 view_bytes: None,
             });
-            let content = format!("error: {error}");
+            let content = format!("{TOOL_ERROR_PREFIX}{error}");
             return self
                 .journal_failure(&call, result, &[], content, &error)
                 .await;
@@ -882,8 +886,14 @@ impl<'a> Session<'a> {
             tool: call.name.clone(),
             reason: reason.clone(),
         });
-        self.journal_failure(call, refusal, &[], format!("error: {reason}"), &reason)
-            .await
+        self.journal_failure(
+            call,
+            refusal,
+            &[],
+            format!("{TOOL_ERROR_PREFIX}{reason}"),
+            &reason,
+        )
+        .await
     }
 
     /// Journal the record of a failed call (its result or its refusal) and
@@ -977,7 +987,7 @@ impl<'a> Session<'a> {
                 }
             }
             Err(e) => {
-                let content = format!("error: {e}");
+                let content = format!("{TOOL_ERROR_PREFIX}{e}");
                 return self
                     .journal_failure(call, Payload::ToolResult(result), &blobs, content, &e)
                     .await;

@@ -180,6 +180,12 @@ fn one_of_each_kind() -> Vec<Payload> {
             policy_text: "[session]\nmax_steps = 3\n".into(),
             policy_hash: "p2".into(),
         }),
+        Payload::RepeatedFailure(RepeatedFailure {
+            call_id: "call_4_0".into(),
+            tool: "fs_list".into(),
+            count: 2,
+            limit: 3,
+        }),
     ]
 }
 

@@ -4,15 +4,20 @@
 //! Small local models have no native tool-call format, so every answer is
 //! constrained by a JSON schema (mistral.rs's llguidance constraint): it is
 //! either `{"answer": "..."}` or `{"tool": NAME, "arguments": {...}}` for one
-//! of the offered tools, with arguments valid against that tool's schema.
-//! The conversation is rendered with the three roles every chat template
+//! of the offered tools, with arguments valid against that tool's schema
+//! (the [`Protocol`] says what the system message holds and what exactly
+//! the constraint allows). The conversation is rendered with the three roles every chat template
 //! knows (system, user, assistant): the protocol and the tools go into the
 //! system message, the model's earlier calls are shown as the JSON it wrote,
 //! and tool results come back as user messages. mistral.rs keeps a prefix
 //! cache of recent sequences, so each step's prompt processing costs its new
 //! tokens, not the whole context again.
 
+mod protocol;
+
 use std::path::Path;
+
+pub use protocol::Protocol;
 
 /// The mistral.rs this backend is built on, for callers that need its own
 /// requests (the `local_model` benchmark).
@@ -20,7 +25,7 @@ pub use mistralrs;
 
 use longrun_host::model::{
     Message, Model, ModelError, ModelFuture, ModelRequest, ModelResponse, Purpose, Role, ToolCall,
-    ToolDef, Usage,
+    Usage,
 };
 use mistralrs::{Constraint, RequestBuilder, StopTokens, TextMessageRole};
 use serde_json::{Value, json};
@@ -40,6 +45,7 @@ pub struct LocalModel {
     model: mistralrs::Model,
     /// The tokenizer's end-of-text tokens; see `end_tokens`.
     stop: Vec<u32>,
+    protocol: Protocol,
 }
 
 impl LocalModel {
@@ -68,7 +74,20 @@ impl LocalModel {
             name: name.to_owned(),
             model,
             stop,
+            protocol: Protocol::default(),
         })
+    }
+
+    /// This model with another protocol (the `local_tasks` benchmark
+    /// measures one against the other).
+    pub fn with_protocol(mut self, protocol: Protocol) -> LocalModel {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The protocol this model is spoken to with.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// The mistral.rs model underneath, for measurements (the `local_model`
@@ -168,61 +187,14 @@ async fn end_tokens(model: &mistralrs::Model) -> Vec<u32> {
 /// Sequences the engine runs at once (sessions sharing one loaded model).
 const MAX_SEQUENCES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(32).unwrap();
 
-/// The schema every answer must match: a final answer, or one call of an
-/// offered tool with arguments valid against its schema.
-pub fn answer_schema(tools: &[ToolDef]) -> Value {
-    let mut choices = vec![json!({
-        "type": "object",
-        "properties": {"answer": {"type": "string"}},
-        "required": ["answer"],
-        "additionalProperties": false
-    })];
-    for tool in tools {
-        choices.push(json!({
-            "type": "object",
-            "properties": {
-                "tool": {"const": tool.name},
-                "arguments": tool.parameters
-            },
-            "required": ["tool", "arguments"],
-            "additionalProperties": false
-        }));
-    }
-    json!({
-        "anyOf": choices,
-        // llguidance's options: no free whitespace between JSON tokens (a
-        // small model otherwise fills its whole output budget with newlines),
-        // and the separators the protocol's examples use.
-        "x-guidance": {
-            "whitespace_flexible": false,
-            "item_separator": ", ",
-            "key_separator": ": "
-        }
-    })
-}
-
-/// The system message: how to answer, and the tools.
-fn protocol(tools: &[ToolDef]) -> String {
-    let mut text = String::from(
-        "You are an agent that completes the user's goal step by step. \
-         Answer with one JSON object and nothing else: either \
-         {\"tool\": NAME, \"arguments\": {...}} to call one tool, or \
-         {\"answer\": \"...\"} when the goal is done. Tools:\n",
-    );
-    for tool in tools {
-        text.push_str(&format!(
-            "- {}: {} Arguments schema: {}\n",
-            tool.name, tool.description, tool.parameters
-        ));
-    }
-    text
-}
-
 /// The conversation as the three roles every chat template knows.
-fn render(request: &ModelRequest) -> RequestBuilder {
+fn render(request: &ModelRequest, protocol: Protocol) -> RequestBuilder {
     let mut builder = RequestBuilder::new();
-    if request.purpose == Purpose::Step && !request.tools.is_empty() {
-        builder = builder.add_message(TextMessageRole::System, protocol(&request.tools));
+    if request.purpose == Purpose::Step
+        && let Some(system) =
+            protocol.system_message(&protocol.ordered(&request.tools, &request.messages))
+    {
+        builder = builder.add_message(TextMessageRole::System, system);
     }
     for message in &request.messages {
         let text = message.content.clone().unwrap_or_default();
@@ -245,13 +217,12 @@ fn render(request: &ModelRequest) -> RequestBuilder {
                 };
                 builder.add_message(TextMessageRole::Assistant, shown)
             }
-            Role::Tool => builder.add_message(
-                TextMessageRole::User,
-                format!(
-                    "Result of {}:\n{text}",
-                    message.tool_call_id.as_deref().unwrap_or("the call")
-                ),
-            ),
+            Role::Tool => {
+                let id = message.tool_call_id.as_deref();
+                let heading =
+                    protocol.result_heading(protocol::called_tool(&request.messages, id), id);
+                builder.add_message(TextMessageRole::User, format!("{heading}\n{text}"))
+            }
         };
     }
     builder
@@ -294,13 +265,16 @@ impl Model for LocalModel {
             let constrained = request.purpose == Purpose::Step;
             // Greedy first: `set_deterministic_sampler` replaces every
             // sampling setting, the length limit included.
-            let mut builder = render(request)
+            let mut builder = render(request, self.protocol)
                 .set_deterministic_sampler()
                 .set_sampler_max_len(request.max_output_tokens as usize)
                 .set_sampler_stop_toks(StopTokens::Ids(self.stop.clone()));
             if constrained {
-                builder =
-                    builder.set_constraint(Constraint::JsonSchema(answer_schema(&request.tools)));
+                let offer = self.protocol.offer(&request.tools, &request.messages);
+                builder = builder.set_constraint(Constraint::JsonSchema(
+                    self.protocol
+                        .answer_schema(&offer, request.max_output_tokens),
+                ));
             }
             let response = self
                 .model
@@ -363,21 +337,5 @@ mod tests {
         );
         assert!(parse_answer("hello", 0).is_err());
         assert!(parse_answer(r#"{"tool": "x"}"#, 0).is_err());
-    }
-
-    #[test]
-    fn the_schema_offers_an_answer_and_each_tool_with_its_arguments() {
-        let tools = vec![ToolDef {
-            name: "echo".into(),
-            description: "echo".into(),
-            parameters: json!({"type": "object", "properties": {"text": {"type": "string"}}}),
-        }];
-        let schema = answer_schema(&tools);
-        assert_eq!(schema["anyOf"].as_array().unwrap().len(), 2);
-        assert_eq!(schema["anyOf"][1]["properties"]["tool"]["const"], "echo");
-        assert_eq!(
-            schema["anyOf"][1]["properties"]["arguments"],
-            tools[0].parameters
-        );
     }
 }

@@ -501,9 +501,16 @@ impl Loader for NormalLoader {
 
         // TODO: PagedAttention is not supported with CPU for now.
         // This check is not really necessary because `get_device_layers` should prevent it.
-        let mapping_uses_cpu = mapper.get_unique_devices().iter().any(Device::is_cpu);
+        // longrun patch: the warning only when the mapping really mixes devices
+        // (a CPU-only run has no PagedAttention to lose and nothing to warn
+        // about); PagedAttention is off whenever any layer is on the CPU.
+        let devices = mapper.get_unique_devices();
+        let mapping_uses_cpu = devices.iter().any(Device::is_cpu);
+        let mapping_uses_gpu = devices.iter().any(|d| !d.is_cpu());
         if mapping_uses_cpu && paged_attn_config.is_some() {
-            warn!("Device mapping contains a mix of GPU and CPU. There is no CPU support for PagedAttention, disabling PagedAttention.");
+            if mapping_uses_gpu {
+                warn!("Device mapping contains a mix of GPU and CPU. There is no CPU support for PagedAttention, disabling PagedAttention.");
+            }
             paged_attn_config = None;
         }
 
