@@ -8,7 +8,7 @@
 //! benchmark's baseline so that every change here is measured against it.
 
 use longrun_host::agent::TOOL_ERROR_PREFIX;
-use longrun_host::model::{Message, Role, ToolCall, ToolDef};
+use longrun_host::model::{Message, Role, ToolDef};
 use serde_json::{Map, Value, json};
 
 /// What the system message says and what the constraint allows.
@@ -336,6 +336,7 @@ fn required_only(parameters: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use longrun_host::model::ToolCall;
 
     fn tool(name: &str, description: &str) -> ToolDef {
         ToolDef {
