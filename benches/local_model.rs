@@ -169,21 +169,12 @@ fn local_model(c: &mut Criterion) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // mistral.rs's CPU kernels run on rayon's global pool; llama.cpp gets the
     // same count. SAFETY: set before any thread that reads it exists.
-    unsafe {
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-        std::env::set_var("HF_HUB_OFFLINE", "1");
-    }
-    let path = longrun_host::fetch::cached(longrun_host::fetch::DEFAULT_MODEL)
-        .expect("models dir")
-        .expect("the default model is not cached: run `longrun model fetch`");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let model = runtime
-        .block_on(LocalModel::load("local:smollm2-135m", &path))
-        .expect("load the default model");
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    let common::DefaultModel {
+        runtime,
+        model,
+        path,
+    } = common::default_model();
     let mut llama = LlamaCpp::start(&path, threads);
     let nonce = AtomicU64::new(0);
     let next = || nonce.fetch_add(1, Ordering::Relaxed);

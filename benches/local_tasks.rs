@@ -172,25 +172,13 @@ fn written(journal: &Journal) -> Vec<String> {
 }
 
 fn local_tasks(c: &mut Criterion) {
-    // SAFETY: set before any thread that reads the environment exists.
-    unsafe { std::env::set_var("HF_HUB_OFFLINE", "1") };
-    let path = longrun_host::fetch::cached(longrun_host::fetch::DEFAULT_MODEL)
-        .expect("models dir")
-        .expect("the default model is not cached: run `longrun model fetch`");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let common::DefaultModel { runtime, model, .. } = common::default_model();
     let tools_dir = longrun_host::tooldir::builtin_tools_dir()
         .expect("the built-in tools: run scripts/build-tools");
     let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).expect("sandbox"));
     let toolbox = runtime
         .block_on(Toolbox::load_dir(sandbox, &tools_dir))
         .expect("the built-in tools load");
-    let model = runtime
-        .block_on(LocalModel::load("local:smollm2-135m", &path))
-        .expect("load the default model");
     let bench = Bench { runtime, toolbox };
 
     let mut model = Some(model);

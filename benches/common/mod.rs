@@ -53,3 +53,43 @@ pub fn print_result(line: &str) {
         println!("(test mode, one sample, not a measurement: `cargo bench` measures) {line}");
     }
 }
+
+/// The default local model, loaded, with what its benchmarks need beside it.
+#[allow(dead_code)] // Only the local model's benchmarks load it.
+pub struct DefaultModel {
+    /// The two-worker runtime the model was loaded on, for the benchmark
+    /// to go on using.
+    pub runtime: tokio::runtime::Runtime,
+    pub model: longrun_model_local::LocalModel,
+    /// The GGUF file (for a baseline that loads it too).
+    pub path: std::path::PathBuf,
+}
+
+/// Load the default local model (SmolLM2-135M-Instruct Q4_1) from the cache;
+/// mistral.rs never asks the hub. Call it before any other thread exists:
+/// it sets `HF_HUB_OFFLINE`.
+#[allow(dead_code)] // Only the local model's benchmarks load it.
+pub fn default_model() -> DefaultModel {
+    // SAFETY: the caller runs this before any thread that reads the
+    // environment exists.
+    unsafe { std::env::set_var("HF_HUB_OFFLINE", "1") };
+    let path = longrun_host::fetch::cached(longrun_host::fetch::DEFAULT_MODEL)
+        .expect("models dir")
+        .expect("the default model is not cached: run `longrun model fetch`");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let model = runtime
+        .block_on(longrun_model_local::LocalModel::load(
+            "local:smollm2-135m",
+            &path,
+        ))
+        .expect("load the default model");
+    DefaultModel {
+        runtime,
+        model,
+        path,
+    }
+}

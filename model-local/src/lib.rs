@@ -6,8 +6,9 @@
 //! either `{"answer": "..."}` or `{"tool": NAME, "arguments": {...}}` for one
 //! of the offered tools, with arguments valid against that tool's schema
 //! (the [`Protocol`] says what the system message holds and what exactly
-//! the constraint allows). The conversation is rendered with the three roles every chat template
-//! knows (system, user, assistant): the protocol and the tools go into the
+//! the constraint allows). The conversation is rendered with the three roles
+//! every chat template knows (system, user, assistant): the protocol and the
+//! tools go into the
 //! system message, the model's earlier calls are shown as the JSON it wrote,
 //! and tool results come back as user messages. mistral.rs keeps a prefix
 //! cache of recent sequences, so each step's prompt processing costs its new
@@ -17,7 +18,7 @@ mod protocol;
 
 use std::path::Path;
 
-pub use protocol::Protocol;
+pub use protocol::{Offer, Protocol};
 
 /// The mistral.rs this backend is built on, for callers that need its own
 /// requests (the `local_model` benchmark).
@@ -187,13 +188,11 @@ async fn end_tokens(model: &mistralrs::Model) -> Vec<u32> {
 /// Sequences the engine runs at once (sessions sharing one loaded model).
 const MAX_SEQUENCES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(32).unwrap();
 
-/// The conversation as the three roles every chat template knows.
-fn render(request: &ModelRequest, protocol: Protocol) -> RequestBuilder {
+/// The conversation as the three roles every chat template knows, with the
+/// protocol's system message for a step (`offer`).
+fn render(request: &ModelRequest, protocol: Protocol, offer: Option<&Offer<'_>>) -> RequestBuilder {
     let mut builder = RequestBuilder::new();
-    if request.purpose == Purpose::Step
-        && let Some(system) =
-            protocol.system_message(&protocol.ordered(&request.tools, &request.messages))
-    {
+    if let Some(system) = offer.and_then(|offer| protocol.system_message(offer)) {
         builder = builder.add_message(TextMessageRole::System, system);
     }
     for message in &request.messages {
@@ -262,18 +261,20 @@ impl Model for LocalModel {
 
     fn complete<'a>(&'a self, request: &'a ModelRequest) -> ModelFuture<'a> {
         Box::pin(async move {
-            let constrained = request.purpose == Purpose::Step;
+            // A step is constrained to the protocol's offer; other requests
+            // (a compaction's summary) are plain text.
+            let offer = (request.purpose == Purpose::Step)
+                .then(|| self.protocol.offer(&request.tools, &request.messages));
             // Greedy first: `set_deterministic_sampler` replaces every
             // sampling setting, the length limit included.
-            let mut builder = render(request, self.protocol)
+            let mut builder = render(request, self.protocol, offer.as_ref())
                 .set_deterministic_sampler()
                 .set_sampler_max_len(request.max_output_tokens as usize)
                 .set_sampler_stop_toks(StopTokens::Ids(self.stop.clone()));
-            if constrained {
-                let offer = self.protocol.offer(&request.tools, &request.messages);
+            if let Some(offer) = &offer {
                 builder = builder.set_constraint(Constraint::JsonSchema(
                     self.protocol
-                        .answer_schema(&offer, request.max_output_tokens),
+                        .answer_schema(offer, request.max_output_tokens),
                 ));
             }
             let response = self
@@ -286,7 +287,7 @@ impl Model for LocalModel {
                 .and_then(|c| c.message.content.clone())
                 .unwrap_or_default();
             let cut = choice.is_some_and(|c| c.finish_reason == "length");
-            let message = if !constrained {
+            let message = if offer.is_none() {
                 Message::text(Role::Assistant, text)
             } else {
                 match parse_answer(&text, request.step) {

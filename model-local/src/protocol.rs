@@ -36,11 +36,15 @@ const ANSWER_OVERHEAD_TOKENS: u64 = 16;
 /// The longest answer the guided protocol lets a model write, in characters.
 const MAX_GUIDED_ANSWER: u64 = 1000;
 
-/// What one step offers the model: the tools it may call, in the order
-/// shown, and whether it may answer.
+/// What one step shows and offers the model.
 #[derive(Debug)]
 pub struct Offer<'a> {
+    /// The tools the system message shows, in its order: every tool of the
+    /// request, the same for the whole session.
+    pub shown: Vec<&'a ToolDef>,
+    /// The tools the step's constraint lets the model call.
     pub tools: Vec<&'a ToolDef>,
+    /// Whether the constraint lets the model answer.
     pub answer: bool,
 }
 
@@ -50,7 +54,7 @@ impl Protocol {
     /// a small model mostly calls the first tool it was shown. The order
     /// depends on the goal only, so the system message stays the same for
     /// the whole session (and the engine's prefix cache keeps matching).
-    pub fn ordered<'a>(self, tools: &'a [ToolDef], messages: &[Message]) -> Vec<&'a ToolDef> {
+    fn ordered<'a>(self, tools: &'a [ToolDef], messages: &[Message]) -> Vec<&'a ToolDef> {
         let mut ordered: Vec<&ToolDef> = tools.iter().collect();
         if self == Protocol::Guided {
             let goal = messages
@@ -70,8 +74,10 @@ impl Protocol {
     /// is offered (a small model otherwise "answers" with the error it just
     /// read, or repeats the call).
     pub fn offer<'a>(self, tools: &'a [ToolDef], messages: &[Message]) -> Offer<'a> {
+        let shown = self.ordered(tools, messages);
         let mut offer = Offer {
-            tools: self.ordered(tools, messages),
+            tools: shown.clone(),
+            shown,
             answer: true,
         };
         if self != Protocol::Guided || offer.tools.is_empty() {
@@ -93,9 +99,10 @@ impl Protocol {
         offer
     }
 
-    /// The system message of a step that offers `tools` (none in a last step
-    /// that must answer).
-    pub fn system_message(self, tools: &[&ToolDef]) -> Option<String> {
+    /// The system message of a step: the tools `offer` shows (none in a last
+    /// step that must answer).
+    pub fn system_message(self, offer: &Offer<'_>) -> Option<String> {
+        let tools = offer.shown.as_slice();
         match self {
             Protocol::Plain if tools.is_empty() => None,
             Protocol::Plain => Some(plain_system_message(tools)),
@@ -472,8 +479,8 @@ mod tests {
     #[test]
     fn the_guided_system_message_shows_calls_and_an_example() {
         let tools = tools();
-        let shown: Vec<&ToolDef> = tools.iter().collect();
-        let text = Protocol::Guided.system_message(&shown).unwrap();
+        let offer = Protocol::Guided.offer(&tools, &goal("do it"));
+        let text = Protocol::Guided.system_message(&offer).unwrap();
         assert!(
             text.contains(
                 r#"{"tool": "fs_read", "arguments": {"path": "<string>"}}: Read a file."#
@@ -482,8 +489,9 @@ mod tests {
         );
         assert!(!text.contains("offset"), "optional arguments are not shown");
         assert!(text.contains("Example:"));
-        let last = Protocol::Guided.system_message(&[]).unwrap();
+        let none = Protocol::Guided.offer(&[], &goal("do it"));
+        let last = Protocol::Guided.system_message(&none).unwrap();
         assert!(last.contains("No more tools"), "{last}");
-        assert_eq!(Protocol::Plain.system_message(&[]), None);
+        assert_eq!(Protocol::Plain.system_message(&none), None);
     }
 }
