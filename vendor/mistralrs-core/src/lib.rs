@@ -59,7 +59,7 @@ mod attention;
 // longrun patch: the CPU attention kernel and its parameters, public (hidden)
 // so that longrun's tests can check the patched kernel against a reference.
 #[doc(hidden)]
-pub use attention::{run_flash_attn_cpu, SdpaParams};
+pub use attention::{run_flash_attn_cpu, run_prompt_attn_cpu, SdpaParams};
 mod diagnostics;
 mod diffusion_models;
 pub mod distributed;

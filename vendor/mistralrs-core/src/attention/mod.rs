@@ -10,7 +10,7 @@ mod backends;
 pub(crate) use backends::{flash_attn, maybe_synchronize, naive_sdpa, sinks_attn};
 // longrun patch: re-exported (hidden) for longrun's tests of the patched kernel.
 #[doc(hidden)]
-pub use backends::cpu::run_flash_attn_cpu;
+pub use backends::cpu::{run_flash_attn_cpu, run_prompt_attn_cpu};
 
 /// Chunk size for attention computation to avoid OOM on long sequences
 pub(crate) const ATTENTION_CHUNK_SIZE: usize = 1024;
@@ -127,6 +127,15 @@ impl Sdpa {
 
         let can_use_flash = q.device().is_cpu()
             || q.device().is_cuda() && crate::using_flash_attn() && q.dtype() != DType::F32;
+
+        // longrun patch: several queries on the CPU (a prompt, or the new part
+        // of one whose prefix is cached) as matrix products; see
+        // `cpu::run_prompt_attn_cpu`.
+        if q.device().is_cpu() && seq_len > 1 {
+            if let Some(out) = cpu::run_prompt_attn_cpu(q, k, v, mask, sdpa_params)? {
+                return Ok(out);
+            }
+        }
 
         if can_use_flash {
             // flash-attn expects (b_sz, seq_len, nheads, head_dim)

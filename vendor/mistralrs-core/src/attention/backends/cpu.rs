@@ -512,6 +512,83 @@ where
     )
 }
 
+/// longrun patch: bytes of attention scores one block of query rows may hold
+/// (the scores of every head for those rows over the whole context).
+const PROMPT_SCORES_BYTES: usize = 32 << 20;
+
+/// longrun patch: attention for several queries (a prompt, or the new part of
+/// one whose prefix is cached) on the CPU, as matrix products.
+///
+/// `flash_attn_cpu` walks the context one key at a time for each (query,
+/// head) row, with a scalar online softmax and a mask lookup per key: a
+/// step's prompt cost grew with the whole context behind it, several times
+/// faster than the products need. Here each key/value head's query rows
+/// (its group of query heads, stacked) are multiplied by the keys in one
+/// matrix product, the mask is added, the rows are softmaxed and multiplied
+/// by the values in another, in blocks of query rows so that the scores stay
+/// within `PROMPT_SCORES_BYTES`. The keys and values are read where they lie
+/// (no copy per query head).
+///
+/// Shapes: `q` (batch, heads, q_len, dim), `k` and `v` (batch, kv_heads,
+/// kv_len, dim), any strides with unit stride in the last dimension; `mask`
+/// additive, (q_len, kv_len). Returns (batch, heads, q_len, dim), or `None`
+/// for what this path does not handle (another dtype or device, softcapping,
+/// another mask shape), which the caller runs through the kernels above.
+pub fn run_prompt_attn_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    sdpa_params: &SdpaParams,
+) -> Result<Option<Tensor>> {
+    let (b, h, q_len, d) = q.dims4()?;
+    let (_, kv_h, kv_len, _) = k.dims4()?;
+    let handled = q.device().is_cpu()
+        && q.dtype() == candle_core::DType::F32
+        && k.dtype() == candle_core::DType::F32
+        && v.dtype() == candle_core::DType::F32
+        && q_len > 1
+        && kv_h > 0
+        && h % kv_h == 0
+        && v.dims4()? == (b, kv_h, kv_len, d)
+        && sdpa_params.softcap.is_none()
+        && mask.is_none_or(|m| m.dims() == [q_len, kv_len] && m.dtype() == q.dtype());
+    if !handled {
+        return Ok(None);
+    }
+    let group = h / kv_h;
+    let k_t = k.t()?;
+    let rows_per_block = (PROMPT_SCORES_BYTES / (4 * h * kv_len).max(1)).clamp(1, q_len);
+    let mut blocks = Vec::with_capacity(q_len.div_ceil(rows_per_block));
+    let mut start = 0;
+    while start < q_len {
+        let rows = rows_per_block.min(q_len - start);
+        // (b, kv_h, group * rows, d): query head `kv * group + g` belongs to
+        // key/value head `kv`, so a contiguous copy regroups them as is.
+        let q_block = q
+            .narrow(2, start, rows)?
+            .contiguous()?
+            .reshape((b, kv_h, group * rows, d))?;
+        let scores = (q_block.matmul(&k_t)? * f64::from(sdpa_params.softmax_scale))?;
+        let scores = match mask {
+            Some(mask) => scores
+                .reshape((b, kv_h, group, rows, kv_len))?
+                .broadcast_add(&mask.narrow(0, start, rows)?)?
+                .reshape((b, kv_h, group * rows, kv_len))?,
+            None => scores,
+        };
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        blocks.push(weights.matmul(v)?.reshape((b, h, rows, d))?);
+        start += rows;
+    }
+    let out = if blocks.len() == 1 {
+        blocks.pop().context("one block")?
+    } else {
+        Tensor::cat(&blocks, 2)?
+    };
+    Ok(Some(out))
+}
+
 /// Optimised path for the common decode case: q_len == 1 but kv_len ≫ 1.
 /// All intermediate maths is done in `f32`; we down‑cast to `T` exactly once
 /// when writing the output buffer.
