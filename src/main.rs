@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use longrun_host::agent::{AgentConfig, Resumed, Session, SessionStatus};
-use longrun_host::journal::{Journal, SessionId};
+use longrun_host::journal::{Journal, JournalOptions, Location, SessionId};
 use longrun_host::model::{Model, ModelSpec, ScriptedModel};
 use longrun_host::openai::{OpenAiConfig, OpenAiModel};
 use longrun_host::policy::{Access, Decision, Policy};
@@ -176,6 +176,40 @@ struct JournalDir {
         default_value = ".longrun/journal"
     )]
     dir: PathBuf,
+    /// A journal in a PostgreSQL database instead of a directory
+    /// (`postgres://user@host:port/db`; the schema is created on first
+    /// use).
+    #[arg(long = "store", id = "journal_store", conflicts_with = "journal_dir")]
+    store: Option<Location>,
+}
+
+impl JournalDir {
+    /// Where the journal is: the database `--store` names, or the
+    /// directory.
+    fn location(&self) -> Result<Location> {
+        match &self.store {
+            None => Ok(Location::Dir(self.dir.clone())),
+            Some(location @ Location::Postgres(_)) => Ok(location.clone()),
+            Some(other) => bail!(
+                "--store takes a postgres:// address, not {other}: a directory is --journal DIR"
+            ),
+        }
+    }
+
+    /// Open (or create) the journal, for writing.
+    fn open(&self) -> Result<Arc<Journal>> {
+        open_journal(&self.location()?)
+    }
+}
+
+/// Open (or create) the journal at `location`, for a host.
+fn open_journal(location: &Location) -> Result<Arc<Journal>> {
+    if let Location::Dir(dir) | Location::Segments(dir) | Location::Sled(dir) = location {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the journal directory {}", dir.display()))?;
+    }
+    Journal::open_location(location, JournalOptions::HOST)
+        .with_context(|| format!("opening the journal in {location}"))
 }
 
 #[derive(Subcommand)]
@@ -368,11 +402,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let policy = Arc::new(Policy::load(&policy)?);
             let toolbox = Arc::new(tools.load().await?);
-            std::fs::create_dir_all(&journal.dir).with_context(|| {
-                format!("creating the journal directory {}", journal.dir.display())
-            })?;
-            let journal = Journal::open(&journal.dir)
-                .with_context(|| format!("opening the journal in {}", journal.dir.display()))?;
+            let journal = journal.open()?;
             let transport = if http.is_some() { "http" } else { "stdio" };
             let server = Arc::new(McpServer::new(toolbox, policy, journal, transport).await?);
             match http {
@@ -575,14 +605,7 @@ async fn serve(
             .with_context(|| format!("model {name:?}"))?;
         models.insert(name.clone(), Arc::<dyn Model>::from(model));
     }
-    std::fs::create_dir_all(&config.journal).with_context(|| {
-        format!(
-            "creating the journal directory {}",
-            config.journal.display()
-        )
-    })?;
-    let journal = Journal::open(&config.journal)
-        .with_context(|| format!("opening the journal in {}", config.journal.display()))?;
+    let journal = open_journal(&config.journal)?;
     let watched = journal.clone();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -650,14 +673,11 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
         output_view_bytes: args.output_view,
         ..AgentConfig::default()
     };
-    let journal_dir = &args.journal.dir;
+    let location = args.journal.location()?;
     let model = args.model.load().await?;
     let policy = args.policy.load()?;
     let toolbox = args.tools.load().await?;
-    std::fs::create_dir_all(journal_dir)
-        .with_context(|| format!("creating the journal directory {}", journal_dir.display()))?;
-    let journal = Journal::open(journal_dir)
-        .with_context(|| format!("opening the journal in {}", journal_dir.display()))?;
+    let journal = open_journal(&location)?;
     let mut session = match start {
         Start::New { goal } => {
             let unfinished = last_unfinished(&journal)?;
@@ -674,7 +694,7 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
         Start::Resume { session } => {
             let id = match session {
                 Some(id) if !journal.sessions()?.contains(&id) => {
-                    bail!("there is no session {id} in {}", journal_dir.display())
+                    bail!("there is no session {id} in {location}")
                 }
                 Some(id) if !longrun_host::agent::resumable(&journal, id)? => {
                     bail!("session {id} cannot be resumed: it has ended, or it is a fork")
@@ -682,8 +702,7 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
                 Some(id) => id,
                 None => last_unfinished(&journal)?.with_context(|| {
                     format!(
-                        "no unfinished session in {}: `longrun run GOAL` starts one",
-                        journal_dir.display()
+                        "no unfinished session in {location}: `longrun run GOAL` starts one"
                     )
                 })?,
             };

@@ -382,8 +382,7 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
             }
             let model = model.load().await?;
             let toolbox = tools.load().await?;
-            let journal = Journal::open(&journal.dir)
-                .with_context(|| format!("opening the journal in {}", journal.dir.display()))?;
+            let journal = journal.open()?;
             let fork =
                 longrun_replay::fork::fork(&journal, session, at, &toolbox, &workspace).await?;
             eprintln!(
@@ -437,8 +436,8 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
 }
 
 fn open(journal: &JournalDir) -> Result<copy::JournalCopy> {
-    copy::open_read_only(&journal.dir)
-        .with_context(|| format!("reading the journal in {}", journal.dir.display()))
+    let location = journal.location()?;
+    copy::open_read_only(&location).with_context(|| format!("reading the journal in {location}"))
 }
 
 fn outcome(outcome: &reexecute::Outcome) -> String {

@@ -35,6 +35,7 @@ use crate::record::{
     genesis, hash_bytes, hash_matches, hex,
 };
 use crate::store::memory::MemoryStore;
+use crate::store::postgres::PostgresStore;
 use crate::store::segments::{SegmentStore, is_segment_store};
 use crate::store::sled::{SledStore, is_sled_store};
 use crate::store::{Store, StoreError};
@@ -175,7 +176,8 @@ impl Default for JournalOptions {
 
 /// Where a journal lives, as a configuration string names it: a directory
 /// (a plain path: the store already there, or a new segment store;
-/// `segments:DIR`; `sled:DIR`) or `memory:` (nothing kept).
+/// `segments:DIR`; `sled:DIR`), a PostgreSQL database
+/// (`postgres://user@host:port/db`) or `memory:` (nothing kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// The journal in this directory, whichever store it is; a new one is a
@@ -183,6 +185,9 @@ pub enum Location {
     Dir(std::path::PathBuf),
     Segments(std::path::PathBuf),
     Sled(std::path::PathBuf),
+    /// The connection address, as given (it may hold a password: show a
+    /// location with [`std::fmt::Display`], which leaves it out).
+    Postgres(String),
     Memory,
 }
 
@@ -191,15 +196,48 @@ impl std::str::FromStr for Location {
 
     fn from_str(text: &str) -> Result<Location, String> {
         match text.split_once(':') {
+            Some(("postgres" | "postgresql", rest)) if rest.starts_with("//") => {
+                Ok(Location::Postgres(text.into()))
+            }
             Some(("memory", "")) => Ok(Location::Memory),
             Some(("sled", dir)) if !dir.is_empty() => Ok(Location::Sled(dir.into())),
             Some(("segments", dir)) if !dir.is_empty() => Ok(Location::Segments(dir.into())),
             Some((scheme, _)) if scheme.len() > 1 && !scheme.contains('/') => Err(format!(
-                "unknown journal store {scheme:?}: use a directory, segments:DIR, sled:DIR or memory:"
+                "unknown journal store {scheme:?}: use a directory, segments:DIR, sled:DIR, postgres://... or memory:"
             )),
             _ if text.is_empty() => Err("an empty journal location".into()),
             _ => Ok(Location::Dir(text.into())),
         }
+    }
+}
+
+/// Where the journal is, for messages: a database address without its
+/// password.
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Dir(dir) => write!(f, "{}", dir.display()),
+            Location::Segments(dir) => write!(f, "segments:{}", dir.display()),
+            Location::Sled(dir) => write!(f, "sled:{}", dir.display()),
+            Location::Postgres(url) => f.write_str(&without_password(url)),
+            Location::Memory => f.write_str("memory:"),
+        }
+    }
+}
+
+/// `scheme://user:secret@host/db` as `scheme://user:***@host/db`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _secret)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.into(),
+        },
+        None => url.into(),
     }
 }
 
@@ -399,6 +437,11 @@ impl Journal {
     ) -> Result<Arc<Journal>, JournalError> {
         let (dir, store): (&Path, Arc<dyn Store>) = match location {
             Location::Memory => return Journal::in_memory(),
+            // The database is its own authority on what it acknowledged:
+            // there is no heads file beside it.
+            Location::Postgres(url) => {
+                return Journal::on_store(Arc::new(PostgresStore::open(url)?), None);
+            }
             Location::Dir(dir) if is_sled_store(dir) => {
                 (dir, Arc::new(SledStore::open(dir, options.cache_bytes)?))
             }
@@ -421,6 +464,25 @@ impl Journal {
         };
         let heads = HeadsFile::open(dir).map_err(JournalError::Heads)?;
         Journal::on_store(store, Some(heads))
+    }
+
+    /// Open the existing journal a [`Location`] names to read it, in
+    /// place (see [`Journal::open_read_only`]).
+    pub fn open_location_read_only(
+        location: &Location,
+        options: JournalOptions,
+    ) -> Result<Arc<Journal>, JournalError> {
+        match location {
+            Location::Postgres(url) => {
+                Journal::on_store(Arc::new(PostgresStore::open_read_only(url)?), None)
+            }
+            Location::Memory => Err(JournalError::Storage(StoreError::Io(
+                "a journal in memory has nothing to read".into(),
+            ))),
+            Location::Dir(dir) | Location::Segments(dir) | Location::Sled(dir) => {
+                Journal::open_read_only(dir, options)
+            }
+        }
     }
 
     /// A journal in memory (nothing survives the process).
@@ -515,6 +577,11 @@ impl Journal {
         session: SessionId,
         head: Option<(u64, Hash)>,
     ) -> Result<SessionWriter, JournalError> {
+        // No writer at all on a read-only journal, rather than one whose
+        // every append fails.
+        if self.store().read_only() {
+            return Err(JournalError::Storage(StoreError::ReadOnly));
+        }
         let mut writers = self
             .writers
             .lock()
@@ -1026,13 +1093,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_location_shown_leaves_out_the_database_password() {
+        let location: Location = "postgres://longrun:s3cret@db:5432/journal".parse().unwrap();
+        assert_eq!(location.to_string(), "postgres://longrun:***@db:5432/journal");
+        assert!(!format!("{location}").contains("s3cret"));
+        let no_password: Location = "postgres://longrun@db/journal".parse().unwrap();
+        assert_eq!(no_password.to_string(), "postgres://longrun@db/journal");
+    }
+
+    #[test]
     fn a_location_string_picks_the_store() {
         assert_eq!("memory:".parse(), Ok(Location::Memory));
         assert_eq!("sled:/x/y".parse(), Ok(Location::Sled("/x/y".into())));
         assert_eq!("segments:x".parse(), Ok(Location::Segments("x".into())));
         assert_eq!("journal".parse(), Ok(Location::Dir("journal".into())));
         assert_eq!("./a:b".parse(), Ok(Location::Dir("./a:b".into())));
-        assert!("postgres://h/db".parse::<Location>().is_err());
+        assert_eq!(
+            "postgres://u@h:5/db".parse(),
+            Ok(Location::Postgres("postgres://u@h:5/db".into()))
+        );
+        assert!("postgres:db".parse::<Location>().is_err());
         assert!("".parse::<Location>().is_err());
     }
 }

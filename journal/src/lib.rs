@@ -4,7 +4,7 @@
 //!
 //! - [`record`]: the on-disk record format and the hash chain;
 //! - [`store`]: the storage interface, with [`SegmentStore`] (the embedded
-//!   default), [`SledStore`] and [`MemoryStore`];
+//!   default), [`SledStore`], [`PostgresStore`] and [`MemoryStore`];
 //! - [`heads`]: each session's acknowledged head, kept outside the store so
 //!   that a store that loses its tail is caught ([`Loss`]);
 //! - [`Journal`]: sessions, writers, group commit, durable-only readers and
@@ -33,6 +33,7 @@ pub use state::{
     Pricing, RepeatedFailures, SessionState, StateError, Status, Unpriced, Visitor, visit,
 };
 pub use store::memory::MemoryStore;
+pub use store::postgres::PostgresStore;
 pub use store::segments::SegmentStore;
 pub use store::sled::{SET_ASIDE_PREFIX, SledStore, open_storage};
 pub use store::{Store, StoreError};

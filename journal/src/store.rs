@@ -19,10 +19,12 @@
 //! Implementations, picked by a location string ([`crate::Location`]):
 //! [`segments`] (the embedded default: append-only files in a directory),
 //! [`sled`] (a sled database in a directory: journals written before the
-//! segment store, and anyone who asks for it) and [`memory`] (unit tests;
-//! nothing survives the process).
+//! segment store, and anyone who asks for it), [`postgres`] (a PostgreSQL
+//! database: journals that outlive one machine) and [`memory`] (unit
+//! tests; nothing survives the process).
 
 pub mod memory;
+pub mod postgres;
 pub mod segments;
 pub mod sled;
 

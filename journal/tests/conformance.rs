@@ -1,40 +1,65 @@
 //! What every store, and the journal on it, must do: the same tests run on
 //! each implementation (segment files and sled on a temporary directory,
-//! memory).
+//! PostgreSQL in a private cluster, memory).
 
+use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use longrun_journal::{
-    Journal, JournalError, Location, MemoryStore, RecordKind, SegmentStore, SledStore, Store,
-    StoreError,
+    Journal, JournalError, Location, MemoryStore, PostgresStore, RecordKind, SegmentStore,
+    SledStore, Store, StoreError,
 };
+use longrun_test_postgres::Cluster;
 
-/// A store of each kind, fresh. The directory (for sled) lives as long as
-/// the store is used.
-fn stores() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+/// What keeps a store's storage alive while it is used: a temporary
+/// directory, a PostgreSQL cluster, or nothing.
+type Keep = Option<Box<dyn Any>>;
+
+/// A PostgreSQL cluster of the test's own, with an empty database.
+fn postgres() -> (Cluster, String) {
+    let cluster = Cluster::start().unwrap();
+    let url = cluster.create_database("journal").unwrap();
+    (cluster, url)
+}
+
+/// A store of each kind, fresh.
+fn stores() -> Vec<(&'static str, Arc<dyn Store>, Keep)> {
     let segments_dir = tempfile::tempdir().unwrap();
     let segments = SegmentStore::open(segments_dir.path()).unwrap();
     let sled_dir = tempfile::tempdir().unwrap();
     let sled = SledStore::open(sled_dir.path(), 8 << 20).unwrap();
+    let (cluster, url) = postgres();
+    let postgres = PostgresStore::open(&url).unwrap();
     vec![
-        ("segments", Arc::new(segments), Some(segments_dir)),
-        ("sled", Arc::new(sled), Some(sled_dir)),
+        ("segments", Arc::new(segments), Some(Box::new(segments_dir))),
+        ("sled", Arc::new(sled), Some(Box::new(sled_dir))),
+        ("postgres", Arc::new(postgres), Some(Box::new(cluster))),
         ("memory", Arc::new(MemoryStore::new()), None),
     ]
 }
 
-fn journals() -> Vec<(&'static str, Arc<Journal>, Option<tempfile::TempDir>)> {
+fn journals() -> Vec<(&'static str, Arc<Journal>, Keep)> {
     let segments = tempfile::tempdir().unwrap();
     let sled = tempfile::tempdir().unwrap();
+    let (cluster, url) = postgres();
     let open = |location| Journal::open_location(&location, Default::default()).unwrap();
     vec![
         (
             "segments",
             open(Location::Segments(segments.path().into())),
-            Some(segments),
+            Some(Box::new(segments)),
         ),
-        ("sled", open(Location::Sled(sled.path().into())), Some(sled)),
+        (
+            "sled",
+            open(Location::Sled(sled.path().into())),
+            Some(Box::new(sled)),
+        ),
+        (
+            "postgres",
+            open(Location::Postgres(url)),
+            Some(Box::new(cluster)),
+        ),
         ("memory", Journal::in_memory().unwrap(), None),
     ]
 }

@@ -7,14 +7,15 @@
 //! on standard error. A copy taken while a host writes holds a consistent
 //! prefix of what was written (sled recovers a torn tail on open); the
 //! acknowledged heads are copied first, so that the host's later writes
-//! only put the store ahead of them, never behind.
+//! only put the store ahead of them, never behind. A PostgreSQL journal is
+//! read in place, in read-only transactions.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use longrun_host::journal::store::segments::is_segment_store;
 use longrun_host::journal::store::sled::is_sled_store;
-use longrun_host::journal::{Journal, JournalError, JournalOptions};
+use longrun_host::journal::{Journal, JournalError, JournalOptions, Location};
 
 use crate::ReplayError;
 
@@ -26,9 +27,18 @@ pub struct JournalCopy {
     _copy: Option<tempfile::TempDir>,
 }
 
-/// Open the journal in `dir` for reading: in place, or from a copy when a
-/// running host holds it.
-pub fn open_read_only(dir: &Path) -> Result<JournalCopy, ReplayError> {
+/// Open the journal at `location` for reading: in place, or (a sled
+/// directory that a running host holds) from a copy.
+pub fn open_read_only(location: &Location) -> Result<JournalCopy, ReplayError> {
+    let dir = match location {
+        Location::Dir(dir) | Location::Segments(dir) | Location::Sled(dir) => dir,
+        Location::Postgres(_) | Location::Memory => {
+            return Ok(JournalCopy {
+                journal: Journal::open_location_read_only(location, JournalOptions::AUDIT)?,
+                _copy: None,
+            });
+        }
+    };
     match Journal::open_read_only(dir, JournalOptions::AUDIT) {
         Ok(journal) => Ok(JournalCopy {
             journal,

@@ -4,7 +4,8 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
-//! journal = ".longrun/journal"
+//! journal = ".longrun/journal"             # a directory; or, instead:
+//! # store = "postgres://longrun@db.internal:5432/longrun"
 //! default_model = "smollm2"
 //! default_policy = "default"
 //!
@@ -35,6 +36,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use longrun_host::journal::Location;
 use longrun_host::model::ModelSpec;
 use longrun_host::policy::{ByteSize, HumanDuration};
 use serde::Deserialize;
@@ -98,7 +100,9 @@ impl Default for HttpLimits {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    pub journal: PathBuf,
+    /// The journal: `journal` (a directory, resolved) or `store` (a
+    /// database).
+    pub journal: Location,
     pub tools_dir: Option<PathBuf>,
     pub models: BTreeMap<String, ModelSpec>,
     pub default_model: String,
@@ -118,6 +122,7 @@ pub struct ServerConfig {
 struct RawConfig {
     listen: Option<String>,
     journal: Option<PathBuf>,
+    store: Option<String>,
     tools_dir: Option<PathBuf>,
     #[serde(default)]
     models: BTreeMap<String, String>,
@@ -180,6 +185,25 @@ impl ServerConfig {
             message,
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let journal = match (raw.journal, raw.store) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "journal and store: name one (a directory, or a postgres:// database)".into(),
+                ));
+            }
+            (None, Some(store)) => match store.parse::<Location>() {
+                Ok(location @ Location::Postgres(_)) => location,
+                Ok(_) => {
+                    return Err(invalid(
+                        "store: a postgres:// address (a directory is `journal`)".into(),
+                    ));
+                }
+                Err(e) => return Err(invalid(format!("store: {e}"))),
+            },
+            (dir, None) => {
+                Location::Dir(base.join(dir.unwrap_or_else(|| ".longrun/journal".into())))
+            }
+        };
         let listen = raw
             .listen
             .as_deref()
@@ -291,7 +315,7 @@ impl ServerConfig {
         });
         Ok(ServerConfig {
             listen,
-            journal: base.join(raw.journal.unwrap_or_else(|| ".longrun/journal".into())),
+            journal,
             tools_dir: raw.tools_dir.map(|d| base.join(d)),
             models,
             default_model,
@@ -351,6 +375,35 @@ mod tests {
         ] {
             let refused = parse(zero).expect_err("zero is refused").to_string();
             assert!(refused.contains("must be at least 1"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn the_journal_is_a_directory_or_a_postgres_store_but_not_both() {
+        let with = |top: &str| {
+            ServerConfig::parse(&format!("{top}{BASE}"), "server.toml", Path::new("/srv"))
+        };
+        assert_eq!(
+            with("").unwrap().journal,
+            Location::Dir("/srv/.longrun/journal".into())
+        );
+        assert_eq!(
+            with("journal = \"j\"\n").unwrap().journal,
+            Location::Dir("/srv/j".into())
+        );
+        assert_eq!(
+            with("store = \"postgres://longrun@db:5432/journal\"\n")
+                .unwrap()
+                .journal,
+            Location::Postgres("postgres://longrun@db:5432/journal".into())
+        );
+        for (top, says) in [
+            ("journal = \"j\"\nstore = \"postgres://db/j\"\n", "name one"),
+            ("store = \"sled:/var/j\"\n", "postgres://"),
+            ("store = \"mysql://db/j\"\n", "unknown journal store"),
+        ] {
+            let refused = with(top).expect_err(top).to_string();
+            assert!(refused.contains(says), "{top}: {refused}");
         }
     }
 }

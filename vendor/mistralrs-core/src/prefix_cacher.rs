@@ -1,6 +1,5 @@
-use candle_core::{Device, Result};
+use candle_core::Result;
 use indexmap::IndexMap;
-use itertools::Itertools;
 use tracing::info;
 
 use crate::{
@@ -117,59 +116,30 @@ impl PrefixCacheManagerV2 {
 
     /// Evict the caches. This will evict the first k seqs such that the number of sequences on device after the copy is
     /// the maximum allowed. Returns the number of evicted sequences.
+    ///
+    /// longrun patch: every kept cache counts, the CPU's too. Upstream counted
+    /// only caches on an accelerator, so on a CPU-only run nothing was ever
+    /// evicted: each finished sequence's whole key/value cache stayed, and a
+    /// long session's memory grew without bound (a 50-step session of the
+    /// default model held gigabytes; a benchmark of ten of them was killed at
+    /// 24 GiB). Eviction drops a cache, so the oldest go first until at most
+    /// `n_on_device` are kept, wherever they are.
     pub fn evict_caches(&mut self) -> Result<usize> {
         if self.no_prefix_cache {
             return Ok(0);
         }
-        let mut n_on_device = 0;
-        for cache in self.caches.values() {
-            let first_non_none = cache
-                .cache
-                .iter()
-                .find_or_first(|x| x.as_ref().is_some_and(|kv| kv.k().ok().flatten().is_some()));
-            let Some(Some(first_non_none)) = first_non_none else {
-                continue;
-            };
-
-            let cache_device = match first_non_none {
-                KvCache::Normal { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Rotating { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Shared { .. } => continue,
-            };
-
-            if !matches!(cache_device, Device::Cpu) {
-                n_on_device += 1;
-            }
-        }
+        let kept = self
+            .caches
+            .values()
+            .filter(|cache| !cache.cache.is_empty())
+            .count();
         let mut n_evicted = 0;
         // Intentionally evict the first ones first, as they are the oldest
         for cache in self.caches.values_mut() {
-            if n_on_device - n_evicted <= self.n_on_device {
+            if kept - n_evicted <= self.n_on_device {
                 break;
             }
-            let first_non_none = cache
-                .cache
-                .iter()
-                .find_or_first(|x| x.as_ref().is_some_and(|kv| kv.k().ok().flatten().is_some()));
-            let Some(Some(first_non_none)) = first_non_none else {
-                continue;
-            };
-
-            let cache_device = match first_non_none {
-                KvCache::Normal { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Rotating { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Shared { .. } => continue,
-            };
-
-            if !matches!(cache_device, Device::Cpu) {
+            if !cache.cache.is_empty() {
                 cache.cache.clear();
                 n_evicted += 1;
             }

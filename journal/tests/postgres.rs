@@ -1,0 +1,241 @@
+//! The PostgreSQL store beyond what every store does (`conformance.rs`):
+//! rows changed with plain SQL are caught and named, the schema is the
+//! host's to create and migrate, a read-only journal writes nothing, two
+//! writers of one session never interleave, and acknowledged records
+//! survive the database server's crash. Each test runs a private cluster.
+
+use longrun_journal::{Journal, Location, PostgresStore, RecordKind, SessionId, Store, StoreError};
+use longrun_test_postgres::Cluster;
+
+fn cluster() -> (Cluster, Location) {
+    let cluster = Cluster::start().unwrap();
+    let url = cluster.create_database("journal").unwrap();
+    (cluster, Location::Postgres(url))
+}
+
+/// A session of `n` durable records, written and closed.
+fn write_session(location: &Location, n: usize) -> SessionId {
+    let journal = Journal::open_location(location, Default::default()).unwrap();
+    let mut writer = journal.create_session().unwrap();
+    let blob = journal.put_blob(b"a tool's output").unwrap();
+    for i in 0..n {
+        let payload = format!("{{\"step\":{i}}}");
+        writer
+            .append(RecordKind::ToolResult, payload.as_bytes(), &[blob])
+            .unwrap();
+    }
+    journal.flush_now().unwrap();
+    writer.session()
+}
+
+fn verify(location: &Location, session: SessionId) -> Result<u64, longrun_journal::VerifyError> {
+    Journal::open_location_read_only(location, Default::default())
+        .unwrap()
+        .verify(session)
+}
+
+#[test]
+fn a_payload_byte_changed_with_sql_is_named() {
+    let (cluster, location) = cluster();
+    let session = write_session(&location, 5);
+    assert_eq!(verify(&location, session), Ok(5));
+    cluster
+        .psql(
+            "journal",
+            &format!(
+                "UPDATE longrun_records \
+                 SET bytes = set_byte(bytes, length(bytes) - 3, get_byte(bytes, length(bytes) - 3) # 1) \
+                 WHERE session = {session} AND seq = 2"
+            ),
+        )
+        .unwrap();
+    let bad = verify(&location, session).unwrap_err();
+    assert_eq!((bad.session, bad.seq), (session, 2), "{bad}");
+}
+
+#[test]
+fn a_record_deleted_with_sql_is_named() {
+    let (cluster, location) = cluster();
+    let session = write_session(&location, 5);
+    cluster
+        .psql(
+            "journal",
+            &format!("DELETE FROM longrun_records WHERE session = {session} AND seq = 2"),
+        )
+        .unwrap();
+    let bad = verify(&location, session).unwrap_err();
+    assert_eq!(bad.seq, 2, "{bad}");
+    assert!(bad.why.contains("missing"), "{bad}");
+}
+
+#[test]
+fn records_reordered_with_sql_are_named() {
+    let (cluster, location) = cluster();
+    let session = write_session(&location, 5);
+    cluster
+        .psql(
+            "journal",
+            &format!(
+                "UPDATE longrun_records r SET bytes = o.bytes FROM longrun_records o \
+                 WHERE r.session = {session} AND o.session = {session} \
+                 AND ((r.seq = 2 AND o.seq = 3) OR (r.seq = 3 AND o.seq = 2))"
+            ),
+        )
+        .unwrap();
+    let bad = verify(&location, session).unwrap_err();
+    assert_eq!(bad.seq, 2, "{bad}");
+    assert!(bad.why.contains("out of place"), "{bad}");
+}
+
+#[test]
+fn a_blob_changed_with_sql_is_named() {
+    let (cluster, location) = cluster();
+    let session = write_session(&location, 3);
+    cluster
+        .psql(
+            "journal",
+            "UPDATE longrun_blobs SET bytes = 'another output'::bytea",
+        )
+        .unwrap();
+    let bad = verify(&location, session).unwrap_err();
+    assert_eq!(bad.seq, 0, "{bad}");
+    assert!(bad.why.contains("does not match its hash"), "{bad}");
+}
+
+#[test]
+fn the_schema_is_created_once_and_a_newer_one_is_refused() {
+    let (cluster, location) = cluster();
+    let Location::Postgres(url) = &location else {
+        unreachable!()
+    };
+    // Hosts starting together migrate once.
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PostgresStore::open(&url).map(drop))
+        })
+        .collect();
+    for open in opens {
+        open.join().unwrap().unwrap();
+    }
+    assert_eq!(
+        cluster
+            .psql("journal", "SELECT string_agg(version::text, ',') FROM longrun_schema")
+            .unwrap(),
+        "1"
+    );
+    cluster
+        .psql("journal", "INSERT INTO longrun_schema (version) VALUES (99)")
+        .unwrap();
+    for opened in [PostgresStore::open(url), PostgresStore::open_read_only(url)] {
+        let err = opened.err().expect("a newer schema is refused").to_string();
+        assert!(err.contains("newer longrun"), "{err}");
+    }
+}
+
+#[test]
+fn a_read_only_journal_writes_nothing() {
+    let (cluster, location) = cluster();
+    let session = write_session(&location, 2);
+    let count = || {
+        cluster
+            .psql(
+                "journal",
+                "SELECT (SELECT count(*) FROM longrun_records) || '/' || nextval('longrun_session_ids')",
+            )
+            .unwrap()
+    };
+    let before = count();
+    let journal = Journal::open_location_read_only(&location, Default::default()).unwrap();
+    assert!(journal.create_session().is_err());
+    assert!(journal.open_session(session).is_err());
+    assert!(journal.put_blob(b"x").is_err());
+    assert_eq!(journal.verify(session), Ok(2));
+    drop(journal);
+    // The sequence moved once, for `count` itself.
+    let after = count();
+    assert_eq!(before.split('/').next(), after.split('/').next());
+    assert_eq!(
+        before.split('/').nth(1).unwrap().parse::<u64>().unwrap() + 1,
+        after.split('/').nth(1).unwrap().parse::<u64>().unwrap()
+    );
+    // And a database with no journal in it is not one to read.
+    cluster.create_database("empty").unwrap();
+    let err = PostgresStore::open_read_only(&cluster.url("empty"))
+        .err()
+        .expect("no journal there")
+        .to_string();
+    assert!(err.contains("no longrun journal"), "{err}");
+}
+
+#[test]
+fn two_stores_never_interleave_one_session() {
+    let (_cluster, location) = cluster();
+    let Location::Postgres(url) = &location else {
+        unreachable!()
+    };
+    let first = PostgresStore::open(url).unwrap();
+    let second = PostgresStore::open(url).unwrap();
+    let session = first.new_session_id().unwrap();
+    first
+        .append(session, 0, &[b"a0".to_vec(), b"a1".to_vec()])
+        .unwrap();
+    // The second store checks against the database, which does not hold
+    // the first one's queued records yet: it takes the batch...
+    second
+        .append(session, 0, &[b"b0".to_vec(), b"b1".to_vec(), b"b2".to_vec()])
+        .unwrap();
+    first.sync().unwrap();
+    // ...and the database refuses it as a whole.
+    let refused = second.sync().unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Conflict { session: s, .. } if s == session),
+        "{refused}"
+    );
+    let stored: Vec<_> = first.range(session, 0, u64::MAX).map(Result::unwrap).collect();
+    assert_eq!(stored, vec![(0, b"a0".to_vec()), (1, b"a1".to_vec())]);
+    // A store that lost a race learns the session's end again.
+    assert!(matches!(
+        second.append(session, 2, &[b"b2".to_vec()]),
+        Ok(())
+    ));
+    second.sync().unwrap();
+    assert_eq!(first.last(session).unwrap(), Some((2, b"b2".to_vec())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_a_crash_of_the_database_server() {
+    let (mut cluster, location) = cluster();
+    let journal = Journal::open_location(&location, Default::default()).unwrap();
+    let mut writer = journal.create_session().unwrap();
+    let session = writer.session();
+    for i in 0..50 {
+        writer
+            .append_durable(RecordKind::ToolResult, format!("{i}").as_bytes(), &[])
+            .await
+            .unwrap();
+    }
+    // Not acknowledged: may be lost, and must not break the chain.
+    writer.append(RecordKind::ToolResult, b"50", &[]).unwrap();
+    cluster.crash();
+    let after_crash = writer.append_durable(RecordKind::ToolResult, b"51", &[]).await;
+    assert!(after_crash.is_err(), "a commit to a dead server fails");
+    drop(writer);
+    drop(journal);
+    cluster.restart().unwrap();
+    let verified = verify(&location, session).unwrap();
+    assert_eq!(verified, 50, "the 50 acknowledged records, nothing after");
+}
+
+#[test]
+fn an_unreachable_database_is_a_clear_error() {
+    let (cluster, _) = cluster();
+    let port = cluster.port();
+    drop(cluster);
+    let location = Location::Postgres(format!("postgres://postgres@127.0.0.1:{port}/journal"));
+    let err = Journal::open_location(&location, Default::default())
+        .err()
+        .expect("nobody listens there")
+        .to_string();
+    assert!(err.contains("PostgreSQL"), "{err}");
+}
