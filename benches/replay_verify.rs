@@ -6,14 +6,16 @@
 //! Baseline, in the same run: the hash chain and blobs alone
 //! (`Journal::verify`), so the ratio is what the policy re-check costs. Also
 //! printed: the whole command's path, the journal opened in place (read
-//! only, no copy) and then verified. Target: under 1 second.
+//! only, no copy) and then verified, on the segment store and on
+//! PostgreSQL (a private cluster on loopback, started by the benchmark).
+//! Target: under 1 second.
 
 use std::time::{Duration, Instant};
 
 use common::Samples;
 use criterion::{Criterion, criterion_group, criterion_main};
 use longrun_host::agent::{RecordedTool, SessionCreated, ToolIntent, ToolResult};
-use longrun_host::journal::{Journal, JournalOptions, RecordKind, SessionId};
+use longrun_host::journal::{Journal, JournalOptions, Location, RecordKind, SessionId};
 use longrun_host::model::{Message, ModelResponse, Role, ToolCall, Usage};
 use longrun_replay::audit;
 
@@ -52,10 +54,11 @@ output_per_million = 2.0
 "#;
 
 /// A journal with one session of `STEPS` steps, as the agent writes them.
-fn write_session(dir: &std::path::Path) -> SessionId {
-    let journal = Journal::open(dir).expect("journal");
+fn write_session(location: &Location) -> SessionId {
+    let journal = Journal::open_location(location, JournalOptions::HOST).expect("journal");
     let mut writer = journal.create_session().expect("session");
-    let policy = longrun_host::Policy::parse(POLICY, "bench", dir).expect("policy");
+    let policy =
+        longrun_host::Policy::parse(POLICY, "bench", std::path::Path::new("/")).expect("policy");
     let mut created = SessionCreated {
         goal: "Read every file".into(),
         policy_text: policy.text.clone(),
@@ -145,12 +148,20 @@ fn write_session(dir: &std::path::Path) -> SessionId {
 fn replay_verify(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let journal_dir = dir.path().join("journal");
-    let session = write_session(&journal_dir);
+    let on_disk = Location::Dir(journal_dir.clone());
+    let session = write_session(&on_disk);
+    let cluster = longrun_test_postgres::Cluster::start().expect("a PostgreSQL cluster");
+    let in_postgres = Location::Postgres(cluster.create_database("journal").expect("a database"));
+    let pg_session = write_session(&in_postgres);
     let journal = Journal::open_with(&journal_dir, JournalOptions::AUDIT).expect("journal");
 
     let mut group = c.benchmark_group("replay_verify");
-    let (audit_time, chain_time, command_time) =
-        (Samples::default(), Samples::default(), Samples::default());
+    let (audit_time, chain_time, command_time, pg_time) = (
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+    );
     group.bench_function("100k_steps", |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
@@ -179,11 +190,24 @@ fn replay_verify(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
-                let copy = longrun_replay::copy::open_read_only(&journal_dir).expect("open");
+                let copy = longrun_replay::copy::open_read_only(&on_disk).expect("open");
                 audit::verify(&copy.journal, session, None).expect("verifies");
             }
             let elapsed = start.elapsed();
             command_time.record(elapsed, iters);
+            elapsed
+        })
+    });
+    group.bench_function("postgres_command_open_and_verify", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let copy = longrun_replay::copy::open_read_only(&in_postgres).expect("open");
+                let verified = audit::verify(&copy.journal, pg_session, None).expect("verifies");
+                assert_eq!(verified.records, RECORDS);
+            }
+            let elapsed = start.elapsed();
+            pg_time.record(elapsed, iters);
             elapsed
         })
     });
@@ -199,6 +223,14 @@ fn replay_verify(c: &mut Criterion) {
             audit * 1e3,
             chain * 1e3,
             audit / chain,
+            command * 1e3
+        ));
+    }
+    if let (Some(command), Some(postgres)) = (command_time.median(), pg_time.median()) {
+        common::print_result(&format!(
+            "replay_verify: the whole command on PostgreSQL (open read-only, verify {RECORDS} records): {:.1} ms (median), {:.2}x the segment store's {:.1} ms",
+            postgres * 1e3,
+            postgres / command,
             command * 1e3
         ));
     }

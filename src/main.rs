@@ -701,9 +701,7 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
                 }
                 Some(id) => id,
                 None => last_unfinished(&journal)?.with_context(|| {
-                    format!(
-                        "no unfinished session in {location}: `longrun run GOAL` starts one"
-                    )
+                    format!("no unfinished session in {location}: `longrun run GOAL` starts one")
                 })?,
             };
             match Session::resume(&journal, id, &toolbox, &policy, model.as_ref(), config).await? {

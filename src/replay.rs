@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use longrun_host::agent::{AgentConfig, Resumed, Session};
-use longrun_host::journal::Journal;
 use longrun_replay::{audit, copy, export, reexecute, stats, summary, timeline};
 
 use crate::{JournalDir, ModelArgs, ToolsDir, drive};

@@ -445,3 +445,107 @@ fn run_never_resumes_a_session_and_resume_goes_on_with_the_one_asked_for() {
         text(&none.stderr)
     );
 }
+
+#[test]
+fn run_resume_and_replay_take_a_postgres_store_instead_of_a_directory() {
+    let cluster = longrun_test_postgres::Cluster::start().unwrap();
+    let url = cluster.create_database("journal").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.jsonl");
+    std::fs::write(
+        &script,
+        r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "repeat": 3}
+{"content": "listed three times"}"#,
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("ws")).unwrap();
+    let policy = |max_steps: u64| {
+        let path = dir.path().join(format!("policy-{max_steps}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[session]\nmax_steps = {max_steps}\n\n[tools]\nallow = [\"fs_list\"]\n\n[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-only\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let session = |args: &[&str], policy: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .args(args)
+            .arg("--policy")
+            .arg(policy)
+            .arg("--model")
+            .arg(format!("scripted:{}", script.display()))
+            .args(["--store", &url])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let first = session(&["run", "list three times"], &policy(2));
+    assert!(
+        text(&first.stderr).contains("new session 0"),
+        "{}",
+        text(&first.stderr)
+    );
+    let resumed = session(&["resume", "0"], &policy(10));
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert!(text(&resumed.stdout).contains("listed three times"));
+    // Nothing went to a directory.
+    assert!(!dir.path().join(".longrun").exists());
+
+    let replay = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .arg("replay")
+            .args(args)
+            .args(["--store", &url])
+            .output()
+            .unwrap()
+    };
+    let verified = replay(&["verify", "--all"]);
+    assert!(verified.status.success(), "{}", text(&verified.stderr));
+    assert!(
+        text(&verified.stdout).contains("session 0: ok"),
+        "{}",
+        text(&verified.stdout)
+    );
+    let listed = replay(&["list"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert!(
+        text(&listed.stdout).contains("completed"),
+        "{}",
+        text(&listed.stdout)
+    );
+
+    // A changed row is caught through the same command.
+    cluster
+        .psql(
+            "journal",
+            "UPDATE longrun_records SET bytes = set_byte(bytes, length(bytes) - 3, get_byte(bytes, length(bytes) - 3) # 1) WHERE session = 0 AND seq = 3",
+        )
+        .unwrap();
+    let tampered = replay(&["verify", "--all"]);
+    assert!(!tampered.status.success());
+    assert!(
+        text(&tampered.stdout).contains("record 3"),
+        "{}{}",
+        text(&tampered.stdout),
+        text(&tampered.stderr)
+    );
+
+    // One journal at a time, and --store is for databases.
+    let both = longrun(&["replay", "list", "--journal", "j", "--store", &url]);
+    assert!(!both.status.success());
+    assert!(
+        text(&both.stderr).contains("cannot be used with"),
+        "{}",
+        text(&both.stderr)
+    );
+    let not_a_database = longrun(&["replay", "list", "--store", "sled:/tmp/x"]);
+    assert!(!not_a_database.status.success());
+    assert!(
+        text(&not_a_database.stderr).contains("postgres://"),
+        "{}",
+        text(&not_a_database.stderr)
+    );
+}

@@ -38,7 +38,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::postgres::PostgresStore;
 use crate::store::segments::{SegmentStore, is_segment_store};
 use crate::store::sled::{SledStore, is_sled_store};
-use crate::store::{Store, StoreError};
+use crate::store::{Acquired, Fenced, Lease, Store, StoreError};
 
 /// How long dropping a journal waits for its last sync before it gives up
 /// on it (and on the store's own flush on drop) with an error in the log.
@@ -76,6 +76,10 @@ pub enum JournalError {
     /// A write or sync failed earlier; the journal takes no more records.
     #[error("the journal stopped taking records after a write failed: {0}")]
     Failed(String),
+    /// Another host took this session's lease over: this host's records
+    /// for it were refused and it must stop running it.
+    #[error("{0}")]
+    Fenced(Fenced),
     #[error("the journal's committer has stopped")]
     CommitterGone,
     #[error("the acknowledged-heads file: {0}")]
@@ -274,6 +278,8 @@ struct State {
     visible: HashMap<SessionId, u64>,
     /// Sessions that lost acknowledged records.
     losses: HashMap<SessionId, Loss>,
+    /// Sessions whose lease another host took: their writers are refused.
+    fenced: HashMap<SessionId, Fenced>,
     requested: u64,
     stop: bool,
     failed: Option<String>,
@@ -312,8 +318,21 @@ impl Shared {
             }
             std::mem::take(&mut state.pending)
         };
-        if let Err(e) = self.store.sync() {
-            return Err(self.fail(format!("syncing the store: {e}")));
+        let synced = match self.store.sync() {
+            Ok(synced) => synced,
+            Err(e) => return Err(self.fail(format!("syncing the store: {e}"))),
+        };
+        // A fenced session's records were refused: nothing of it becomes
+        // visible or acknowledged, and its writer takes no more (the host
+        // that took it over writes it now).
+        let mut pending = pending;
+        if !synced.fenced.is_empty() {
+            let mut state = self.state()?;
+            for fenced in synced.fenced {
+                tracing::error!("journal: {fenced}");
+                pending.remove(&fenced.session);
+                state.fenced.insert(fenced.session, fenced);
+            }
         }
         let heads: Vec<(SessionId, Head)> = pending.into_iter().collect();
         if let Some(file) = &self.heads {
@@ -388,6 +407,11 @@ impl Shared {
             return None;
         }
         Some(tokio::task::block_in_place(|| self.commit()))
+    }
+
+    /// Why `session`'s writer is refused, if another host took it over.
+    fn fenced(&self, session: SessionId) -> Option<Fenced> {
+        self.state.lock().ok()?.fenced.get(&session).cloned()
     }
 
     /// How many of `session`'s records readers may see, if this process
@@ -893,6 +917,32 @@ impl Journal {
         self.shared.heads.as_ref()?.lock().ok()?.head(session)
     }
 
+    /// Take `session`'s lease for `owner` (see [`Store::acquire_lease`]);
+    /// once taken, this journal may write the session again even if it was
+    /// fenced before.
+    pub fn acquire_lease(
+        &self,
+        session: SessionId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Acquired, JournalError> {
+        let acquired = self.store().acquire_lease(session, owner, ttl)?;
+        if let Acquired::Taken(_) = &acquired {
+            self.shared.state()?.fenced.remove(&session);
+        }
+        Ok(acquired)
+    }
+
+    /// Extend a lease; `None` when another host has taken it over.
+    pub fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>, JournalError> {
+        Ok(self.store().renew_lease(lease, ttl)?)
+    }
+
+    /// Let a lease lapse now.
+    pub fn release_lease(&self, lease: &Lease) -> Result<(), JournalError> {
+        Ok(self.store().release_lease(lease)?)
+    }
+
     /// Commit now, on this thread, without grouping with anyone (the
     /// baseline that group commit is measured against, and a host's last
     /// commit at shutdown).
@@ -996,6 +1046,9 @@ impl SessionWriter {
         if let Some(why) = shared.failed() {
             return Err(JournalError::Failed(why));
         }
+        if let Some(fenced) = shared.fenced(self.session) {
+            return Err(JournalError::Fenced(fenced));
+        }
         for blob in blobs {
             if !shared.store.has_blob(blob)? {
                 return Err(JournalError::MissingBlob(*blob));
@@ -1052,7 +1105,10 @@ impl SessionWriter {
     ) -> Result<Appended, JournalError> {
         let appended = self.append(kind, payload, blobs)?;
         self.journal.sync().await?;
-        Ok(appended)
+        match self.journal.shared.fenced(self.session) {
+            Some(fenced) => Err(JournalError::Fenced(fenced)),
+            None => Ok(appended),
+        }
     }
 }
 
@@ -1095,7 +1151,10 @@ mod tests {
     #[test]
     fn a_location_shown_leaves_out_the_database_password() {
         let location: Location = "postgres://longrun:s3cret@db:5432/journal".parse().unwrap();
-        assert_eq!(location.to_string(), "postgres://longrun:***@db:5432/journal");
+        assert_eq!(
+            location.to_string(),
+            "postgres://longrun:***@db:5432/journal"
+        );
         assert!(!format!("{location}").contains("s3cret"));
         let no_password: Location = "postgres://longrun@db/journal".parse().unwrap();
         assert_eq!(no_password.to_string(), "postgres://longrun@db/journal");

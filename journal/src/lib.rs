@@ -36,4 +36,4 @@ pub use store::memory::MemoryStore;
 pub use store::postgres::PostgresStore;
 pub use store::segments::SegmentStore;
 pub use store::sled::{SET_ASIDE_PREFIX, SledStore, open_storage};
-pub use store::{Store, StoreError};
+pub use store::{Acquired, Fenced, Lease, Store, StoreError, Synced};

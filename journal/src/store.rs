@@ -52,6 +52,54 @@ pub enum StoreError {
     /// The store was opened read-only.
     #[error("the journal was opened read-only")]
     ReadOnly,
+    /// Leases need a store that several hosts share.
+    #[error("this journal store has no session leases (they need a shared store: PostgreSQL)")]
+    NoLeases,
+}
+
+/// A session's lease in a store that several hosts share: which host runs
+/// the session, under which epoch, until when. Epochs only grow: each
+/// taking of a lease (a takeover, or the same owner starting again) gets
+/// the next one, and the store refuses an append whose writer holds an
+/// older one ([`Synced::fenced`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub session: SessionId,
+    pub owner: String,
+    pub epoch: u64,
+    /// When it lapses unless renewed, by the store's clock (Unix ms).
+    pub expires_unix_ms: u64,
+}
+
+/// What [`Store::acquire_lease`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// The lease is this caller's now, under a new epoch.
+    Taken(Lease),
+    /// Another owner holds it and it has not lapsed.
+    HeldBy(Lease),
+}
+
+/// A session whose records a sync refused because its writer's lease is
+/// not the current one: another host took the session over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "session {session}: fenced: this host's lease (epoch {held}) was taken over by {owner} (epoch {current}); its records from this sync were refused"
+)]
+pub struct Fenced {
+    pub session: SessionId,
+    /// The epoch this writer held (0: none).
+    pub held: u64,
+    pub current: u64,
+    pub owner: String,
+}
+
+/// What a sync did besides making the rest durable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// Sessions whose queued records were refused, and nothing else of
+    /// theirs written.
+    pub fenced: Vec<Fenced>,
 }
 
 /// The rule of [`Store::append`], for implementations: `count` records of
@@ -154,8 +202,41 @@ pub trait Store: Send + Sync {
     /// A blob's bytes as stored, unchecked.
     fn blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Make everything written so far durable.
-    fn sync(&self) -> Result<(), StoreError>;
+    /// Make everything written so far durable, except the records of
+    /// sessions whose lease this store no longer holds (a shared store's
+    /// fencing): those are refused, in the same transaction, and named.
+    fn sync(&self) -> Result<Synced, StoreError>;
+
+    /// Take `session`'s lease for `owner` for `ttl` if it is free, lapsed
+    /// or already `owner`'s (a new epoch either way). Only shared stores
+    /// have leases; a local one is guarded by its directory's lock.
+    fn acquire_lease(
+        &self,
+        session: SessionId,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Acquired, StoreError> {
+        let _ = (session, owner, ttl);
+        Err(StoreError::NoLeases)
+    }
+
+    /// Extend a lease this caller holds; `None` when it is no longer the
+    /// current one (taken over).
+    fn renew_lease(
+        &self,
+        lease: &Lease,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let _ = (lease, ttl);
+        Err(StoreError::NoLeases)
+    }
+
+    /// Let a lease lapse now (a session ended or a host stopping), so that
+    /// another host need not wait for it to expire.
+    fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let _ = lease;
+        Err(StoreError::NoLeases)
+    }
 
     /// Bytes the store takes on disk (0 in memory).
     fn size_on_disk(&self) -> Result<u64, StoreError>;

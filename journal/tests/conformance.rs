@@ -207,8 +207,8 @@ impl Store for FailingStore {
     fn blob(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.blob(hash)
     }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.check()
+    fn sync(&self) -> Result<longrun_journal::Synced, StoreError> {
+        self.check().map(|()| Default::default())
     }
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(0)

@@ -120,12 +120,18 @@ fn the_schema_is_created_once_and_a_newer_one_is_refused() {
     }
     assert_eq!(
         cluster
-            .psql("journal", "SELECT string_agg(version::text, ',') FROM longrun_schema")
+            .psql(
+                "journal",
+                "SELECT string_agg(version::text, ',' ORDER BY version) FROM longrun_schema"
+            )
             .unwrap(),
-        "1"
+        "1,2"
     );
     cluster
-        .psql("journal", "INSERT INTO longrun_schema (version) VALUES (99)")
+        .psql(
+            "journal",
+            "INSERT INTO longrun_schema (version) VALUES (99)",
+        )
         .unwrap();
     for opened in [PostgresStore::open(url), PostgresStore::open_read_only(url)] {
         let err = opened.err().expect("a newer schema is refused").to_string();
@@ -183,7 +189,11 @@ fn two_stores_never_interleave_one_session() {
     // The second store checks against the database, which does not hold
     // the first one's queued records yet: it takes the batch...
     second
-        .append(session, 0, &[b"b0".to_vec(), b"b1".to_vec(), b"b2".to_vec()])
+        .append(
+            session,
+            0,
+            &[b"b0".to_vec(), b"b1".to_vec(), b"b2".to_vec()],
+        )
         .unwrap();
     first.sync().unwrap();
     // ...and the database refuses it as a whole.
@@ -192,7 +202,10 @@ fn two_stores_never_interleave_one_session() {
         matches!(refused, StoreError::Conflict { session: s, .. } if s == session),
         "{refused}"
     );
-    let stored: Vec<_> = first.range(session, 0, u64::MAX).map(Result::unwrap).collect();
+    let stored: Vec<_> = first
+        .range(session, 0, u64::MAX)
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(stored, vec![(0, b"a0".to_vec()), (1, b"a1".to_vec())]);
     // A store that lost a race learns the session's end again.
     assert!(matches!(
@@ -218,7 +231,9 @@ async fn acknowledged_records_survive_a_crash_of_the_database_server() {
     // Not acknowledged: may be lost, and must not break the chain.
     writer.append(RecordKind::ToolResult, b"50", &[]).unwrap();
     cluster.crash();
-    let after_crash = writer.append_durable(RecordKind::ToolResult, b"51", &[]).await;
+    let after_crash = writer
+        .append_durable(RecordKind::ToolResult, b"51", &[])
+        .await;
     assert!(after_crash.is_err(), "a commit to a dead server fails");
     drop(writer);
     drop(journal);
@@ -238,4 +253,113 @@ fn an_unreachable_database_is_a_clear_error() {
         .expect("nobody listens there")
         .to_string();
     assert!(err.contains("PostgreSQL"), "{err}");
+}
+
+/// Host A runs a session under a lease, stops renewing it (paused, or cut
+/// off), host B takes it over and writes; A's next durable append is
+/// refused in the same transaction that would have written it, A's
+/// journal says why, and the session's chain has exactly one writer per
+/// record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_lost_its_lease_is_fenced_and_never_writes_again() {
+    use longrun_journal::{Acquired, JournalError};
+    use std::time::Duration;
+    let (_cluster, location) = cluster();
+    let host_a = Journal::open_location(&location, Default::default()).unwrap();
+    let host_b = Journal::open_location(&location, Default::default()).unwrap();
+    let ttl = Duration::from_millis(300);
+
+    let mut a = host_a.create_session().unwrap();
+    let session = a.session();
+    let Acquired::Taken(lease_a) = host_a.acquire_lease(session, "host-a", ttl).unwrap() else {
+        panic!("a free lease is taken")
+    };
+    for i in 0..3 {
+        a.append_durable(RecordKind::ToolResult, format!("a{i}").as_bytes(), &[])
+            .await
+            .unwrap();
+    }
+    // While A's lease runs, B cannot take it.
+    let Acquired::HeldBy(held) = host_b.acquire_lease(session, "host-b", ttl).unwrap() else {
+        panic!("a live lease is not taken over")
+    };
+    assert_eq!((held.owner.as_str(), held.epoch), ("host-a", lease_a.epoch));
+
+    // A is paused past its lease; B takes over under the next epoch and
+    // goes on from what the store holds.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let Acquired::Taken(lease_b) = host_b.acquire_lease(session, "host-b", ttl).unwrap() else {
+        panic!("a lapsed lease is taken over")
+    };
+    assert_eq!(lease_b.epoch, lease_a.epoch + 1);
+
+    // A wakes up before B has written anything (so no record of B's is in
+    // the way: only the lease can refuse it). Its renewal fails, and so
+    // does its next append, however it tries.
+    assert_eq!(host_a.renew_lease(&lease_a, ttl).unwrap(), None);
+    let refused = a
+        .append_durable(RecordKind::ToolResult, b"a3", &[])
+        .await
+        .unwrap_err();
+    let JournalError::Fenced(fenced) = &refused else {
+        panic!("fenced, not {refused}")
+    };
+    assert_eq!(
+        (
+            fenced.session,
+            fenced.held,
+            fenced.current,
+            fenced.owner.as_str()
+        ),
+        (session, lease_a.epoch, lease_b.epoch, "host-b")
+    );
+    assert!(
+        refused.to_string().contains("taken over by host-b"),
+        "{refused}"
+    );
+    assert!(matches!(
+        a.append(RecordKind::ToolResult, b"a4", &[]),
+        Err(JournalError::Fenced(_))
+    ));
+    // Other sessions of host A go on.
+    let mut other = host_a.create_session().unwrap();
+    other
+        .append_durable(RecordKind::ToolResult, b"other", &[])
+        .await
+        .unwrap();
+
+    // B goes on from what the store holds; the chain holds A's three
+    // records and then B's.
+    let mut b = host_b.open_session(session).unwrap();
+    for payload in [b"b3", b"b4"] {
+        b.append_durable(RecordKind::ToolResult, payload, &[])
+            .await
+            .unwrap();
+    }
+    drop((a, b, other));
+    drop((host_a, host_b));
+    let reader = Journal::open_location_read_only(&location, Default::default()).unwrap();
+    assert_eq!(reader.verify(session), Ok(5));
+    let payloads: Vec<Vec<u8>> = reader
+        .records(session)
+        .map(|r| r.unwrap().payload)
+        .collect();
+    assert_eq!(
+        payloads,
+        [&b"a0"[..], b"a1", b"a2", b"b3", b"b4"].map(|p| p.to_vec())
+    );
+}
+
+#[test]
+fn a_local_store_has_no_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let session = journal.create_session().unwrap().session();
+    let refused = journal
+        .acquire_lease(session, "host", std::time::Duration::from_secs(1))
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("no session leases"),
+        "{refused}"
+    );
 }

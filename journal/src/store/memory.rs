@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{RecordIter, Store, StoreError, StoredRecord, check_append};
+use super::{RecordIter, Store, StoreError, StoredRecord, Synced, check_append};
 use crate::record::{Hash, SessionId};
 
 #[derive(Default)]
@@ -105,8 +105,8 @@ impl Store for MemoryStore {
         Ok(self.lock()?.blobs.get(hash).cloned())
     }
 
-    fn sync(&self) -> Result<(), StoreError> {
-        Ok(())
+    fn sync(&self) -> Result<Synced, StoreError> {
+        Ok(Synced::default())
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {

@@ -30,15 +30,18 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use super::{RecordIter, Store, StoreError, StoredRecord, check_append};
+use super::{
+    Acquired, Fenced, Lease, RecordIter, Store, StoreError, StoredRecord, Synced, check_append,
+};
 use crate::record::{Hash, SessionId};
 
 /// The schema, as numbered steps: step N is applied once, in order, and
 /// recorded in `longrun_schema`. A released step is never edited; a change
 /// is a new step.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE SEQUENCE longrun_session_ids AS bigint MINVALUE 0 START WITH 0;
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE SEQUENCE longrun_session_ids AS bigint MINVALUE 0 START WITH 0;
      CREATE TABLE longrun_sessions (
          session bigint PRIMARY KEY
      );
@@ -52,7 +55,17 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
          hash bytea PRIMARY KEY,
          bytes bytea NOT NULL
      );",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE longrun_leases (
+         session bigint PRIMARY KEY,
+         owner text NOT NULL,
+         epoch bigint NOT NULL,
+         expires_at timestamptz NOT NULL
+     );",
+    ),
+];
 
 /// The advisory lock key that serializes migrations ("longrun!" as bytes).
 const MIGRATION_LOCK: i64 = 0x6c6f_6e67_7275_6e21;
@@ -77,6 +90,8 @@ struct Queue {
     /// The next free sequence number of each session this store appended
     /// to or looked up, counting queued records.
     next: HashMap<SessionId, u64>,
+    /// The lease epoch this store holds for each session it took one of.
+    held: HashMap<SessionId, u64>,
 }
 
 impl PostgresStore {
@@ -190,7 +205,12 @@ impl PostgresStore {
     }
 
     /// One page of `session`'s stored records in `from..=to`.
-    fn page(&self, session: SessionId, from: u64, to: u64) -> Result<Vec<StoredRecord>, StoreError> {
+    fn page(
+        &self,
+        session: SessionId,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
         let pool = self.pool.clone();
         self.run(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -198,7 +218,12 @@ impl PostgresStore {
                 .query(
                     "SELECT seq, bytes FROM longrun_records \
                      WHERE session = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq LIMIT $4",
-                    &[&key(session)?, &key(from)?, &key(to.min(i64::MAX as u64))?, &PAGE],
+                    &[
+                        &key(session)?,
+                        &key(from)?,
+                        &key(to.min(i64::MAX as u64))?,
+                        &PAGE,
+                    ],
                 )
                 .await
                 .map_err(pg_error)?;
@@ -348,9 +373,9 @@ impl Store for PostgresStore {
         self.stored_blob(hash, true)
     }
 
-    fn sync(&self) -> Result<(), StoreError> {
+    fn sync(&self) -> Result<Synced, StoreError> {
         if self.read_only {
-            return Ok(());
+            return Ok(Synced::default());
         }
         let (records, blobs) = {
             let mut queue = self.queue()?;
@@ -360,16 +385,121 @@ impl Store for PostgresStore {
             )
         };
         if records.is_empty() && blobs.is_empty() {
-            return Ok(());
+            return Ok(Synced::default());
         }
+        let held = self.queue()?.held.clone();
         let pool = self.pool.clone();
-        let written = self.run(write_batch(pool, records, blobs));
-        if written.is_err() {
+        let written = self.run(write_batch(pool, records, blobs, held));
+        match &written {
+            Ok(synced) => {
+                let mut queue = self.queue()?;
+                for fenced in &synced.fenced {
+                    queue.next.remove(&fenced.session);
+                    queue.held.remove(&fenced.session);
+                }
+            }
             // What this store believed about each session's end may be
             // wrong now: ask the database again on the next append.
-            self.queue()?.next.clear();
+            Err(_) => self.queue()?.next.clear(),
         }
         written
+    }
+
+    fn acquire_lease(
+        &self,
+        session: SessionId,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Acquired, StoreError> {
+        self.writable()?;
+        let pool = self.pool.clone();
+        let owner = owner.to_owned();
+        let ttl = millis(ttl);
+        let acquired = self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            // Free, lapsed or already ours: taken under the next epoch.
+            // The database's clock decides what has lapsed, so hosts'
+            // clocks need not agree.
+            let taken = client
+                .query_opt(
+                    "INSERT INTO longrun_leases AS l (session, owner, epoch, expires_at) \
+                     VALUES ($1, $2, 1, now() + $3::bigint * interval '1 millisecond') \
+                     ON CONFLICT (session) DO UPDATE \
+                     SET owner = EXCLUDED.owner, epoch = l.epoch + 1, expires_at = EXCLUDED.expires_at \
+                     WHERE l.expires_at < now() OR l.owner = EXCLUDED.owner \
+                     RETURNING owner, epoch, (extract(epoch FROM expires_at) * 1000)::bigint",
+                    &[&key(session)?, &owner, &ttl],
+                )
+                .await
+                .map_err(pg_error)?;
+            if let Some(row) = taken {
+                return Ok(Acquired::Taken(lease_of(session, &row)?));
+            }
+            let held = client
+                .query_one(
+                    "SELECT owner, epoch, (extract(epoch FROM expires_at) * 1000)::bigint \
+                     FROM longrun_leases WHERE session = $1",
+                    &[&key(session)?],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(Acquired::HeldBy(lease_of(session, &held)?))
+        })?;
+        if let Acquired::Taken(lease) = &acquired {
+            let mut queue = self.queue()?;
+            queue.held.insert(session, lease.epoch);
+            // Another host may have written since this store last looked.
+            queue.next.remove(&session);
+        }
+        Ok(acquired)
+    }
+
+    fn renew_lease(
+        &self,
+        lease: &Lease,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.writable()?;
+        let pool = self.pool.clone();
+        let (session, owner, epoch, ttl) = (
+            lease.session,
+            lease.owner.clone(),
+            key(lease.epoch)?,
+            millis(ttl),
+        );
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_opt(
+                    "UPDATE longrun_leases SET expires_at = now() + $4::bigint * interval '1 millisecond' \
+                     WHERE session = $1 AND owner = $2 AND epoch = $3 \
+                     RETURNING owner, epoch, (extract(epoch FROM expires_at) * 1000)::bigint",
+                    &[&key(session)?, &owner, &epoch, &ttl],
+                )
+                .await
+                .map_err(pg_error)?;
+            row.map(|row| lease_of(session, &row)).transpose()
+        })
+    }
+
+    fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.writable()?;
+        let pool = self.pool.clone();
+        let (session, owner, epoch) = (lease.session, lease.owner.clone(), key(lease.epoch)?);
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .execute(
+                    "UPDATE longrun_leases SET expires_at = now() \
+                     WHERE session = $1 AND owner = $2 AND epoch = $3",
+                    &[&key(session)?, &owner, &epoch],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(())
+        })?;
+        self.queue()?.held.remove(&lease.session);
+        Ok(())
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
@@ -465,17 +595,61 @@ impl Iterator for Pages<'_> {
     }
 }
 
-/// Write a batch of records and blobs in one transaction.
+/// Write a batch of records and blobs in one transaction, fenced: the
+/// leases of the batch's sessions are read and locked in the same
+/// transaction (a takeover waits for it to commit), and the records of a
+/// session whose lease is not the epoch this store holds are left out and
+/// named. Sessions that nobody leases (a single host's) are written as
+/// they come.
 async fn write_batch(
     pool: Pool,
     records: BTreeMap<(SessionId, u64), Vec<u8>>,
     blobs: HashMap<Hash, Vec<u8>>,
-) -> Result<(), StoreError> {
+    held: HashMap<SessionId, u64>,
+) -> Result<Synced, StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let mut in_batch: Vec<i64> = Vec::new();
+    for (session, _) in records.keys() {
+        let session = key(*session)?;
+        if in_batch.last() != Some(&session) {
+            in_batch.push(session);
+        }
+    }
+    let mut synced = Synced::default();
+    if !in_batch.is_empty() {
+        let leases = tx
+            .query(
+                "SELECT session, owner, epoch FROM longrun_leases \
+                 WHERE session = ANY($1) ORDER BY session FOR SHARE",
+                &[&in_batch],
+            )
+            .await
+            .map_err(pg_error)?;
+        for row in leases {
+            let session = seq_of(row.get(0))?;
+            let current = seq_of(row.get(2))?;
+            let mine = held.get(&session).copied().unwrap_or(0);
+            if mine != current {
+                synced.fenced.push(Fenced {
+                    session,
+                    held: mine,
+                    current,
+                    owner: row.get(1),
+                });
+            }
+        }
+    }
+    let fenced: std::collections::HashSet<SessionId> =
+        synced.fenced.iter().map(|f| f.session).collect();
     let mut sessions = Vec::with_capacity(records.len());
     let mut seqs = Vec::with_capacity(records.len());
     let mut bytes = Vec::with_capacity(records.len());
     let mut first_records = Vec::new();
     for ((session, seq), record) in records {
+        if fenced.contains(&session) {
+            continue;
+        }
         if seq == 0 {
             first_records.push(key(session)?);
         }
@@ -487,8 +661,6 @@ async fn write_batch(
         .into_iter()
         .map(|(hash, bytes)| (hash.to_vec(), bytes))
         .unzip();
-    let mut client = pool.get().await.map_err(pool_error)?;
-    let tx = client.transaction().await.map_err(pg_error)?;
     if !hashes.is_empty() {
         tx.execute(
             "INSERT INTO longrun_blobs (hash, bytes) \
@@ -526,7 +698,22 @@ async fn write_batch(
             return Err(pg_error(e));
         }
     }
-    tx.commit().await.map_err(pg_error)
+    tx.commit().await.map_err(pg_error)?;
+    Ok(synced)
+}
+
+fn lease_of(session: SessionId, row: &tokio_postgres::Row) -> Result<Lease, StoreError> {
+    Ok(Lease {
+        session,
+        owner: row.get(0),
+        epoch: seq_of(row.get(1))?,
+        expires_unix_ms: seq_of(row.get::<_, i64>(2).max(0))?,
+    })
+}
+
+/// A duration in whole milliseconds, for the database's intervals.
+fn millis(ttl: std::time::Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Create the schema or bring it up to date, once across hosts.
@@ -589,7 +776,9 @@ async fn check_schema(pool: Pool) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn applied_version(client: &impl deadpool_postgres::GenericClient) -> Result<i32, StoreError> {
+async fn applied_version(
+    client: &impl deadpool_postgres::GenericClient,
+) -> Result<i32, StoreError> {
     let row = client
         .query_one("SELECT COALESCE(MAX(version), 0) FROM longrun_schema", &[])
         .await

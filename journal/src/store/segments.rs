@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{RecordIter, Store, StoreError, StoredRecord, check_append, first_gap};
+use super::{RecordIter, Store, StoreError, StoredRecord, Synced, check_append, first_gap};
 use crate::record::{Hash, SessionId};
 
 const MAGIC: &[u8; 8] = b"LRJSEG\0\x01";
@@ -728,9 +728,9 @@ impl Store for SegmentStore {
         self.read(&file, place).map(Some)
     }
 
-    fn sync(&self) -> Result<(), StoreError> {
+    fn sync(&self) -> Result<Synced, StoreError> {
         if self.read_only {
-            return Ok(());
+            return Ok(Synced::default());
         }
         // Earlier segments were synced when they were closed.
         let file = {
@@ -743,7 +743,7 @@ impl Store for SegmentStore {
         if let Some(file) = file {
             file.sync_data().map_err(|e| io("syncing the journal", e))?;
         }
-        Ok(())
+        Ok(Synced::default())
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {

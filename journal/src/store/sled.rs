@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{RecordIter, Store, StoreError, StoredRecord, check_append, first_gap};
+use super::{RecordIter, Store, StoreError, StoredRecord, Synced, check_append, first_gap};
 use crate::record::{Hash, SessionId};
 
 /// A sled database holding a journal.
@@ -217,11 +217,11 @@ impl Store for SledStore {
         }
     }
 
-    fn sync(&self) -> Result<(), StoreError> {
+    fn sync(&self) -> Result<Synced, StoreError> {
         if !self.read_only {
             self.db.flush()?;
         }
-        Ok(())
+        Ok(Synced::default())
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {

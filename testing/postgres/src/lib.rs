@@ -128,7 +128,12 @@ impl Cluster {
             let mut server = unprivileged(Command::new(self.bin.join("postgres")))
                 .arg("-D")
                 .arg(&self.data)
-                .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "unix_socket_directories=",
+                ])
                 .args(["-c", "max_connections=200", "-c", "fsync=on"])
                 .arg("-p")
                 .arg(self.port.to_string())
