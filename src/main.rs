@@ -97,6 +97,26 @@ enum Command {
     /// writes to it (so a journal a host has open can be read too).
     #[command(subcommand)]
     Replay(ReplayCommand),
+    /// Move a journal between stores.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Copy every session of a journal into an empty one (a directory and a
+    /// `postgres://` database, either way round), each under its own id with
+    /// its records' bytes unchanged, then verify both sides. The source is
+    /// only read.
+    Copy {
+        /// The journal to copy: a directory or a postgres:// address.
+        #[arg(long)]
+        from: Location,
+        /// Where to: a directory (a new segment journal) or a postgres://
+        /// address.
+        #[arg(long)]
+        to: Location,
+    },
 }
 
 #[derive(Subcommand)]
@@ -200,6 +220,20 @@ impl JournalDir {
     fn open(&self) -> Result<Arc<Journal>> {
         open_journal(&self.location()?)
     }
+}
+
+/// `longrun journal copy`.
+fn copy_journal(from: &Location, to: &Location) -> Result<ExitCode> {
+    let source = Journal::open_location_read_only(from, JournalOptions::AUDIT)
+        .with_context(|| format!("reading the journal in {from}"))?;
+    let target = open_journal(to)?;
+    let copied = longrun_host::journal::copy::copy(&source, &target)
+        .with_context(|| format!("copying {from} into {to}"))?;
+    println!(
+        "copied {} sessions ({} records, {} blobs) from {from} to {to}; both sides verify",
+        copied.sessions, copied.records, copied.blobs
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Open (or create) the journal at `location`, for a host.
@@ -371,7 +405,8 @@ impl Command {
             | Command::Run { .. }
             | Command::Resume { .. }
             | Command::Serve { .. }
-            | Command::Mcp { .. } => false,
+            | Command::Mcp { .. }
+            | Command::Journal(_) => false,
         }
     }
 }
@@ -432,6 +467,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay(command) => replay(command).await,
+        Command::Journal(JournalCommand::Copy { from, to }) => copy_journal(&from, &to),
         Command::Policy(PolicyCommand::Check { file }) => {
             let policy = Policy::load(&file)?;
             println!("{}: ok", file.display());

@@ -517,6 +517,52 @@ fn run_resume_and_replay_take_a_postgres_store_instead_of_a_directory() {
         text(&listed.stdout)
     );
 
+    // `journal copy` takes the database's journal into a directory, and
+    // the copy verifies through the same commands.
+    let back = dir.path().join("back");
+    let copied = longrun(&[
+        "journal",
+        "copy",
+        "--from",
+        &url,
+        "--to",
+        back.to_str().unwrap(),
+    ]);
+    assert!(copied.status.success(), "{}", text(&copied.stderr));
+    assert!(
+        text(&copied.stdout).contains("copied 1 sessions"),
+        "{}",
+        text(&copied.stdout)
+    );
+    let verified_copy = longrun(&[
+        "replay",
+        "verify",
+        "--all",
+        "--journal",
+        back.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&verified_copy.stdout).contains("session 0: ok"),
+        "{}{}",
+        text(&verified_copy.stdout),
+        text(&verified_copy.stderr)
+    );
+    // Into a journal that already holds the session: refused.
+    let again = longrun(&[
+        "journal",
+        "copy",
+        "--from",
+        &url,
+        "--to",
+        back.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already in the target"),
+        "{}",
+        text(&again.stderr)
+    );
+
     // A changed row is caught through the same command.
     cluster
         .psql(

@@ -763,6 +763,75 @@ impl Journal {
         Ok(bytes)
     }
 
+    /// A session's readable records as stored, undecoded (for a copy).
+    pub fn raw_records(
+        &self,
+        session: SessionId,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), JournalError>> + '_ {
+        let to = self
+            .shared
+            .visible(session)
+            .map_or(u64::MAX, |v| v.saturating_sub(1));
+        let stored = match self.shared.visible(session) {
+            Some(0) => Box::new(std::iter::empty()),
+            _ => self.store().range(session, 0, to),
+        };
+        stored.map(|kv| kv.map_err(JournalError::from))
+    }
+
+    /// Write a whole session copied from another journal, under its own
+    /// id: `records` are (seq, stored bytes, hash) from 0 on, in order.
+    /// Refused if the session exists here. Durable when this returns.
+    pub fn import_session(
+        &self,
+        session: SessionId,
+        records: Vec<(u64, Vec<u8>, Hash)>,
+    ) -> Result<(), JournalError> {
+        if self.store().read_only() {
+            return Err(JournalError::Storage(StoreError::ReadOnly));
+        }
+        {
+            let mut writers = self
+                .writers
+                .lock()
+                .map_err(|_| JournalError::CommitterGone)?;
+            if !writers.insert(session) {
+                return Err(JournalError::WriterTaken(session));
+            }
+        }
+        let imported = self.import_records(session, &records);
+        if let Ok(mut writers) = self.writers.lock() {
+            writers.remove(&session);
+        }
+        imported?;
+        self.flush_now()
+    }
+
+    fn import_records(
+        &self,
+        session: SessionId,
+        records: &[(u64, Vec<u8>, Hash)],
+    ) -> Result<(), JournalError> {
+        self.store().advance_session_ids(session)?;
+        for batch in records.chunks(1024) {
+            let Some((first_seq, _, _)) = batch.first() else {
+                continue;
+            };
+            let bytes: Vec<Vec<u8>> = batch.iter().map(|(_, bytes, _)| bytes.clone()).collect();
+            self.store().append(session, *first_seq, &bytes)?;
+            if let Some((seq, _, hash)) = batch.last() {
+                self.shared.state()?.pending.insert(
+                    session,
+                    Head {
+                        seq: *seq,
+                        hash: *hash,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The size of a stored blob, if it is stored.
     pub fn blob_len(&self, hash: &Hash) -> Result<Option<u64>, JournalError> {
         Ok(self.store().blob(hash)?.map(|b| b.len() as u64))

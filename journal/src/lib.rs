@@ -5,6 +5,7 @@
 //! - [`record`]: the on-disk record format and the hash chain;
 //! - [`store`]: the storage interface, with [`SegmentStore`] (the embedded
 //!   default), [`SledStore`], [`PostgresStore`] and [`MemoryStore`];
+//! - [`copy`]: a journal copied from one store to another, verified;
 //! - [`heads`]: each session's acknowledged head, kept outside the store so
 //!   that a store that loses its tail is caught ([`Loss`]);
 //! - [`Journal`]: sessions, writers, group commit, durable-only readers and
@@ -16,6 +17,7 @@
 //! This crate depends on neither the sandbox (wasmtime) nor the local model
 //! (mistral.rs): auditors and store implementations build it alone.
 
+pub mod copy;
 pub mod heads;
 mod journal;
 pub mod payload;

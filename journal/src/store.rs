@@ -160,6 +160,10 @@ pub trait Store: Send + Sync {
     /// A session identifier never handed out before by this store.
     fn new_session_id(&self) -> Result<SessionId, StoreError>;
 
+    /// Make sure [`Store::new_session_id`] never hands out `past` or an id
+    /// below it from now on (a journal copied in keeps its sessions' ids).
+    fn advance_session_ids(&self, past: SessionId) -> Result<(), StoreError>;
+
     /// Write `records` of `session`, the first at `first_seq`, the rest
     /// following, or none of them: refused when `first_seq` is taken or,
     /// for `first_seq > 0`, record `first_seq - 1` is not stored.

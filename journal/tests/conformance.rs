@@ -181,6 +181,9 @@ impl Store for FailingStore {
     fn new_session_id(&self) -> Result<u64, StoreError> {
         self.inner.new_session_id()
     }
+    fn advance_session_ids(&self, past: u64) -> Result<(), StoreError> {
+        self.inner.advance_session_ids(past)
+    }
     fn append(&self, s: u64, first: u64, records: &[Vec<u8>]) -> Result<(), StoreError> {
         self.check()?;
         self.inner.append(s, first, records)

@@ -40,6 +40,12 @@ impl Store for MemoryStore {
         Ok(id)
     }
 
+    fn advance_session_ids(&self, past: SessionId) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        inner.next_id = inner.next_id.max(past.saturating_add(1));
+        Ok(())
+    }
+
     fn append(
         &self,
         session: SessionId,

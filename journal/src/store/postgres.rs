@@ -248,6 +248,24 @@ impl Store for PostgresStore {
         })
     }
 
+    fn advance_session_ids(&self, past: SessionId) -> Result<(), StoreError> {
+        self.writable()?;
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            // After setval(v) the next id is v + 1.
+            client
+                .execute(
+                    "SELECT setval('longrun_session_ids', \
+                     GREATEST((SELECT last_value FROM longrun_session_ids), $1))",
+                    &[&key(past)?],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(())
+        })
+    }
+
     fn append(
         &self,
         session: SessionId,

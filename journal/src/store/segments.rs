@@ -605,6 +605,13 @@ impl Store for SegmentStore {
         Ok(id)
     }
 
+    fn advance_session_ids(&self, past: SessionId) -> Result<(), StoreError> {
+        self.writable()?;
+        let mut inner = self.lock_inner()?;
+        inner.next_id = inner.next_id.max(past.saturating_add(1));
+        Ok(())
+    }
+
     fn append(
         &self,
         session: SessionId,

@@ -119,6 +119,20 @@ impl Store for SledStore {
         Ok(self.db.generate_id()?)
     }
 
+    fn advance_session_ids(&self, past: SessionId) -> Result<(), StoreError> {
+        self.writable()?;
+        // sled's id counter only counts up, one at a time: far ahead is
+        // refused rather than counted to.
+        for _ in 0..1_000_000u32 {
+            if self.db.generate_id()? >= past {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Io(format!(
+            "session id {past} is too far ahead of this sled journal's counter"
+        )))
+    }
+
     fn append(
         &self,
         session: SessionId,
