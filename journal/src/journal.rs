@@ -245,6 +245,9 @@ fn without_password(url: &str) -> String {
     }
 }
 
+/// How many blobs verification checks in one store call.
+const BLOBS_PER_CHECK: usize = 512;
+
 /// A journal: sessions of hash-chained records on a store.
 pub struct Journal {
     shared: Arc<Shared>,
@@ -897,59 +900,75 @@ impl Journal {
         let mut expected_seq = 0u64;
         let mut prev = genesis(session);
         let mut checked_blobs: HashSet<Hash> = HashSet::new();
+        // Blobs are checked in batches (one query for many, on a database),
+        // always before an error at a later record is returned, so the
+        // first bad record is still the one named.
+        let mut deferred: Vec<(u64, Hash)> = Vec::new();
         let to = self
             .shared
             .visible(session)
             .map_or(u64::MAX, |v| v.saturating_sub(1));
-        for kv in self.store().range(session, 0, to) {
-            let (key_seq, value) = kv.map_err(|e| bad(expected_seq, format!("unreadable: {e}")))?;
-            if key_seq != expected_seq {
-                return Err(bad(
-                    expected_seq,
-                    format!("missing: the next record stored is {key_seq}"),
-                ));
-            }
-            let mut record = decode_unchecked(&value).map_err(|why| bad(expected_seq, why))?;
-            record.session = session;
-            if record.seq != expected_seq {
-                return Err(bad(
-                    expected_seq,
-                    format!("out of place: it says it is record {}", record.seq),
-                ));
-            }
-            if !hash_matches(session, &value) {
-                return Err(bad(
-                    expected_seq,
-                    "its contents do not match its hash".into(),
-                ));
-            }
-            if record.prev_hash != prev {
-                return Err(bad(
-                    expected_seq,
-                    "its previous-hash does not match the record before it".into(),
-                ));
-            }
-            if let Some(head) = acknowledged
-                && head.seq == expected_seq
-                && head.hash != record.hash
-            {
-                return Err(bad(
-                    expected_seq,
-                    format!(
-                        "record {expected_seq} of session {session} is not the one acknowledged as durable"
-                    ),
-                ));
-            }
-            for blob in &record.blobs {
-                if checked_blobs.insert(*blob) {
-                    self.check_blob(blob)
-                        .map_err(|why| bad(expected_seq, why))?;
+        let mut walk = || -> Result<(), VerifyError> {
+            for kv in self.store().range(session, 0, to) {
+                let (key_seq, value) =
+                    kv.map_err(|e| bad(expected_seq, format!("unreadable: {e}")))?;
+                if key_seq != expected_seq {
+                    return Err(bad(
+                        expected_seq,
+                        format!("missing: the next record stored is {key_seq}"),
+                    ));
                 }
+                let mut record = decode_unchecked(&value).map_err(|why| bad(expected_seq, why))?;
+                record.session = session;
+                if record.seq != expected_seq {
+                    return Err(bad(
+                        expected_seq,
+                        format!("out of place: it says it is record {}", record.seq),
+                    ));
+                }
+                if !hash_matches(session, &value) {
+                    return Err(bad(
+                        expected_seq,
+                        "its contents do not match its hash".into(),
+                    ));
+                }
+                if record.prev_hash != prev {
+                    return Err(bad(
+                        expected_seq,
+                        "its previous-hash does not match the record before it".into(),
+                    ));
+                }
+                if let Some(head) = acknowledged
+                    && head.seq == expected_seq
+                    && head.hash != record.hash
+                {
+                    return Err(bad(
+                        expected_seq,
+                        format!(
+                            "record {expected_seq} of session {session} is not the one acknowledged as durable"
+                        ),
+                    ));
+                }
+                for blob in &record.blobs {
+                    if checked_blobs.insert(*blob) {
+                        deferred.push((expected_seq, *blob));
+                    }
+                }
+                if deferred.len() >= BLOBS_PER_CHECK {
+                    self.check_blobs(&mut deferred, &bad)?;
+                }
+                prev = record.hash;
+                check(record).map_err(|why| bad(expected_seq, why))?;
+                expected_seq += 1;
             }
-            prev = record.hash;
-            check(record).map_err(|why| bad(expected_seq, why))?;
-            expected_seq += 1;
-        }
+            Ok(())
+        };
+        let walked = walk();
+        // A bad blob is always at or before the record a walk stopped at
+        // (the walk defers a record's blobs, then checks the record), so
+        // it is the first bad record.
+        self.check_blobs(&mut deferred, &bad)?;
+        walked?;
         if let Some(head) = acknowledged
             && head.seq >= expected_seq
         {
@@ -965,13 +984,35 @@ impl Journal {
         Ok(expected_seq)
     }
 
-    fn check_blob(&self, blob: &Hash) -> Result<(), String> {
-        match self.store().blob(blob) {
-            Ok(Some(bytes)) if &hash_bytes(&bytes) == blob => Ok(()),
-            Ok(Some(_)) => Err(format!("blob {} does not match its hash", hex(blob))),
-            Ok(None) => Err(format!("blob {} is missing", hex(blob))),
-            Err(e) => Err(format!("blob {} unreadable: {e}", hex(blob))),
+    /// Check the deferred blobs in one store call; the first bad one fails
+    /// at the record that named it.
+    fn check_blobs(
+        &self,
+        deferred: &mut Vec<(u64, Hash)>,
+        bad: &impl Fn(u64, String) -> VerifyError,
+    ) -> Result<(), VerifyError> {
+        if deferred.is_empty() {
+            return Ok(());
         }
+        let hashes: Vec<Hash> = deferred.iter().map(|(_, hash)| *hash).collect();
+        let first_seq = deferred[0].0;
+        let found = self
+            .store()
+            .blobs(&hashes)
+            .map_err(|e| bad(first_seq, format!("blobs unreadable: {e}")))?;
+        for ((seq, blob), bytes) in deferred.drain(..).zip(found) {
+            match bytes {
+                Some(bytes) if hash_bytes(&bytes) == blob => {}
+                Some(_) => {
+                    return Err(bad(
+                        seq,
+                        format!("blob {} does not match its hash", hex(&blob)),
+                    ));
+                }
+                None => return Err(bad(seq, format!("blob {} is missing", hex(&blob)))),
+            }
+        }
+        Ok(())
     }
 
     /// Why the journal stopped taking records, once a write or sync failed

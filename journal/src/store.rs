@@ -206,6 +206,12 @@ pub trait Store: Send + Sync {
     /// A blob's bytes as stored, unchecked.
     fn blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Several blobs' bytes, in the order asked (one query on a database;
+    /// the default asks one at a time).
+    fn blobs(&self, hashes: &[Hash]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        hashes.iter().map(|hash| self.blob(hash)).collect()
+    }
+
     /// Make everything written so far durable, except the records of
     /// sessions whose lease this store no longer holds (a shared store's
     /// fencing): those are refused, in the same transaction, and named.

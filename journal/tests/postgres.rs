@@ -423,3 +423,42 @@ async fn a_journal_copied_to_postgres_and_back_keeps_ids_chains_and_blobs() {
         );
     }
 }
+
+/// Blobs are checked in batches of 512; the first bad record is still the
+/// one named, whether the fault is a blob or the chain after it (record
+/// 1050's blob is still waiting for its batch when the walk reaches the
+/// missing record 1100).
+#[test]
+fn a_bad_blob_among_many_is_named_before_a_later_break_in_the_chain() {
+    let (cluster, location) = cluster();
+    let session = {
+        let journal = Journal::open_location(&location, Default::default()).unwrap();
+        let mut writer = journal.create_session().unwrap();
+        for i in 0..1200 {
+            let blob = journal.put_blob(format!("output {i}").as_bytes()).unwrap();
+            writer
+                .append(RecordKind::ToolResult, b"{}", &[blob])
+                .unwrap();
+        }
+        journal.flush_now().unwrap();
+        writer.session()
+    };
+    assert_eq!(verify(&location, session), Ok(1200));
+    cluster
+        .psql(
+            "journal",
+            &format!("DELETE FROM longrun_records WHERE session = {session} AND seq = 1100"),
+        )
+        .unwrap();
+    let chain = verify(&location, session).unwrap_err();
+    assert_eq!(chain.seq, 1100, "{chain}");
+    cluster
+        .psql(
+            "journal",
+            "UPDATE longrun_blobs SET bytes = 'changed' WHERE bytes = 'output 1050'::bytea",
+        )
+        .unwrap();
+    let blob = verify(&location, session).unwrap_err();
+    assert_eq!(blob.seq, 1050, "{blob}");
+    assert!(blob.why.contains("does not match its hash"), "{blob}");
+}

@@ -391,6 +391,44 @@ impl Store for PostgresStore {
         self.stored_blob(hash, true)
     }
 
+    fn blobs(&self, hashes: &[Hash]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut found: HashMap<Hash, Vec<u8>> = {
+            let queue = self.queue()?;
+            hashes
+                .iter()
+                .filter_map(|hash| queue.blobs.get(hash).map(|bytes| (*hash, bytes.clone())))
+                .collect()
+        };
+        let wanted: Vec<Vec<u8>> = hashes
+            .iter()
+            .filter(|hash| !found.contains_key(*hash))
+            .map(|hash| hash.to_vec())
+            .collect();
+        if !wanted.is_empty() {
+            let pool = self.pool.clone();
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = self.run(async move {
+                let client = pool.get().await.map_err(pool_error)?;
+                let rows = client
+                    .query(
+                        "SELECT hash, bytes FROM longrun_blobs WHERE hash = ANY($1)",
+                        &[&wanted],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|row| (row.get(0), row.get(1)))
+                    .collect())
+            })?;
+            for (hash, bytes) in rows {
+                if let Ok(hash) = Hash::try_from(hash.as_slice()) {
+                    found.insert(hash, bytes);
+                }
+            }
+        }
+        Ok(hashes.iter().map(|hash| found.get(hash).cloned()).collect())
+    }
+
     fn sync(&self) -> Result<Synced, StoreError> {
         if self.read_only {
             return Ok(Synced::default());
