@@ -16,6 +16,55 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A scripted session that lists `/workspace` three times and then answers
+/// "listed three times", with a read-only `ws` directory mounted there;
+/// policies differ only in their step budget.
+struct Listing {
+    dir: tempfile::TempDir,
+    script: std::path::PathBuf,
+}
+
+impl Listing {
+    fn new() -> Listing {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script.jsonl");
+        std::fs::write(
+            &script,
+            r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "repeat": 3}
+{"content": "listed three times"}"#,
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("ws")).unwrap();
+        Listing { dir, script }
+    }
+
+    /// A policy allowing `max_steps` steps.
+    fn policy(&self, max_steps: u64) -> std::path::PathBuf {
+        let path = self.dir.path().join(format!("policy-{max_steps}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[session]\nmax_steps = {max_steps}\n\n[tools]\nallow = [\"fs_list\"]\n\n[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-only\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// `longrun ARGS --policy POLICY --model scripted:SCRIPT`; the caller
+    /// names the journal.
+    fn command(&self, args: &[&str], policy: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_longrun"));
+        command
+            .args(args)
+            .arg("--policy")
+            .arg(policy)
+            .arg("--model")
+            .arg(format!("scripted:{}", self.script.display()));
+        command
+    }
+}
+
 #[test]
 fn policy_check_accepts_every_example_policy() {
     for policy in [
@@ -353,34 +402,13 @@ fn a_closed_output_pipe_ends_replay_quietly() {
 /// with an unfinished one takes `resume`, and the output says which.
 #[test]
 fn run_never_resumes_a_session_and_resume_goes_on_with_the_one_asked_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("script.jsonl");
-    std::fs::write(
-        &script,
-        r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "repeat": 3}
-{"content": "listed three times"}"#,
-    )
-    .unwrap();
-    std::fs::create_dir(dir.path().join("ws")).unwrap();
-    let policy = |max_steps: u64| {
-        let path = dir.path().join(format!("policy-{max_steps}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "[session]\nmax_steps = {max_steps}\n\n[tools]\nallow = [\"fs_list\"]\n\n[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-only\"\n"
-            ),
-        )
-        .unwrap();
-        path
-    };
-    let journal = dir.path().join("journal");
+    let listing = Listing::new();
+    let dir = listing.dir.path();
+    let policy = |max_steps| listing.policy(max_steps);
+    let journal = dir.join("journal");
     let longrun = |args: &[&str], policy: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_longrun"))
-            .args(args)
-            .arg("--policy")
-            .arg(policy)
-            .arg("--model")
-            .arg(format!("scripted:{}", script.display()))
+        listing
+            .command(args, policy)
             .arg("--journal")
             .arg(&journal)
             .output()
@@ -429,13 +457,10 @@ fn run_never_resumes_a_session_and_resume_goes_on_with_the_one_asked_for() {
         "{}",
         text(&ended.stderr)
     );
-    let none = Command::new(env!("CARGO_BIN_EXE_longrun"))
-        .args(["resume", "--policy"])
-        .arg(policy(10))
-        .arg("--model")
-        .arg(format!("scripted:{}", script.display()))
+    let none = listing
+        .command(&["resume"], &policy(10))
         .arg("--journal")
-        .arg(dir.path().join("empty"))
+        .arg(dir.join("empty"))
         .output()
         .unwrap();
     assert!(!none.status.success());
@@ -450,35 +475,14 @@ fn run_never_resumes_a_session_and_resume_goes_on_with_the_one_asked_for() {
 fn run_resume_and_replay_take_a_postgres_store_instead_of_a_directory() {
     let cluster = longrun_test_postgres::Cluster::start().unwrap();
     let url = cluster.create_database("journal").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("script.jsonl");
-    std::fs::write(
-        &script,
-        r#"{"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "repeat": 3}
-{"content": "listed three times"}"#,
-    )
-    .unwrap();
-    std::fs::create_dir(dir.path().join("ws")).unwrap();
-    let policy = |max_steps: u64| {
-        let path = dir.path().join(format!("policy-{max_steps}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "[session]\nmax_steps = {max_steps}\n\n[tools]\nallow = [\"fs_list\"]\n\n[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-only\"\n"
-            ),
-        )
-        .unwrap();
-        path
-    };
+    let listing = Listing::new();
+    let dir = listing.dir.path();
+    let policy = |max_steps| listing.policy(max_steps);
     let session = |args: &[&str], policy: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_longrun"))
-            .args(args)
-            .arg("--policy")
-            .arg(policy)
-            .arg("--model")
-            .arg(format!("scripted:{}", script.display()))
+        listing
+            .command(args, policy)
             .args(["--store", &url])
-            .current_dir(dir.path())
+            .current_dir(dir)
             .output()
             .unwrap()
     };
@@ -492,7 +496,7 @@ fn run_resume_and_replay_take_a_postgres_store_instead_of_a_directory() {
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
     assert!(text(&resumed.stdout).contains("listed three times"));
     // Nothing went to a directory.
-    assert!(!dir.path().join(".longrun").exists());
+    assert!(!dir.join(".longrun").exists());
 
     let replay = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_longrun"))
@@ -519,7 +523,7 @@ fn run_resume_and_replay_take_a_postgres_store_instead_of_a_directory() {
 
     // `journal copy` takes the database's journal into a directory, and
     // the copy verifies through the same commands.
-    let back = dir.path().join("back");
+    let back = dir.join("back");
     let copied = longrun(&[
         "journal",
         "copy",

@@ -38,7 +38,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::postgres::PostgresStore;
 use crate::store::segments::{SegmentStore, is_segment_store};
 use crate::store::sled::{SledStore, is_sled_store};
-use crate::store::{Acquired, Fenced, Lease, Store, StoreError};
+use crate::store::{Acquired, Fenced, Lease, RecordIter, Store, StoreError};
 
 /// How long dropping a journal waits for its last sync before it gives up
 /// on it (and on the store's own flush on drop) with an error in the log.
@@ -599,13 +599,10 @@ impl Journal {
         self.writer(session, Some((record.seq + 1, record.hash)))
     }
 
-    fn writer(
-        self: &Arc<Self>,
-        session: SessionId,
-        head: Option<(u64, Hash)>,
-    ) -> Result<SessionWriter, JournalError> {
-        // No writer at all on a read-only journal, rather than one whose
-        // every append fails.
+    /// Take `session`'s one writer slot (given back by the writer's drop,
+    /// or by an import when it ends). No writer at all on a read-only
+    /// journal, rather than one whose every append fails.
+    fn claim_writer(&self, session: SessionId) -> Result<(), JournalError> {
         if self.store().read_only() {
             return Err(JournalError::Storage(StoreError::ReadOnly));
         }
@@ -616,6 +613,15 @@ impl Journal {
         if !writers.insert(session) {
             return Err(JournalError::WriterTaken(session));
         }
+        Ok(())
+    }
+
+    fn writer(
+        self: &Arc<Self>,
+        session: SessionId,
+        head: Option<(u64, Hash)>,
+    ) -> Result<SessionWriter, JournalError> {
+        self.claim_writer(session)?;
         let (next_seq, prev_hash) = head.unwrap_or((0, genesis(session)));
         self.shared
             .state()?
@@ -714,16 +720,7 @@ impl Journal {
         session: SessionId,
         from: u64,
     ) -> impl Iterator<Item = Result<Record, JournalError>> + '_ {
-        let to = match self.shared.visible(session) {
-            Some(0) => None,
-            Some(visible) => Some(visible - 1),
-            None => Some(u64::MAX),
-        };
-        let stored = match to {
-            Some(to) if from <= to => self.store().range(session, from, to),
-            _ => Box::new(std::iter::empty()),
-        };
-        stored.map(move |kv| {
+        self.stored_from(session, from).map(move |kv| {
             let (seq, bytes) = kv?;
             decode_stored(session, seq, &bytes)
         })
@@ -771,15 +768,21 @@ impl Journal {
         &self,
         session: SessionId,
     ) -> impl Iterator<Item = Result<(u64, Vec<u8>), JournalError>> + '_ {
-        let to = self
-            .shared
-            .visible(session)
-            .map_or(u64::MAX, |v| v.saturating_sub(1));
-        let stored = match self.shared.visible(session) {
-            Some(0) => Box::new(std::iter::empty()),
-            _ => self.store().range(session, 0, to),
+        self.stored_from(session, 0)
+            .map(|kv| kv.map_err(JournalError::from))
+    }
+
+    /// `session`'s stored records from `from` on that readers may see.
+    fn stored_from(&self, session: SessionId, from: u64) -> RecordIter<'_> {
+        let to = match self.shared.visible(session) {
+            Some(0) => None,
+            Some(visible) => Some(visible - 1),
+            None => Some(u64::MAX),
         };
-        stored.map(|kv| kv.map_err(JournalError::from))
+        match to {
+            Some(to) if from <= to => self.store().range(session, from, to),
+            _ => Box::new(std::iter::empty()),
+        }
     }
 
     /// Write a whole session copied from another journal, under its own
@@ -790,18 +793,7 @@ impl Journal {
         session: SessionId,
         records: Vec<(u64, Vec<u8>, Hash)>,
     ) -> Result<(), JournalError> {
-        if self.store().read_only() {
-            return Err(JournalError::Storage(StoreError::ReadOnly));
-        }
-        {
-            let mut writers = self
-                .writers
-                .lock()
-                .map_err(|_| JournalError::CommitterGone)?;
-            if !writers.insert(session) {
-                return Err(JournalError::WriterTaken(session));
-            }
-        }
+        self.claim_writer(session)?;
         let imported = self.import_records(session, &records);
         if let Ok(mut writers) = self.writers.lock() {
             writers.remove(&session);

@@ -102,6 +102,16 @@ pub struct Synced {
     pub fenced: Vec<Fenced>,
 }
 
+/// For implementations: a store opened read-only refuses every write with
+/// [`StoreError::ReadOnly`].
+pub fn writable(read_only: bool) -> Result<(), StoreError> {
+    if read_only {
+        Err(StoreError::ReadOnly)
+    } else {
+        Ok(())
+    }
+}
+
 /// The rule of [`Store::append`], for implementations: `count` records of
 /// `session` may be written from `first_seq` on only if the record before
 /// `first_seq` is stored (or it is 0) and none of their numbers is taken.

@@ -32,6 +32,7 @@ use tokio_postgres::error::SqlState;
 
 use super::{
     Acquired, Fenced, Lease, RecordIter, Store, StoreError, StoredRecord, Synced, check_append,
+    writable,
 };
 use crate::record::{Hash, SessionId};
 
@@ -177,14 +178,6 @@ impl PostgresStore {
             .map_err(|_| StoreError::Io("the PostgreSQL store's queue was poisoned".into()))
     }
 
-    fn writable(&self) -> Result<(), StoreError> {
-        if self.read_only {
-            Err(StoreError::ReadOnly)
-        } else {
-            Ok(())
-        }
-    }
-
     /// The last stored record of `session` in the database (queued ones
     /// aside).
     fn last_stored(&self, session: SessionId) -> Result<Option<StoredRecord>, StoreError> {
@@ -236,7 +229,7 @@ impl PostgresStore {
 
 impl Store for PostgresStore {
     fn new_session_id(&self) -> Result<SessionId, StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         let pool = self.pool.clone();
         self.run(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -249,7 +242,7 @@ impl Store for PostgresStore {
     }
 
     fn advance_session_ids(&self, past: SessionId) -> Result<(), StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         let pool = self.pool.clone();
         self.run(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -272,7 +265,7 @@ impl Store for PostgresStore {
         first_seq: u64,
         records: &[Vec<u8>],
     ) -> Result<(), StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         let known = self.queue()?.next.get(&session).copied();
         let next = match known {
             Some(next) => next,
@@ -369,7 +362,7 @@ impl Store for PostgresStore {
     }
 
     fn put_blob(&self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         self.queue()?
             .blobs
             .entry(*hash)
@@ -467,7 +460,7 @@ impl Store for PostgresStore {
         owner: &str,
         ttl: std::time::Duration,
     ) -> Result<Acquired, StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         let pool = self.pool.clone();
         let owner = owner.to_owned();
         let ttl = millis(ttl);
@@ -515,7 +508,7 @@ impl Store for PostgresStore {
         lease: &Lease,
         ttl: std::time::Duration,
     ) -> Result<Option<Lease>, StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         let pool = self.pool.clone();
         let (session, owner, epoch, ttl) = (
             lease.session,
@@ -539,7 +532,7 @@ impl Store for PostgresStore {
     }
 
     fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         let pool = self.pool.clone();
         let (session, owner, epoch) = (lease.session, lease.owner.clone(), key(lease.epoch)?);
         self.run(async move {

@@ -49,7 +49,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{RecordIter, Store, StoreError, StoredRecord, Synced, check_append, first_gap};
+use super::{
+    RecordIter, Store, StoreError, StoredRecord, Synced, check_append, first_gap, writable,
+};
 use crate::record::{Hash, SessionId};
 
 const MAGIC: &[u8; 8] = b"LRJSEG\0\x01";
@@ -202,14 +204,6 @@ impl SegmentStore {
         self.inner
             .lock()
             .map_err(|_| StoreError::Io("the segment store's index was poisoned".into()))
-    }
-
-    fn writable(&self) -> Result<(), StoreError> {
-        if self.read_only {
-            Err(StoreError::ReadOnly)
-        } else {
-            Ok(())
-        }
     }
 
     /// The directory the store lives in.
@@ -598,7 +592,7 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
 
 impl Store for SegmentStore {
     fn new_session_id(&self) -> Result<SessionId, StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         let mut inner = self.lock_inner()?;
         let id = inner.next_id;
         inner.next_id += 1;
@@ -606,7 +600,7 @@ impl Store for SegmentStore {
     }
 
     fn advance_session_ids(&self, past: SessionId) -> Result<(), StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         let mut inner = self.lock_inner()?;
         inner.next_id = inner.next_id.max(past.saturating_add(1));
         Ok(())
@@ -618,7 +612,7 @@ impl Store for SegmentStore {
         first_seq: u64,
         records: &[Vec<u8>],
     ) -> Result<(), StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         if records.is_empty() {
             return Ok(());
         }
@@ -703,7 +697,7 @@ impl Store for SegmentStore {
     }
 
     fn put_blob(&self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         let mut inner = self.lock_inner()?;
         if inner.blobs.contains_key(hash) {
             return Ok(());

@@ -14,7 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{RecordIter, Store, StoreError, StoredRecord, Synced, check_append, first_gap};
+use super::{
+    RecordIter, Store, StoreError, StoredRecord, Synced, check_append, first_gap, writable,
+};
 use crate::record::{Hash, SessionId};
 
 /// A sled database holding a journal.
@@ -99,14 +101,6 @@ impl SledStore {
         })
     }
 
-    fn writable(&self) -> Result<(), StoreError> {
-        if self.read_only {
-            Err(StoreError::ReadOnly)
-        } else {
-            Ok(())
-        }
-    }
-
     /// The directory the store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -115,12 +109,12 @@ impl SledStore {
 
 impl Store for SledStore {
     fn new_session_id(&self) -> Result<SessionId, StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         Ok(self.db.generate_id()?)
     }
 
     fn advance_session_ids(&self, past: SessionId) -> Result<(), StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         // sled's id counter only counts up, one at a time: far ahead is
         // refused rather than counted to.
         for _ in 0..1_000_000u32 {
@@ -139,7 +133,7 @@ impl Store for SledStore {
         first_seq: u64,
         records: &[Vec<u8>],
     ) -> Result<(), StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         check_append(session, first_seq, records.len(), |seq| {
             Ok(self.records.contains_key(record_key(session, seq))?)
         })?;
@@ -209,7 +203,7 @@ impl Store for SledStore {
     }
 
     fn put_blob(&self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
-        self.writable()?;
+        writable(self.read_only)?;
         if !self.blob_index.contains_key(hash)? {
             // The bytes first: a crash between the two leaves an unindexed
             // blob (wasted bytes), never an index entry without bytes.
