@@ -65,7 +65,7 @@ impl Cluster {
             log,
             _dir: dir,
         };
-        cluster.restart()?;
+        cluster.serve(PortTaken::PickAnother)?;
         Ok(cluster)
     }
 
@@ -118,6 +118,10 @@ impl Cluster {
     /// Start the server (again, after [`Cluster::crash`]) and wait until it
     /// takes connections.
     pub fn restart(&mut self) -> Result<(), Error> {
+        self.serve(PortTaken::Wait)
+    }
+
+    fn serve(&mut self, port_taken: PortTaken) -> Result<(), Error> {
         let log = std::fs::File::create(&self.log).map_err(|e| format!("server log: {e}"))?;
         if is_root() {
             let _ = std::os::unix::fs::chown(&self.log, Some(NOBODY.0), Some(NOBODY.1));
@@ -151,6 +155,14 @@ impl Cluster {
                 Err(_) if Instant::now() < deadline => {
                     let _ = server.kill();
                     let _ = server.wait();
+                    // Another cluster starting beside this one may have been
+                    // handed the same free port: a new cluster moves on
+                    // rather than wait, and perhaps take that cluster's
+                    // port once it crashes. A restarted one keeps its
+                    // address.
+                    if port_taken == PortTaken::PickAnother {
+                        self.port = free_port()?;
+                    }
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(e) => return Err(e),
@@ -203,6 +215,13 @@ impl Drop for Cluster {
             let _ = server.wait();
         }
     }
+}
+
+/// What a server that does not come up on its port does next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PortTaken {
+    PickAnother,
+    Wait,
 }
 
 /// The newest PostgreSQL server binaries installed (`/usr/lib/postgresql/N/bin`).
