@@ -880,6 +880,24 @@ fn every_route_of_the_server_is_in_the_openapi_document_and_every_documented_rou
     }
 }
 
+#[test]
+fn the_openapi_document_names_every_record_kind_and_no_other() {
+    let document: Value =
+        serde_json::from_str(include_str!("../server/assets/openapi.json")).unwrap();
+    let documented: Vec<&str> =
+        document["components"]["schemas"]["Record"]["properties"]["kind"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kind| kind.as_str().unwrap())
+            .collect();
+    let kinds: Vec<&str> = longrun_host::journal::RecordKind::ALL
+        .iter()
+        .map(|kind| kind.as_str())
+        .collect();
+    assert_eq!(documented, kinds);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_documented_route_answers_as_its_document_says_on_the_wire() {
     let h = Harness::new().await;

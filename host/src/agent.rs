@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use longrun_journal::payload::{
-    BudgetEvent, ControlAction, EndStatus, NewMessages, Payload, SessionEnded,
+    BudgetEvent, ControlAction, EndStatus, LeaseTaken, NewMessages, Payload, SessionEnded,
 };
 use longrun_journal::{RepeatedFailures, SessionState};
 
@@ -175,6 +175,21 @@ pub fn policy_changed(policy: &Policy) -> PolicyChanged {
 }
 
 /// The hex BLAKE3 hash of a policy's text, as records hold it.
+/// On a store that hosts share, say in the session's records which host
+/// writes it from here on, under which lease epoch.
+async fn record_lease(journal: &Journal, writer: &mut SessionWriter) -> Result<(), AgentError> {
+    if let Some(lease) = journal.held_lease(writer.session()) {
+        let taken = LeaseTaken {
+            owner: lease.owner,
+            epoch: lease.epoch,
+        };
+        writer
+            .append_payload_durable(&Payload::LeaseTaken(taken), &[])
+            .await?;
+    }
+    Ok(())
+}
+
 pub fn policy_hash(policy: &Policy) -> String {
     blake3::hash(policy.text.as_bytes()).to_hex().to_string()
 }
@@ -323,6 +338,7 @@ impl<'a> Session<'a> {
         writer
             .append_payload_durable(&Payload::SessionCreated(Box::new(created)), &blobs)
             .await?;
+        record_lease(journal, &mut writer).await?;
         let created_unix_millis = unix_millis();
         Ok(Session {
             messages: vec![Message::text(Role::User, goal)],
@@ -444,13 +460,15 @@ impl<'a> Session<'a> {
                 | Payload::Error(_)
                 | Payload::Control(_)
                 | Payload::Forked(_)
-                | Payload::PolicyChanged(_) => {}
+                | Payload::PolicyChanged(_)
+                | Payload::LeaseTaken(_) => {}
             }
         }
         if state.created.is_none() {
             return Err(JournalError::NoSession(session).into());
         }
         let mut writer = journal.open_session(session)?;
+        record_lease(journal, &mut writer).await?;
         // The policy in force is part of the record: an auditor checks each
         // call against the policy the session ran under at the time.
         if state.policy_hash != policy_hash(policy) {

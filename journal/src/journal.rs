@@ -40,6 +40,23 @@ use crate::store::segments::{SegmentStore, is_segment_store};
 use crate::store::sled::{SledStore, is_sled_store};
 use crate::store::{Acquired, Fenced, Lease, RecordIter, Store, StoreError};
 
+/// Who takes the leases of the sessions a journal creates and takes over,
+/// and for how long at a time: one host of several that share a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lessee {
+    /// The host's name, unique among the hosts.
+    pub owner: String,
+    /// How long a lease lasts unless renewed.
+    pub ttl: Duration,
+}
+
+/// A lease this journal holds, and when it was last taken or renewed by
+/// this process's clock (a lease it could not renew for `ttl` is given up).
+struct HeldLease {
+    lease: Lease,
+    renewed: std::time::Instant,
+}
+
 /// How long dropping a journal waits for its last sync before it gives up
 /// on it (and on the store's own flush on drop) with an error in the log.
 pub const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
@@ -251,6 +268,8 @@ const BLOBS_PER_CHECK: usize = 512;
 /// A journal: sessions of hash-chained records on a store.
 pub struct Journal {
     shared: Arc<Shared>,
+    /// Set once a host shares the store with others.
+    lessee: std::sync::OnceLock<Lessee>,
     writers: Mutex<HashSet<SessionId>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Says when the committer thread has finished (see `Drop`).
@@ -283,6 +302,8 @@ struct State {
     losses: HashMap<SessionId, Loss>,
     /// Sessions whose lease another host took: their writers are refused.
     fenced: HashMap<SessionId, Fenced>,
+    /// The leases this journal holds (only with a [`Lessee`]).
+    leases: HashMap<SessionId, HeldLease>,
     requested: u64,
     stop: bool,
     failed: Option<String>,
@@ -334,7 +355,21 @@ impl Shared {
             for fenced in synced.fenced {
                 tracing::error!("journal: {fenced}");
                 pending.remove(&fenced.session);
+                state.leases.remove(&fenced.session);
                 state.fenced.insert(fenced.session, fenced);
+            }
+        }
+        {
+            // A fenced session's writer takes nothing more, so once a commit
+            // is over, everything it appended is durable or refused: its
+            // readers now read the store as it is, where the host that took
+            // it over writes.
+            let mut state = self.state()?;
+            let state = &mut *state;
+            for session in state.fenced.keys() {
+                if !state.pending.contains_key(session) {
+                    state.visible.remove(session);
+                }
             }
         }
         let heads: Vec<(SessionId, Head)> = pending.into_iter().collect();
@@ -410,6 +445,28 @@ impl Shared {
             return None;
         }
         Some(tokio::task::block_in_place(|| self.commit()))
+    }
+
+    /// Wake the watchers of a session another process committed records
+    /// of (`None`: of every session, as commits may have been missed).
+    fn announce(&self, commit: Option<(SessionId, u64)>) {
+        let Ok(watchers) = self.watchers.lock() else {
+            return;
+        };
+        match commit {
+            Some((session, seq)) => {
+                if let Some(tx) = watchers.get(&session) {
+                    tx.send_if_modified(|last| {
+                        let newer = seq > *last;
+                        if newer {
+                            *last = seq;
+                        }
+                        newer
+                    });
+                }
+            }
+            None => watchers.values().for_each(|tx| tx.send_modify(|_| {})),
+        }
     }
 
     /// Why `session`'s writer is refused, if another host took it over.
@@ -567,8 +624,16 @@ impl Journal {
                 })
                 .map_err(|e| StoreError::Io(format!("starting the committer: {e}")))?
         };
+        // Other hosts' commits wake this journal's watchers.
+        let listening = Arc::downgrade(&shared);
+        shared.store.listen(Box::new(move |commit| {
+            if let Some(shared) = listening.upgrade() {
+                shared.announce(commit);
+            }
+        }))?;
         Ok(Arc::new(Journal {
             shared,
+            lessee: std::sync::OnceLock::new(),
             writers: Mutex::new(HashSet::new()),
             committer: Mutex::new(Some(committer)),
             committer_done: Mutex::new(Some(committer_done)),
@@ -582,6 +647,21 @@ impl Journal {
     /// A new session; its writer appends its first record.
     pub fn create_session(self: &Arc<Self>) -> Result<SessionWriter, JournalError> {
         let session = self.store().new_session_id()?;
+        // Leased before its first record exists, so that no other host can
+        // find it unleased and take it.
+        if self.lessee.get().is_some() {
+            match self.take_over(session)? {
+                Acquired::Taken(_) => {}
+                Acquired::HeldBy(lease) => {
+                    return Err(JournalError::Fenced(Fenced {
+                        session,
+                        held: 0,
+                        current: lease.epoch,
+                        owner: lease.owner,
+                    }));
+                }
+            }
+        }
         self.writer(session, None)
     }
 
@@ -1043,6 +1123,145 @@ impl Journal {
     /// Let a lease lapse now.
     pub fn release_lease(&self, lease: &Lease) -> Result<(), JournalError> {
         Ok(self.store().release_lease(lease)?)
+    }
+
+    /// From now on, lease every session this journal creates or takes over
+    /// to `lessee`, and keep those leases ([`Journal::renew_leases`]). Only
+    /// on a store that has leases; set once.
+    pub fn lease_as(&self, lessee: Lessee) -> Result<(), JournalError> {
+        // Asks the store whether it has leases at all.
+        self.store().lapsed_leases()?;
+        self.lessee
+            .set(lessee)
+            .map_err(|_| JournalError::Storage(StoreError::Io("the lessee is set once".into())))
+    }
+
+    /// Who this journal leases sessions to, if anyone.
+    pub fn lessee(&self) -> Option<&Lessee> {
+        self.lessee.get()
+    }
+
+    /// Take `session`'s lease for this journal's lessee if it is free,
+    /// lapsed or already the lessee's: then this journal may write the
+    /// session (again), and keeps the lease until it is lost, released or
+    /// retired.
+    pub fn take_over(&self, session: SessionId) -> Result<Acquired, JournalError> {
+        let lessee = self.lessee.get().ok_or(StoreError::NoLeases)?;
+        let acquired = self.acquire_lease(session, &lessee.owner, lessee.ttl)?;
+        if let Acquired::Taken(lease) = &acquired {
+            let mut state = self.shared.state()?;
+            // What this journal last saw of the session as its writer is
+            // stale: the next writer starts from the store's head.
+            state.visible.remove(&session);
+            state.leases.insert(
+                session,
+                HeldLease {
+                    lease: lease.clone(),
+                    renewed: std::time::Instant::now(),
+                },
+            );
+        }
+        Ok(acquired)
+    }
+
+    /// `session`'s lease, if this journal holds it.
+    pub fn held_lease(&self, session: SessionId) -> Option<Lease> {
+        let state = self.shared.state().ok()?;
+        state.leases.get(&session).map(|held| held.lease.clone())
+    }
+
+    /// Renew every lease this journal holds. Returns the ones it lost: taken
+    /// over by another host, or not renewed for a whole `ttl` (the store was
+    /// out of reach) and so possibly taken. Their writers are refused from
+    /// now on, as if the store had fenced them; a [`Journal::sync`] after
+    /// this lets their readers see the store again.
+    pub fn renew_leases(&self) -> Result<Vec<Fenced>, JournalError> {
+        let Some(lessee) = self.lessee.get() else {
+            return Ok(Vec::new());
+        };
+        let held: Vec<(Lease, std::time::Instant)> = self
+            .shared
+            .state()?
+            .leases
+            .values()
+            .map(|held| (held.lease.clone(), held.renewed))
+            .collect();
+        let mut lost = Vec::new();
+        for (lease, renewed) in held {
+            let now = std::time::Instant::now();
+            let fenced = match self.store().renew_lease(&lease, lessee.ttl) {
+                Ok(Some(renewed)) => {
+                    if let Some(held) = self.shared.state()?.leases.get_mut(&lease.session) {
+                        held.lease = renewed;
+                        held.renewed = now;
+                    }
+                    continue;
+                }
+                Ok(None) => {
+                    let current = self.store().lease(lease.session).ok().flatten();
+                    Fenced {
+                        session: lease.session,
+                        held: lease.epoch,
+                        current: current.as_ref().map_or(0, |l| l.epoch),
+                        owner: current.map_or_else(|| "another host".to_owned(), |l| l.owner),
+                    }
+                }
+                Err(e) if now.duration_since(renewed) >= lessee.ttl => Fenced {
+                    session: lease.session,
+                    held: lease.epoch,
+                    current: lease.epoch,
+                    owner: format!("any host (the lease lapsed: it could not be renewed: {e})"),
+                },
+                Err(e) => {
+                    tracing::warn!(
+                        "journal: renewing the lease of session {}: {e}",
+                        lease.session
+                    );
+                    continue;
+                }
+            };
+            tracing::error!("journal: {fenced}");
+            let mut state = self.shared.state()?;
+            state.leases.remove(&lease.session);
+            state.fenced.insert(lease.session, fenced.clone());
+            lost.push(fenced);
+        }
+        Ok(lost)
+    }
+
+    /// `session` ended: retire its lease (see [`Store::retire_lease`]).
+    pub fn retire_lease(&self, session: SessionId) -> Result<(), JournalError> {
+        let held = self.shared.state()?.leases.remove(&session);
+        match held {
+            Some(held) => Ok(self.store().retire_lease(&held.lease)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Let every lease this journal holds lapse now (a host stopping), so
+    /// that other hosts take its sessions over at once.
+    pub fn release_leases(&self) -> Result<(), JournalError> {
+        let held: Vec<HeldLease> = self
+            .shared
+            .state()?
+            .leases
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for held in held {
+            self.store().release_lease(&held.lease)?;
+        }
+        Ok(())
+    }
+
+    /// `session`'s lease as the store holds it now.
+    pub fn lease(&self, session: SessionId) -> Result<Option<Lease>, JournalError> {
+        Ok(self.store().lease(session)?)
+    }
+
+    /// Sessions whose lease lapsed (see [`Store::lapsed_leases`]).
+    pub fn lapsed_leases(&self) -> Result<Vec<SessionId>, JournalError> {
+        Ok(self.store().lapsed_leases()?)
     }
 
     /// Commit now, on this thread, without grouping with anyone (the

@@ -27,7 +27,7 @@ pub mod store;
 
 pub use heads::Head;
 pub use journal::{
-    CLOSE_DEADLINE, Journal, JournalError, JournalOptions, Location, Loss, SessionWriter,
+    CLOSE_DEADLINE, Journal, JournalError, JournalOptions, Lessee, Location, Loss, SessionWriter,
     VerifyError,
 };
 pub use record::{Appended, Hash, Record, RecordKind, SessionId, hex, parse_hex};
@@ -38,4 +38,4 @@ pub use store::memory::MemoryStore;
 pub use store::postgres::PostgresStore;
 pub use store::segments::SegmentStore;
 pub use store::sled::{SET_ASIDE_PREFIX, SledStore, open_storage};
-pub use store::{Acquired, Fenced, Lease, Store, StoreError, Synced};
+pub use store::{Acquired, CommitListener, Fenced, Lease, Store, StoreError, Synced};

@@ -418,6 +418,31 @@ pub struct RepeatedFailure {
     pub limit: u64,
 }
 
+/// The payload of `lease_taken`: from this record on, the host `owner`
+/// writes the session, under lease epoch `epoch` (a shared store's
+/// fencing refuses every older epoch's records). Epochs only grow along a
+/// session, so the records between two of these have one writer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTaken {
+    pub owner: String,
+    pub epoch: u64,
+}
+
+impl LeaseTaken {
+    /// Whether this taking can follow `before`, the session's previous one:
+    /// each has a newer epoch, since two with one epoch, or an older one
+    /// after a newer, would be two writers at once.
+    pub fn follows(&self, before: Option<&LeaseTaken>) -> Result<(), String> {
+        match before {
+            Some(before) if self.epoch <= before.epoch => Err(format!(
+                "{} took the lease under epoch {}, but {} had taken it under epoch {} before",
+                self.owner, self.epoch, before.owner, before.epoch
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The payload of `session_ended`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEnded {
@@ -447,6 +472,7 @@ pub enum Payload {
     Forked(Forked),
     PolicyChanged(PolicyChanged),
     RepeatedFailure(RepeatedFailure),
+    LeaseTaken(LeaseTaken),
 }
 
 /// A payload that does not decode as its kind says.
@@ -485,6 +511,7 @@ impl Payload {
             RecordKind::Forked => Payload::Forked(json(kind, bytes)?),
             RecordKind::PolicyChanged => Payload::PolicyChanged(json(kind, bytes)?),
             RecordKind::RepeatedFailure => Payload::RepeatedFailure(json(kind, bytes)?),
+            RecordKind::LeaseTaken => Payload::LeaseTaken(json(kind, bytes)?),
         })
     }
 
@@ -508,6 +535,7 @@ impl Payload {
             Payload::Forked(_) => RecordKind::Forked,
             Payload::PolicyChanged(_) => RecordKind::PolicyChanged,
             Payload::RepeatedFailure(_) => RecordKind::RepeatedFailure,
+            Payload::LeaseTaken(_) => RecordKind::LeaseTaken,
         }
     }
 
@@ -530,6 +558,7 @@ impl Payload {
             Payload::Forked(p) => serde_json::to_vec(p),
             Payload::PolicyChanged(p) => serde_json::to_vec(p),
             Payload::RepeatedFailure(p) => serde_json::to_vec(p),
+            Payload::LeaseTaken(p) => serde_json::to_vec(p),
         };
         // These types hold only strings, numbers, and JSON values that came
         // from JSON: serializing them cannot fail.

@@ -59,10 +59,13 @@ pub enum RecordKind {
     /// A call failed exactly as it had failed before (same tool, same
     /// arguments, same error), and the model was told so.
     RepeatedFailure = 17,
+    /// A host took the session's lease in a shared store and writes it from
+    /// here on.
+    LeaseTaken = 18,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 17] = [
+    pub const ALL: [RecordKind; 18] = [
         RecordKind::SessionCreated,
         RecordKind::ModelRequest,
         RecordKind::ModelResponse,
@@ -80,6 +83,7 @@ impl RecordKind {
         RecordKind::Forked,
         RecordKind::PolicyChanged,
         RecordKind::RepeatedFailure,
+        RecordKind::LeaseTaken,
     ];
 
     /// The kind's name in exports and APIs (`snake_case`), stable.
@@ -102,6 +106,7 @@ impl RecordKind {
             RecordKind::Forked => "forked",
             RecordKind::PolicyChanged => "policy_changed",
             RecordKind::RepeatedFailure => "repeated_failure",
+            RecordKind::LeaseTaken => "lease_taken",
         }
     }
 

@@ -18,7 +18,7 @@ use crate::payload::{
     ModelResponse, NewMessages, Payload, PayloadError, PolicyChanged, Refusal, RepeatedFailure,
     SessionCreated, SessionEnded, ToolCall, ToolIntent, ToolResult, Usage, Verdict,
 };
-use crate::payload::{Control, Forked};
+use crate::payload::{Control, Forked, LeaseTaken};
 use crate::record::{Hash, Record, RecordKind, SessionId};
 use crate::{Journal, JournalError};
 
@@ -197,6 +197,9 @@ pub struct SessionState {
     pub forks: Vec<Forked>,
     /// How often each failing call failed.
     pub failures: RepeatedFailures,
+    /// The host that writes the session now, as its last `lease_taken`
+    /// record says (none for a session no shared store's host took).
+    pub writer: Option<LeaseTaken>,
 }
 
 /// A record that cannot follow the ones before it, or does not decode.
@@ -244,6 +247,7 @@ impl SessionState {
             compacted_through: 0,
             forks: Vec::new(),
             failures: RepeatedFailures::default(),
+            writer: None,
         }
     }
 
@@ -466,6 +470,10 @@ impl SessionState {
                     )));
                 }
             }
+            Payload::LeaseTaken(taken) => {
+                taken.follows(self.writer.as_ref()).map_err(refuse)?;
+                self.writer = Some(taken.clone());
+            }
             Payload::SessionEnded(SessionEnded { status, answer }) => {
                 self.status = match status {
                     EndStatus::Completed => Status::Completed,
@@ -535,6 +543,7 @@ pub trait Visitor {
     fn forked(&mut self, r: &Record, p: &Forked) -> Result<(), Self::Error>;
     fn policy_changed(&mut self, r: &Record, p: &PolicyChanged) -> Result<(), Self::Error>;
     fn repeated_failure(&mut self, r: &Record, p: &RepeatedFailure) -> Result<(), Self::Error>;
+    fn lease_taken(&mut self, r: &Record, p: &LeaseTaken) -> Result<(), Self::Error>;
 }
 
 /// Hand `record` to the method of `visitor` for its kind.
@@ -558,5 +567,6 @@ pub fn visit<V: Visitor>(visitor: &mut V, record: &Record) -> Result<(), V::Erro
         Payload::Forked(p) => visitor.forked(r, p),
         Payload::PolicyChanged(p) => visitor.policy_changed(r, p),
         Payload::RepeatedFailure(p) => visitor.repeated_failure(r, p),
+        Payload::LeaseTaken(p) => visitor.lease_taken(r, p),
     }
 }

@@ -102,6 +102,10 @@ pub struct Synced {
     pub fenced: Vec<Fenced>,
 }
 
+/// What [`Store::listen`] calls: a session's new last sequence number, or
+/// `None` for "anything may have changed".
+pub type CommitListener = Box<dyn Fn(Option<(SessionId, u64)>) + Send + Sync>;
+
 /// For implementations: a store opened read-only refuses every write with
 /// [`StoreError::ReadOnly`].
 pub fn writable(read_only: bool) -> Result<(), StoreError> {
@@ -256,6 +260,36 @@ pub trait Store: Send + Sync {
     fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         let _ = lease;
         Err(StoreError::NoLeases)
+    }
+
+    /// `session`'s lease as the store holds it now, if it has one.
+    fn lease(&self, session: SessionId) -> Result<Option<Lease>, StoreError> {
+        let _ = session;
+        Err(StoreError::NoLeases)
+    }
+
+    /// Sessions whose lease has lapsed (their host stopped renewing it): a
+    /// host of the same store may take them over. Retired leases
+    /// ([`Store::retire_lease`]) never lapse.
+    fn lapsed_leases(&self) -> Result<Vec<SessionId>, StoreError> {
+        Err(StoreError::NoLeases)
+    }
+
+    /// The session ended: nobody runs it again. Its lease is kept, under
+    /// its epoch, so that an older holder stays fenced, but it never lapses.
+    fn retire_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let _ = lease;
+        Err(StoreError::NoLeases)
+    }
+
+    /// Call `on_commit` with (session, last sequence number) each time
+    /// another process sharing this store commits records, and with `None`
+    /// when commits may have been missed (the listening connection was
+    /// lost): a wake-up for readers, who read the records themselves. The
+    /// default does nothing: a local store has no other writer.
+    fn listen(&self, on_commit: CommitListener) -> Result<(), StoreError> {
+        let _ = on_commit;
+        Ok(())
     }
 
     /// Bytes the store takes on disk (0 in memory).

@@ -350,6 +350,135 @@ async fn a_host_that_lost_its_lease_is_fenced_and_never_writes_again() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_on_one_host_wakes_a_watcher_on_another_host() {
+    use std::time::Duration;
+    let (_cluster, location) = cluster();
+    let host_a = Journal::open_location(&location, Default::default()).unwrap();
+    let host_b = Journal::open_location(&location, Default::default()).unwrap();
+    let mut a = host_a.create_session().unwrap();
+    let session = a.session();
+    let mut changes = host_b.watch(session);
+    // B's listener connects in the background (and then wakes everyone
+    // once, as it may have missed commits): wait until a commit of A's is
+    // announced with its sequence number.
+    let mut seq = 0;
+    loop {
+        a.append_durable(RecordKind::ToolResult, b"r", &[])
+            .await
+            .unwrap();
+        if tokio::time::timeout(Duration::from_millis(200), changes.changed())
+            .await
+            .is_ok()
+            && *changes.borrow_and_update() == seq
+        {
+            break;
+        }
+        seq += 1;
+        assert!(seq < 50, "no commit of A's was announced to B");
+    }
+    // From now on each of A's commits wakes B with A's head, and B reads
+    // what A wrote.
+    for _ in 0..5 {
+        seq += 1;
+        a.append_durable(RecordKind::ToolResult, b"r", &[])
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), changes.changed())
+            .await
+            .expect("the commit is announced")
+            .unwrap();
+        assert_eq!(*changes.borrow_and_update(), seq);
+        assert_eq!(host_b.records(session).count() as u64, seq + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lessee_leases_its_new_sessions_keeps_them_and_loses_them_to_a_takeover() {
+    use longrun_journal::{Acquired, JournalError, Lessee};
+    use std::time::Duration;
+    let (_cluster, location) = cluster();
+    let ttl = Duration::from_millis(300);
+    let host_a = Journal::open_location(&location, Default::default()).unwrap();
+    let host_b = Journal::open_location(&location, Default::default()).unwrap();
+    for (journal, owner) in [(&host_a, "host-a"), (&host_b, "host-b")] {
+        journal
+            .lease_as(Lessee {
+                owner: owner.into(),
+                ttl,
+            })
+            .unwrap();
+    }
+
+    // A new session is leased before its first record exists.
+    let mut a = host_a.create_session().unwrap();
+    let session = a.session();
+    let lease_a = host_a.held_lease(session).expect("leased at creation");
+    assert_eq!((lease_a.owner.as_str(), lease_a.epoch), ("host-a", 1));
+    let Acquired::HeldBy(held) = host_b.take_over(session).unwrap() else {
+        panic!("a live lease is not taken over")
+    };
+    assert_eq!(held.owner, "host-a");
+    a.append_durable(RecordKind::ToolResult, b"a0", &[])
+        .await
+        .unwrap();
+
+    // Renewed, it outlives its length.
+    for _ in 0..6 {
+        tokio::time::sleep(ttl / 3).await;
+        assert_eq!(host_a.renew_leases().unwrap(), []);
+    }
+    assert!(!host_b.lapsed_leases().unwrap().contains(&session));
+
+    // A stops renewing (paused): the lease lapses and B takes it over.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert!(host_b.lapsed_leases().unwrap().contains(&session));
+    let Acquired::Taken(lease_b) = host_b.take_over(session).unwrap() else {
+        panic!("a lapsed lease is taken over")
+    };
+    assert_eq!(lease_b.epoch, 2);
+
+    // A wakes: its renewal finds the lease lost, and its writer is refused
+    // from then on, naming the new owner.
+    let lost = host_a.renew_leases().unwrap();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(
+        (
+            lost[0].session,
+            lost[0].held,
+            lost[0].current,
+            lost[0].owner.as_str()
+        ),
+        (session, 1, 2, "host-b")
+    );
+    assert_eq!(host_a.held_lease(session), None);
+    assert!(matches!(
+        a.append(RecordKind::ToolResult, b"a1", &[]),
+        Err(JournalError::Fenced(_))
+    ));
+
+    // B writes on; a reader on A, once A has synced, follows B's records
+    // rather than stopping at the last record A wrote.
+    host_a.sync().await.unwrap();
+    let mut b = host_b.open_session(session).unwrap();
+    b.append_durable(RecordKind::ToolResult, b"b1", &[])
+        .await
+        .unwrap();
+    let seen: Vec<Vec<u8>> = host_a
+        .records(session)
+        .map(|r| r.unwrap().payload)
+        .collect();
+    assert_eq!(seen, [b"a0".to_vec(), b"b1".to_vec()]);
+
+    // An ended session's retired lease never lapses, and its epoch still
+    // fences an older holder.
+    host_b.retire_lease(session).unwrap();
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert!(!host_b.lapsed_leases().unwrap().contains(&session));
+    let retired = host_a.lease(session).unwrap().unwrap();
+    assert_eq!((retired.owner.as_str(), retired.epoch), ("host-b", 2));
+}
+
 #[test]
 fn a_local_store_has_no_leases() {
     let dir = tempfile::tempdir().unwrap();

@@ -186,6 +186,10 @@ fn one_of_each_kind() -> Vec<Payload> {
             count: 2,
             limit: 3,
         }),
+        Payload::LeaseTaken(LeaseTaken {
+            owner: "host-b".into(),
+            epoch: 2,
+        }),
     ]
 }
 
@@ -386,6 +390,13 @@ fn an_interrupted_call_is_the_one_with_an_intent_and_no_result() {
 }
 
 /// The error folding `payloads` gives at their last record.
+fn lease(owner: &str, epoch: u64) -> Payload {
+    Payload::LeaseTaken(LeaseTaken {
+        owner: owner.into(),
+        epoch,
+    })
+}
+
 fn refused(payloads: &[Payload]) -> String {
     let mut history = History::new();
     let mut state = SessionState::new(history.session);
@@ -434,6 +445,14 @@ fn a_record_that_cannot_follow_the_ones_before_it_is_refused() {
         ),
         (vec![created(), end(), response(&[], 1, 1)], "has ended"),
         (vec![created(), end(), end()], "has ended"),
+        (
+            vec![created(), lease("host-a", 2), lease("host-b", 2)],
+            "host-b took the lease under epoch 2, but host-a had taken it under epoch 2",
+        ),
+        (
+            vec![created(), lease("host-a", 3), lease("host-b", 2)],
+            "under epoch 2, but host-a had taken it under epoch 3",
+        ),
     ];
     for (payloads, why) in cases {
         let error = refused(&payloads);

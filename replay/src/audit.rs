@@ -25,7 +25,7 @@ use std::str::FromStr;
 
 use longrun_host::context::READ_OUTPUT;
 use longrun_host::journal::payload::{
-    BudgetEvent, Control, EndStatus, Forked, Input, JournaledCompaction, ModelFailure,
+    BudgetEvent, Control, EndStatus, Forked, Input, JournaledCompaction, LeaseTaken, ModelFailure,
     ModelResponse, NewMessages, PolicyChanged, Refusal, RepeatedFailure, SessionCreated,
     SessionEnded, ToolCall, ToolIntent, ToolResult, Usage, Verdict,
 };
@@ -91,6 +91,7 @@ pub fn verify(
         failures: RepeatedFailures::default(),
         repeat_due: None,
         stuck_due: false,
+        writer: None,
         warnings: Vec::new(),
     };
     let (records, check) = check_in_parallel(journal, session, check)?;
@@ -225,6 +226,8 @@ struct Check<'j> {
     repeat_due: Option<(String, String, u64)>,
     /// A repeat past the policy's limit: the session must end as stuck next.
     stuck_due: bool,
+    /// The last `lease_taken`: who writes the session from there on.
+    writer: Option<LeaseTaken>,
     warnings: Vec<String>,
 }
 
@@ -330,6 +333,12 @@ impl Visitor for Check<'_> {
 
     fn forked(&mut self, _: &Record, forked: &Forked) -> Result<(), Failure> {
         Ok(self.fork(forked)?)
+    }
+
+    fn lease_taken(&mut self, _: &Record, taken: &LeaseTaken) -> Result<(), Failure> {
+        taken.follows(self.writer.as_ref()).map_err(Failure)?;
+        self.writer = Some(taken.clone());
+        Ok(())
     }
 
     // Not reached: `Check::record` passes model requests by without

@@ -260,7 +260,8 @@ pub async fn reexecute(
             | RecordKind::UserMessage
             | RecordKind::Control
             | RecordKind::Forked
-            | RecordKind::RepeatedFailure => {}
+            | RecordKind::RepeatedFailure
+            | RecordKind::LeaseTaken => {}
         }
     }
     bar.finish_and_clear();

@@ -95,7 +95,8 @@ pub fn stats(journal: &Journal, session: SessionId) -> Result<Stats, ReplayError
             | Payload::Control(_)
             | Payload::Forked(_)
             | Payload::PolicyChanged(_)
-            | Payload::RepeatedFailure(_) => {}
+            | Payload::RepeatedFailure(_)
+            | Payload::LeaseTaken(_) => {}
         }
     }
     Ok(out)

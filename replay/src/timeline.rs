@@ -6,9 +6,9 @@
 use std::fmt::Write as _;
 
 use longrun_host::journal::payload::{
-    BudgetEvent, Control, ControlAction, EndStatus, Forked, Input, JournaledCompaction, Message,
-    Method, ModelFailure, ModelResponse, NewMessages, PolicyChanged, Refusal, RepeatedFailure,
-    Role, SessionCreated, SessionEnded, ToolIntent, ToolResult, Verdict,
+    BudgetEvent, Control, ControlAction, EndStatus, Forked, Input, JournaledCompaction, LeaseTaken,
+    Message, Method, ModelFailure, ModelResponse, NewMessages, PolicyChanged, Refusal,
+    RepeatedFailure, Role, SessionCreated, SessionEnded, ToolIntent, ToolResult, Verdict,
 };
 use longrun_host::journal::{Journal, Record, RecordKind, StateError, Status, Visitor, hex, visit};
 
@@ -52,7 +52,10 @@ fn kind_colour(kind: RecordKind) -> &'static str {
         RecordKind::ApprovalAsked | RecordKind::ApprovalGiven | RecordKind::BudgetEvent => YELLOW,
         RecordKind::Compaction => MAGENTA,
         RecordKind::UserMessage | RecordKind::Control => BLUE,
-        RecordKind::SessionCreated | RecordKind::SessionEnded | RecordKind::Forked => BOLD,
+        RecordKind::SessionCreated
+        | RecordKind::SessionEnded
+        | RecordKind::Forked
+        | RecordKind::LeaseTaken => BOLD,
     }
 }
 
@@ -339,6 +342,14 @@ impl Visitor for Block<'_> {
 
     fn policy_changed(&mut self, _: &Record, p: &PolicyChanged) -> Result<(), StateError> {
         self.line("policy", &format!("now {}", p.policy_hash));
+        Ok(())
+    }
+
+    fn lease_taken(&mut self, _: &Record, p: &LeaseTaken) -> Result<(), StateError> {
+        self.line(
+            "lease",
+            &format!("{} writes from here (epoch {})", p.owner, p.epoch),
+        );
         Ok(())
     }
 

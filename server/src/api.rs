@@ -188,9 +188,8 @@ fn session_of(shared: &Shared, tenant: &Tenant, params: &[String]) -> Result<Arc
     let id = params.first().map(String::as_str).unwrap_or_default();
     let not_found = || Problem::NotFound.with(format!("no session {id}"));
     let id: SessionId = id.parse().map_err(|_| not_found())?;
-    shared
-        .sessions
-        .get(id)
+    // On a shared store, the session may be another host's.
+    crate::sessions::discover(shared, id)
         .filter(|entry| entry.tenant == tenant.name)
         .ok_or_else(not_found)
 }
@@ -453,6 +452,7 @@ pub fn view(entry: &Entry) -> Value {
         "answer": summary.answer,
         "error": summary.error,
         "budget_exhausted": summary.budget_exhausted,
+        "runs_elsewhere": entry.elsewhere(),
     })
 }
 
@@ -466,6 +466,7 @@ fn list_sessions(shared: &Shared, tenant: &Tenant, request: &Request<Incoming>) 
     };
     let limit = page_size(&pairs)?;
     let after = param::<SessionId>(&pairs, "after")?;
+    crate::sessions::discover_all(shared);
     let mut page = Vec::new();
     let mut more = false;
     for entry in shared.sessions.all() {
@@ -639,8 +640,15 @@ async fn post_message(
     Ok(json_response(StatusCode::ACCEPTED, &view(entry)))
 }
 
-/// Refuse to steer a session that has ended or stopped on an error.
+/// Refuse to steer a session that has ended or stopped on an error, or
+/// that another host runs.
 fn still_running(entry: &Entry) -> Result<(), ApiError> {
+    if let Some(host) = entry.elsewhere() {
+        return Err(Problem::Conflict.with(format!(
+            "session {} runs on host {host}: send requests that steer it there",
+            entry.id
+        )));
+    }
     let status = entry.summary().status;
     if status.ended() || status == Status::Failed {
         return Err(Problem::Conflict.with(format!(
@@ -672,6 +680,7 @@ async fn approve(
         .parse()
         .map_err(|_| Problem::NotFound.with(format!("no step {step}")))?;
     let body: Decision = read_json(shared, request).await?;
+    still_running(entry)?;
     let summary = entry.summary();
     let awaiting = summary
         .awaiting

@@ -29,6 +29,10 @@
 //!
 //! [sandbox]
 //! max_concurrent_calls = 32              # tool calls at once; more wait their turn
+//!
+//! [cluster]                              # only with `store`: hosts sharing it
+//! host = "host-a"                        # unique per host (default: name-pid)
+//! lease = "10s"                          # a session's host renews at a third of it
 //! ```
 
 use std::collections::BTreeMap;
@@ -115,6 +119,36 @@ pub struct ServerConfig {
     pub max_concurrent_calls: u32,
     /// Where relative paths of an inline policy are resolved.
     pub base_dir: PathBuf,
+    /// With a shared store: this host's name and the sessions' lease.
+    pub cluster: Option<Cluster>,
+}
+
+/// How a host shares a store with others: each unfinished session is
+/// leased to one host, which renews the lease at a third of its length;
+/// a session whose lease lapses is taken over by another host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// This host's name, unique among the hosts sharing the store.
+    pub host: String,
+    pub lease: Duration,
+}
+
+impl Cluster {
+    /// The default lease: long enough that a busy database or a garbage
+    /// collection pause does not move sessions, short enough that a dead
+    /// host's sessions wait seconds, not minutes.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+    /// A host name for a host that was given none: the machine's name and
+    /// the process id, so that a restarted process is a new owner.
+    fn default_host() -> String {
+        let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "host".to_owned());
+        format!("{machine}-{}", std::process::id())
+    }
 }
 
 #[derive(Deserialize)]
@@ -136,6 +170,14 @@ struct RawConfig {
     http: RawHttp,
     #[serde(default)]
     sandbox: RawSandbox,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    host: Option<String>,
+    lease: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -310,12 +352,36 @@ impl ServerConfig {
             Some(n) => n,
             None => longrun_host::sandbox::SandboxConfig::default().max_concurrent_calls,
         };
+        let cluster = match (&journal, raw.cluster) {
+            (Location::Postgres(_), cluster) => {
+                let cluster = cluster.unwrap_or_default();
+                let host = cluster.host.unwrap_or_else(Cluster::default_host);
+                if host.trim().is_empty() || host.len() > 200 {
+                    return Err(invalid(
+                        "cluster.host: a name of 1 to 200 characters".into(),
+                    ));
+                }
+                let lease = cluster.lease.map_or(Cluster::DEFAULT_LEASE, |d| d.0);
+                if lease < Duration::from_millis(300) {
+                    return Err(invalid("cluster.lease: at least 300ms".into()));
+                }
+                Some(Cluster { host, lease })
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "[cluster]: only with a shared `store` (a journal directory has one host)"
+                        .into(),
+                ));
+            }
+            (_, None) => None,
+        };
         let max_body = raw.http.max_body.map_or(defaults.max_body, |s| {
             usize::try_from(s.0).unwrap_or(usize::MAX)
         });
         Ok(ServerConfig {
             listen,
             journal,
+            cluster,
             tools_dir: raw.tools_dir.map(|d| base.join(d)),
             models,
             default_model,

@@ -13,9 +13,11 @@
 //! - [`api`]: the handlers.
 //! - [`metrics`]: counters in the Prometheus text format.
 //! - [`mcp`]: the tools as an MCP server (`longrun mcp`).
+//! - [`cluster`]: several hosts on one shared store (leases, takeover).
 
 pub mod admission;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod mcp;
 pub mod metrics;
@@ -211,6 +213,10 @@ impl Server {
             }
         }
         let local_addr = listener.local_addr().map_err(ServerError::Listen)?;
+        let cluster = config.cluster.clone();
+        if let Some(cluster) = &cluster {
+            cluster::join(&journal, cluster)?;
+        }
         let shared = Arc::new(Shared {
             config,
             journal,
@@ -226,6 +232,9 @@ impl Server {
         let resumed = sessions::load(&shared)?;
         if resumed > 0 {
             tracing::info!("resumed {resumed} unfinished sessions");
+        }
+        if let Some(cluster) = cluster {
+            tokio::spawn(cluster::keep(shared.clone(), cluster));
         }
         let accept = tokio::spawn(accept_loop(shared.clone(), listener));
         Ok(Server {
@@ -267,6 +276,13 @@ impl Server {
         }
         if let Err(e) = self.shared.journal.flush_now() {
             tracing::error!("flushing the journal at shutdown: {e}");
+        }
+        // Other hosts take this one's unfinished sessions over at once,
+        // rather than when their leases lapse.
+        if self.shared.journal.lessee().is_some()
+            && let Err(e) = self.shared.journal.release_leases()
+        {
+            tracing::error!("releasing the leases at shutdown: {e}");
         }
     }
 }

@@ -10,9 +10,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use longrun_host::agent::{Resumed, Session, SessionCreated, SessionStatus};
+use longrun_host::agent::{AgentError, Resumed, Session, SessionCreated, SessionStatus};
 use longrun_host::budget::Usage;
-use longrun_host::journal::{Journal, SessionId, SessionState, StateError};
+use longrun_host::journal::{
+    Acquired, Fenced, Journal, JournalError, SessionId, SessionState, StateError,
+};
 use longrun_host::model::{Model, ToolCall};
 use longrun_host::policy::{HumanDuration, NonNegative, Policy, RecordedPrices, SessionBudgets};
 use longrun_host::steer::{Steering, Wanted};
@@ -114,11 +116,26 @@ pub struct Entry {
     pub budgets: Budgets,
     pub steering: Arc<Steering>,
     summary: Mutex<Summary>,
+    /// The host that runs the session, when it is not this one (hosts
+    /// sharing a store): its summary is then read from the store.
+    elsewhere: Mutex<Option<String>>,
 }
 
 impl Entry {
     pub fn summary(&self) -> Summary {
         self.lock().clone()
+    }
+
+    /// The host that runs the session, if another one does.
+    pub fn elsewhere(&self) -> Option<String> {
+        self.elsewhere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn run_elsewhere(&self, host: Option<String>) {
+        *self.elsewhere.lock().unwrap_or_else(|e| e.into_inner()) = host;
     }
 
     fn lock(&self) -> MutexGuard<'_, Summary> {
@@ -207,6 +224,7 @@ impl Launch {
                 error: None,
                 budget_exhausted: None,
             }),
+            elsewhere: Mutex::new(None),
         }
     }
 }
@@ -266,11 +284,17 @@ fn resume(shared: &Arc<Shared>, entry: Arc<Entry>, launch: Launch) {
         .await;
         match resumed {
             Ok(Resumed::Session(session)) => drive(&shared, &entry, *session).await,
-            Ok(Resumed::Ended) => entry.update(|s| s.status = Status::Completed),
-            Err(e) => entry.update(|s| {
-                s.status = Status::Failed;
-                s.error = Some(e.to_string());
-            }),
+            Ok(Resumed::Ended) => {
+                entry.update(|s| s.status = Status::Completed);
+                retire_lease(&shared, entry.id);
+            }
+            Err(e) => match fenced_by(&e) {
+                Some(fenced) => taken_over(&entry, fenced),
+                None => entry.update(|s| {
+                    s.status = Status::Failed;
+                    s.error = Some(e.to_string());
+                }),
+            },
         }
     });
 }
@@ -312,6 +336,9 @@ async fn drive(shared: &Shared, entry: &Arc<Entry>, mut session: Session<'_>) {
                 Status::BudgetExhausted
             }
             Err(e) => {
+                if let Some(fenced) = fenced_by(&e) {
+                    return taken_over(entry, fenced);
+                }
                 tracing::warn!(session = entry.id, "session failed: {e}");
                 entry.update(|s| s.error = Some(e.to_string()));
                 Status::Failed
@@ -321,12 +348,44 @@ async fn drive(shared: &Shared, entry: &Arc<Entry>, mut session: Session<'_>) {
             s.status = status;
             s.usage = usage;
         });
-        if status.ended() || status == Status::Failed {
+        if status.ended() {
+            retire_lease(shared, entry.id);
+            return;
+        }
+        if status == Status::Failed {
             return;
         }
         if changes.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// The host that took the session over, if `error` is this host's writer
+/// being refused for that.
+fn fenced_by(error: &AgentError) -> Option<&Fenced> {
+    match error {
+        AgentError::Journal(JournalError::Fenced(fenced)) => Some(fenced),
+        _ => None,
+    }
+}
+
+/// Another host took the session over: this host stops running it and
+/// reads it from the store from now on.
+pub(crate) fn taken_over(entry: &Entry, fenced: &Fenced) {
+    tracing::warn!(
+        session = entry.id,
+        "stopped here: {fenced}; {} runs it now",
+        fenced.owner
+    );
+    entry.run_elsewhere(Some(fenced.owner.clone()));
+}
+
+/// An ended session is nobody's to run again: its lease, if it has one,
+/// never lapses now.
+fn retire_lease(shared: &Shared, session: SessionId) {
+    if let Err(e) = shared.journal.retire_lease(session) {
+        tracing::warn!(session, "retiring the lease: {e}");
     }
 }
 
@@ -343,59 +402,171 @@ fn approval_step(journal: &Journal, session: SessionId, call: &ToolCall) -> Opti
 }
 
 /// Find the server's sessions in the journal (those with a tenant label),
-/// register them, and resume the unfinished ones.
+/// register them, and resume the unfinished ones (sharing a store: those
+/// whose lease this host can take).
 pub fn load(shared: &Arc<Shared>) -> Result<usize, longrun_host::journal::JournalError> {
     let mut resumed = 0;
     for id in shared.journal.sessions()? {
-        let found = match scan(&shared.journal, id) {
-            Ok(Some(found)) => found,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(session = id, "not resumed: {e}");
-                continue;
-            }
-        };
-        if let Some(loss) = shared.journal.loss(id) {
-            let why = format!("{loss}: not resumed automatically (see `longrun replay verify`)");
-            register_broken(shared, id, &found, why);
-            continue;
-        }
-        let policy = match shared.recorded_policy(&found) {
-            Ok(policy) => policy,
-            Err(e) => {
-                register_broken(shared, id, &found, e);
-                continue;
-            }
-        };
-        let Some(model) = shared.models.get(&found.model_name).cloned() else {
-            let why = format!("model {:?} is not configured", found.model_name);
-            register_broken(shared, id, &found, why);
-            continue;
-        };
-        let launch = Launch {
-            tenant: found.tenant.clone(),
-            goal: found.created.goal.clone(),
-            policy_name: found.policy_name.clone(),
-            policy: Arc::new(policy),
-            model_name: found.model_name.clone(),
-            model,
-            budgets: found.budgets.clone(),
-        };
-        let entry = Arc::new(launch.entry(id, found.created_unix_millis, Steering::new()));
-        entry.update(|s| s.usage = found.usage.clone());
-        shared.sessions.insert(entry.clone());
-        match found.ended {
-            Some((status, answer)) => entry.update(|s| {
-                s.status = status;
-                s.answer = answer;
-            }),
-            None => {
-                resume(shared, entry, launch);
-                resumed += 1;
-            }
+        if adopt(shared, id) {
+            resumed += 1;
         }
     }
     Ok(resumed)
+}
+
+/// Register session `id` of the journal if it is one of a server's, and
+/// resume it if it is unfinished and, on a shared store, this host can
+/// take its lease (otherwise it is registered as run elsewhere). Returns
+/// whether it was resumed.
+pub(crate) fn adopt(shared: &Arc<Shared>, id: SessionId) -> bool {
+    let found = match scan(&shared.journal, id) {
+        Ok(Some(found)) => found,
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::error!(session = id, "not resumed: {e}");
+            return false;
+        }
+    };
+    if let Some(loss) = shared.journal.loss(id) {
+        let why = format!("{loss}: not resumed automatically (see `longrun replay verify`)");
+        register_broken(shared, id, &found, why);
+        return false;
+    }
+    let clustered = shared.journal.lessee().is_some();
+    // An ended session whose host stopped before retiring its lease: retired
+    // here, so that no host looks at it again.
+    if found.ended.is_some()
+        && clustered
+        && let Ok(Acquired::Taken(_)) = shared.journal.take_over(id)
+    {
+        retire_lease(shared, id);
+    }
+    if found.ended.is_none() && clustered {
+        match shared.journal.take_over(id) {
+            Ok(Acquired::Taken(_)) => {}
+            Ok(Acquired::HeldBy(lease)) => {
+                register_elsewhere(shared, id, &found, lease.owner);
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(session = id, "taking the lease: {e}");
+                register_elsewhere(shared, id, &found, "unknown".to_owned());
+                return false;
+            }
+        }
+    }
+    let policy = match shared.recorded_policy(&found) {
+        Ok(policy) => policy,
+        Err(e) => {
+            register_broken(shared, id, &found, e);
+            return false;
+        }
+    };
+    let Some(model) = shared.models.get(&found.model_name).cloned() else {
+        let why = format!("model {:?} is not configured", found.model_name);
+        register_broken(shared, id, &found, why);
+        return false;
+    };
+    let launch = Launch {
+        tenant: found.tenant.clone(),
+        goal: found.created.goal.clone(),
+        policy_name: found.policy_name.clone(),
+        policy: Arc::new(policy),
+        model_name: found.model_name.clone(),
+        model,
+        budgets: found.budgets.clone(),
+    };
+    let entry = Arc::new(launch.entry(id, found.created_unix_millis, Steering::new()));
+    entry.update(|s| s.usage = found.usage.clone());
+    shared.sessions.insert(entry.clone());
+    match found.ended {
+        Some((status, answer)) => {
+            entry.update(|s| {
+                s.status = status;
+                s.answer = answer;
+            });
+            false
+        }
+        None => {
+            resume(shared, entry, launch);
+            true
+        }
+    }
+}
+
+/// Register session `id` (if it is one of a server's) as run by another
+/// host, or refresh what this host knows of it: a request names a session
+/// another host started or took over.
+pub(crate) fn discover(shared: &Shared, id: SessionId) -> Option<Arc<Entry>> {
+    if let Some(entry) = shared.sessions.get(id)
+        && entry.elsewhere().is_none()
+    {
+        return Some(entry);
+    }
+    if shared.journal.lessee().is_none() {
+        return shared.sessions.get(id);
+    }
+    let found = match scan(&shared.journal, id) {
+        Ok(Some(found)) => found,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(session = id, "reading a session run elsewhere: {e}");
+            return shared.sessions.get(id);
+        }
+    };
+    let owner = match shared.journal.lease(id) {
+        Ok(Some(lease)) => lease.owner,
+        _ => "unknown".to_owned(),
+    };
+    // Taken over by this host between the lookup and now: keep its entry.
+    if let Some(entry) = shared.sessions.get(id)
+        && entry.elsewhere().is_none()
+    {
+        return Some(entry);
+    }
+    Some(register_elsewhere(shared, id, &found, owner))
+}
+
+/// Every session of the store, registered: those of other hosts too.
+pub(crate) fn discover_all(shared: &Shared) {
+    if shared.journal.lessee().is_none() {
+        return;
+    }
+    match shared.journal.sessions() {
+        Ok(ids) => {
+            for id in ids {
+                if shared.sessions.get(id).is_none() {
+                    discover(shared, id);
+                }
+            }
+        }
+        Err(e) => tracing::warn!("listing the store's sessions: {e}"),
+    }
+}
+
+/// A session another host runs, as the store shows it now.
+fn register_elsewhere(shared: &Shared, id: SessionId, found: &Found, owner: String) -> Arc<Entry> {
+    let entry = Arc::new(Entry {
+        id,
+        tenant: found.tenant.clone(),
+        goal: found.created.goal.clone(),
+        model: found.model_name.clone(),
+        policy: found.policy_name.clone(),
+        created_unix_millis: found.created_unix_millis,
+        budgets: found.budgets.clone(),
+        steering: Steering::new(),
+        summary: Mutex::new(Summary {
+            status: found.status,
+            usage: found.usage.clone(),
+            awaiting: None,
+            answer: found.answer.clone(),
+            error: found.error.clone(),
+            budget_exhausted: None,
+        }),
+        elsewhere: Mutex::new(Some(owner)),
+    });
+    shared.sessions.insert(entry.clone());
+    entry
 }
 
 /// A session of this server whose policy or model can no longer be set up:
@@ -419,6 +590,7 @@ fn register_broken(shared: &Shared, id: SessionId, found: &Found, why: String) {
             error: (status == Status::Failed).then_some(why),
             budget_exhausted: None,
         }),
+        elsewhere: Mutex::new(None),
     }));
 }
 
@@ -432,6 +604,11 @@ pub struct Found {
     pub budgets: Budgets,
     pub usage: Usage,
     pub ended: Option<(Status, Option<String>)>,
+    /// Where it stands now, its answer and its error (a session another
+    /// host runs is shown as these say).
+    pub status: Status,
+    pub answer: Option<String>,
+    pub error: Option<String>,
 }
 
 /// What the journal says of session `id`, if it is one of a server's
@@ -472,6 +649,9 @@ fn scan(journal: &Journal, id: SessionId) -> Result<Option<Found>, StateError> {
             .status
             .ended()
             .then(|| (state.status, state.answer.clone())),
+        status: state.status,
+        answer: state.answer.clone(),
+        error: state.error.clone(),
         created: created.clone(),
     }))
 }

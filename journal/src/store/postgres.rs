@@ -31,8 +31,8 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use super::{
-    Acquired, Fenced, Lease, RecordIter, Store, StoreError, StoredRecord, Synced, check_append,
-    writable,
+    Acquired, CommitListener, Fenced, Lease, RecordIter, Store, StoreError, StoredRecord, Synced,
+    check_append, writable,
 };
 use crate::record::{Hash, SessionId};
 
@@ -71,6 +71,18 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
 /// The advisory lock key that serializes migrations ("longrun!" as bytes).
 const MIGRATION_LOCK: i64 = 0x6c6f_6e67_7275_6e21;
 
+/// When a retired lease (an ended session's) expires: never, in practice
+/// (not `infinity`, which has no Unix time).
+const RETIRED: &str = "9999-12-31 00:00:00+00";
+
+/// The channel commits are announced on: a payload is a space-separated
+/// list of `session:seq`, each the session's last record in the commit.
+const COMMITS_CHANNEL: &str = "longrun_commits";
+
+/// The longest payload of one notification (PostgreSQL's limit is 8,000
+/// bytes).
+const NOTIFY_PAYLOAD: usize = 7_000;
+
 /// Rows per query when a session is read in order.
 const PAGE: i64 = 2048;
 
@@ -78,6 +90,8 @@ pub struct PostgresStore {
     /// Always `Some` until dropped (see `Drop`).
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
+    /// Where a connection of its own listens for other hosts' commits.
+    listen_config: tokio_postgres::Config,
     read_only: bool,
     queue: Mutex<Queue>,
 }
@@ -121,9 +135,16 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
-        if read_only {
-            config.options("-c default_transaction_read_only=on");
-        }
+        let listen_config = config.clone();
+        // A host stopped inside a commit (SIGSTOP, a VM paused) holds its
+        // sessions' lease rows locked, and a takeover would wait for it
+        // for ever: the server ends such a transaction after 5 s, and the
+        // stopped host's commit fails when it wakes.
+        config.options(if read_only {
+            "-c default_transaction_read_only=on -c idle_in_transaction_session_timeout=5000"
+        } else {
+            "-c idle_in_transaction_session_timeout=5000"
+        });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("longrun-postgres")
@@ -145,6 +166,7 @@ impl PostgresStore {
         let store = PostgresStore {
             runtime: Some(runtime),
             pool,
+            listen_config,
             read_only,
             queue: Mutex::default(),
         };
@@ -551,6 +573,67 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn lease(&self, session: SessionId) -> Result<Option<Lease>, StoreError> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_opt(
+                    "SELECT owner, epoch, (extract(epoch FROM expires_at) * 1000)::bigint \
+                     FROM longrun_leases WHERE session = $1",
+                    &[&key(session)?],
+                )
+                .await
+                .map_err(pg_error)?;
+            row.map(|row| lease_of(session, &row)).transpose()
+        })
+    }
+
+    fn lapsed_leases(&self) -> Result<Vec<SessionId>, StoreError> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let rows = client
+                .query(
+                    "SELECT session FROM longrun_leases WHERE expires_at < now() ORDER BY session",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?;
+            rows.into_iter().map(|row| seq_of(row.get(0))).collect()
+        })
+    }
+
+    fn retire_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        writable(self.read_only)?;
+        let pool = self.pool.clone();
+        let (session, owner, epoch) = (lease.session, lease.owner.clone(), key(lease.epoch)?);
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .execute(
+                    &format!(
+                        "UPDATE longrun_leases SET expires_at = '{RETIRED}' \
+                         WHERE session = $1 AND owner = $2 AND epoch = $3"
+                    ),
+                    &[&key(session)?, &owner, &epoch],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(())
+        })?;
+        self.queue()?.held.remove(&lease.session);
+        Ok(())
+    }
+
+    fn listen(&self, on_commit: CommitListener) -> Result<(), StoreError> {
+        let Some(runtime) = &self.runtime else {
+            return Err(StoreError::Io("the PostgreSQL client stopped".into()));
+        };
+        runtime.spawn(listen_for_commits(self.listen_config.clone(), on_commit));
+        Ok(())
+    }
+
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         let pool = self.pool.clone();
         self.run(async move {
@@ -747,8 +830,94 @@ async fn write_batch(
             return Err(pg_error(e));
         }
     }
+    let payloads = commit_payloads(&sessions, &seqs);
+    if !payloads.is_empty() {
+        // Delivered when, and only if, the transaction commits.
+        tx.execute(
+            &format!("SELECT pg_notify('{COMMITS_CHANNEL}', p) FROM UNNEST($1::text[]) AS p"),
+            &[&payloads],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
     tx.commit().await.map_err(pg_error)?;
     Ok(synced)
+}
+
+/// The notifications of a commit: each session's last sequence number, as
+/// `session:seq` words, in payloads under PostgreSQL's limit. `sessions`
+/// and `seqs` are in (session, seq) order.
+fn commit_payloads(sessions: &[i64], seqs: &[i64]) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut payload = String::new();
+    for (i, (session, seq)) in sessions.iter().zip(seqs).enumerate() {
+        if sessions.get(i + 1) == Some(session) {
+            continue;
+        }
+        if payload.len() > NOTIFY_PAYLOAD {
+            payloads.push(std::mem::take(&mut payload));
+        }
+        if !payload.is_empty() {
+            payload.push(' ');
+        }
+        payload.push_str(&format!("{session}:{seq}"));
+    }
+    if !payload.is_empty() {
+        payloads.push(payload);
+    }
+    payloads
+}
+
+/// Listen for other hosts' commits on a connection of its own, for as long
+/// as the store lives, connecting again (after a second) when the
+/// connection is lost; each new connection first reports `None`, since
+/// commits made while nobody listened were missed.
+async fn listen_for_commits(config: tokio_postgres::Config, on_commit: CommitListener) {
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let driver = tokio::spawn(async move {
+                    while let Some(message) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                if tx.send(n.payload().to_owned()).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::debug!("journal: the commit listener's connection: {e}");
+                                break;
+                            }
+                        }
+                    }
+                });
+                if let Err(e) = client
+                    .batch_execute(&format!("LISTEN {COMMITS_CHANNEL}"))
+                    .await
+                {
+                    tracing::debug!("journal: LISTEN {COMMITS_CHANNEL}: {e}");
+                } else {
+                    on_commit(None);
+                    while let Some(payload) = rx.recv().await {
+                        for head in payload.split(' ') {
+                            match head.split_once(':').map(|(s, q)| (s.parse(), q.parse())) {
+                                Some((Ok(session), Ok(seq))) => on_commit(Some((session, seq))),
+                                _ => on_commit(None),
+                            }
+                        }
+                    }
+                }
+                drop(client);
+                driver.abort();
+            }
+            Err(e) => tracing::debug!("journal: connecting the commit listener: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 fn lease_of(session: SessionId, row: &tokio_postgres::Row) -> Result<Lease, StoreError> {
