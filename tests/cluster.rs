@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use longrun_host::journal::payload::{LeaseTaken, Payload, ToolIntent, ToolResult};
+use longrun_host::journal::payload::{ControlAction, LeaseTaken, Payload, ToolIntent, ToolResult};
 use longrun_host::journal::{Journal, Location, RecordKind, SessionId, SessionState, Unpriced};
 use serde_json::{Value, json};
 
@@ -43,9 +43,16 @@ impl Site {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         std::fs::create_dir(p.join("ws")).unwrap();
+        let mount =
+            "[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-write\"\n";
         std::fs::write(
             p.join("policy.toml"),
-            "[tools]\nallow = [\"fs_write\"]\n[[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-write\"\n",
+            format!("[tools]\nallow = [\"fs_write\"]\n{mount}"),
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("approve.toml"),
+            format!("[tools]\nallow = [\"fs_write\"]\napprove = [\"fs_write\"]\n{mount}"),
         )
         .unwrap();
         let mut models = String::new();
@@ -65,7 +72,7 @@ impl Site {
             std::fs::write(
                 p.join(format!("{host}.toml")),
                 format!(
-                    "store = \"{url}\"\n[models]\n{models}[policies]\ndefault = \"policy.toml\"\n\
+                    "store = \"{url}\"\ndefault_policy = \"default\"\n[models]\n{models}[policies]\ndefault = \"policy.toml\"\napprove = \"approve.toml\"\n\
                      [tenants.acme]\ntoken = \"{TOKEN}\"\n[cluster]\nhost = \"{host}\"\nlease = \"{}ms\"\n",
                     LEASE.as_millis()
                 ),
@@ -153,6 +160,51 @@ impl Host {
         );
         assert_eq!(status, 201, "{body}");
         body["id"].as_u64().unwrap()
+    }
+
+    /// Start a session of model `m{model}` under policy `policy`; its id.
+    fn create_under(&self, model: usize, policy: &str) -> SessionId {
+        let (status, body) = http(
+            self.addr,
+            "POST",
+            "/v1/sessions",
+            Some(json!({
+                "goal": format!("write the m{model} files"),
+                "model": format!("m{model}"),
+                "policy": policy,
+            })),
+        );
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_u64().unwrap()
+    }
+
+    /// The session as this host shows it.
+    fn get(&self, session: SessionId) -> Value {
+        let (status, view) = http(self.addr, "GET", &format!("/v1/sessions/{session}"), None);
+        assert_eq!(status, 200, "{view}");
+        view
+    }
+
+    /// Wait until this host shows `session` in `status`; its view.
+    fn until(&self, session: SessionId, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let view = self.get(session);
+            if view["status"] == status {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "session {session} is not {status}: {view}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        let (status, reply) = http(self.addr, "POST", path, Some(body));
+        assert_eq!(status, 202, "{path}: {reply}");
+        reply
     }
 }
 
@@ -443,17 +495,7 @@ fn a_host_paused_past_its_lease_is_fenced_when_it_wakes_and_stops_the_session() 
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (status, view) = http(host_a.addr, "GET", &format!("/v1/sessions/{session}"), None);
-    assert_eq!(status, 200);
-    assert_eq!(view["runs_elsewhere"], "host-b", "{view}");
-    // Steering goes to the host that runs it.
-    let (status, refused) = http(
-        host_a.addr,
-        "POST",
-        &format!("/v1/sessions/{session}/pause"),
-        Some(json!({})),
-    );
-    assert_eq!(status, 409, "{refused}");
+    assert_eq!(host_a.get(session)["runs_elsewhere"], "host-b");
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ended(&journal, session) {
@@ -529,4 +571,86 @@ fn an_event_stream_on_one_host_follows_a_session_run_by_another_across_a_takeove
     assert_eq!(events, stored);
     check_session(&journal, &site.ws(), session, 0, STEPS);
     drop((host_b, host_c));
+}
+
+#[test]
+fn a_session_run_by_one_host_is_steered_through_another() {
+    let site = Site::new(3, 1000);
+    let host_a = site.start("host-a");
+    let host_b = site.start("host-b");
+    let journal = site.reader();
+    let approving = host_a.create_under(0, "approve");
+    let steered = host_a.create(1);
+    let cancelled = host_a.create(2);
+    for session in [approving, steered, cancelled] {
+        assert_eq!(host_b.get(session)["runs_elsewhere"], "host-a");
+    }
+
+    // Through B: a message and a pause, then a resume once it is paused;
+    // a cancel of another session.
+    host_b.post(
+        &format!("/v1/sessions/{steered}/messages"),
+        json!({"text": "from the other host"}),
+    );
+    host_b.post(&format!("/v1/sessions/{steered}/pause"), json!({}));
+    host_b.post(&format!("/v1/sessions/{cancelled}/cancel"), json!({}));
+    host_b.until(steered, "paused");
+    host_b.post(&format!("/v1/sessions/{steered}/resume"), json!({}));
+
+    // Through B: each call of the approving session approved.
+    for _ in 0..3 {
+        let waiting = host_b.until(approving, "awaiting_approval");
+        let step = waiting["awaiting_approval"]["step"].as_u64().unwrap();
+        host_b.post(
+            &format!("/v1/sessions/{approving}/approvals/{step}"),
+            json!({"approve": true}),
+        );
+        while host_b.get(approving)["awaiting_approval"]["step"] == step {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    host_b.until(approving, "completed");
+    host_b.until(steered, "completed");
+    host_b.until(cancelled, "cancelled");
+
+    // Each request was journaled by the host that runs the session, once.
+    let steering_records = |session| -> Vec<Payload> {
+        payloads(&journal, session, 0)
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| {
+                matches!(
+                    p,
+                    Payload::UserMessage(_) | Payload::Control(_) | Payload::ApprovalGiven(_)
+                )
+            })
+            .collect()
+    };
+    // (A message waits for the step's calls to be answered, so it may come
+    // after the pause.)
+    let steering = steering_records(steered);
+    assert_eq!(steering.len(), 3, "{steering:?}");
+    let message = steering.iter().filter(|p| {
+        matches!(p, Payload::UserMessage(m) if m.text == "from the other host" && m.by == "acme")
+    });
+    assert_eq!(message.count(), 1, "{steering:?}");
+    let controls: Vec<ControlAction> = steering
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Control(c) => Some(c.action),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(controls, [ControlAction::Pause, ControlAction::Resume]);
+    let approvals = steering_records(approving);
+    assert_eq!(approvals.len(), 3, "{approvals:?}");
+    assert!(
+        approvals
+            .iter()
+            .all(|p| matches!(p, Payload::ApprovalGiven(v) if v.approved && v.by == "acme"))
+    );
+    check_session(&journal, &site.ws(), approving, 0, 3);
+    check_session(&journal, &site.ws(), steered, 1, 3);
+    drop((host_a, host_b));
+    replay_verify_all(&site.url);
 }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::heads::{Head, HeadsFile};
-use crate::payload::Payload;
+use crate::payload::{Payload, SteeringRequest};
 use crate::record::{
     self, Appended, EncodeError, Hash, Record, RecordKind, SessionId, decode, decode_unchecked,
     genesis, hash_bytes, hash_matches, hex,
@@ -1257,6 +1257,37 @@ impl Journal {
     /// `session`'s lease as the store holds it now.
     pub fn lease(&self, session: SessionId) -> Result<Option<Lease>, JournalError> {
         Ok(self.store().lease(session)?)
+    }
+
+    /// Leave `request` for the host that runs `session`.
+    pub fn post_request(
+        &self,
+        session: SessionId,
+        request: &SteeringRequest,
+    ) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec(request)
+            .map_err(|e| StoreError::Io(format!("encoding a request: {e}")))?;
+        Ok(self.store().post_request(session, &bytes)?)
+    }
+
+    /// Take the requests left for the sessions whose lease this journal
+    /// holds, in the order they were posted. One that does not decode (a
+    /// newer host's, say) is named in the log and dropped.
+    pub fn take_requests(&self) -> Result<Vec<(SessionId, SteeringRequest)>, JournalError> {
+        let held: Vec<SessionId> = self.shared.state()?.leases.keys().copied().collect();
+        let taken = self.store().take_requests(&held)?;
+        Ok(taken
+            .into_iter()
+            .filter_map(|(session, bytes)| match serde_json::from_slice(&bytes) {
+                Ok(request) => Some((session, request)),
+                Err(e) => {
+                    tracing::error!(
+                        "journal: a request for session {session} does not decode: {e}"
+                    );
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Sessions whose lease lapsed (see [`Store::lapsed_leases`]).

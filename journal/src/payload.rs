@@ -262,6 +262,20 @@ pub struct Input {
     pub by: String,
 }
 
+/// A request to steer a session, left in a shared store by a host that
+/// does not run the session for the host that does, which takes it at its
+/// next lease round and hands it to the session as if it had been asked
+/// there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", content = "body", rename_all = "snake_case")]
+pub enum SteeringRequest {
+    Message(Input),
+    Decision(Verdict),
+    Pause,
+    Resume,
+    Cancel,
+}
+
 /// What a person did to a running session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

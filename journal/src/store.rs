@@ -282,6 +282,23 @@ pub trait Store: Send + Sync {
         Err(StoreError::NoLeases)
     }
 
+    /// Leave a request for the host that runs `session` (a shared store:
+    /// a host that does not run a session steers it this way).
+    fn post_request(&self, session: SessionId, bytes: &[u8]) -> Result<(), StoreError> {
+        let _ = (session, bytes);
+        Err(StoreError::NoLeases)
+    }
+
+    /// Take (and remove) the requests left for `sessions`, in the order
+    /// they were posted: each is taken once, by one host.
+    fn take_requests(
+        &self,
+        sessions: &[SessionId],
+    ) -> Result<Vec<(SessionId, Vec<u8>)>, StoreError> {
+        let _ = sessions;
+        Err(StoreError::NoLeases)
+    }
+
     /// Call `on_commit` with (session, last sequence number) each time
     /// another process sharing this store commits records, and with `None`
     /// when commits may have been missed (the listening connection was

@@ -125,7 +125,11 @@ fn the_schema_is_created_once_and_a_newer_one_is_refused() {
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM longrun_schema"
             )
             .unwrap(),
-        "1,2"
+        longrun_journal::store::postgres::MIGRATIONS
+            .iter()
+            .map(|(version, _)| version.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     cluster
         .psql(
@@ -477,6 +481,44 @@ async fn a_lessee_leases_its_new_sessions_keeps_them_and_loses_them_to_a_takeove
     assert!(!host_b.lapsed_leases().unwrap().contains(&session));
     let retired = host_a.lease(session).unwrap().unwrap();
     assert_eq!((retired.owner.as_str(), retired.epoch), ("host-b", 2));
+}
+
+#[test]
+fn a_request_left_for_a_session_is_taken_once_by_the_host_holding_its_lease() {
+    use longrun_journal::Lessee;
+    use longrun_journal::payload::{Input, SteeringRequest};
+    let (_cluster, location) = cluster();
+    let [host_a, host_b] = ["host-a", "host-b"].map(|owner| {
+        let journal = Journal::open_location(&location, Default::default()).unwrap();
+        journal
+            .lease_as(Lessee {
+                owner: owner.into(),
+                ttl: std::time::Duration::from_secs(30),
+            })
+            .unwrap();
+        journal
+    });
+    let session = host_a.create_session().unwrap().session();
+    let message = |text: &str| {
+        SteeringRequest::Message(Input {
+            text: text.into(),
+            by: "ops".into(),
+        })
+    };
+    for request in [message("first"), SteeringRequest::Pause, message("third")] {
+        host_b.post_request(session, &request).unwrap();
+    }
+    // B does not run the session: it takes nothing.
+    assert_eq!(host_b.take_requests().unwrap(), []);
+    assert_eq!(
+        host_a.take_requests().unwrap(),
+        [
+            (session, message("first")),
+            (session, SteeringRequest::Pause),
+            (session, message("third"))
+        ]
+    );
+    assert_eq!(host_a.take_requests().unwrap(), []);
 }
 
 #[test]

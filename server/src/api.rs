@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use longrun_host::journal::payload::SteeringRequest;
 use longrun_host::journal::{Record, RecordKind, SessionId};
 use longrun_host::policy::Policy;
 use longrun_host::steer::{Input, Verdict, Wanted};
@@ -140,7 +141,7 @@ async fn answer(
             }
             Op::Pause | Op::Resume | Op::Cancel => {
                 let entry = session_of(shared, signed_in(tenant)?, &params)?;
-                steer(&entry, route.op)
+                steer(shared, &entry, route.op)
             }
         }
     }
@@ -633,22 +634,16 @@ async fn post_message(
             .with(format!("the text must be between 1 and {MAX_TEXT} bytes")));
     }
     still_running(entry)?;
-    entry.steering.say(Input {
+    let message = SteeringRequest::Message(Input {
         text: body.text,
         by: tenant.name.clone(),
     });
+    sessions::steer(shared, entry, message)?;
     Ok(json_response(StatusCode::ACCEPTED, &view(entry)))
 }
 
-/// Refuse to steer a session that has ended or stopped on an error, or
-/// that another host runs.
+/// Refuse to steer a session that has ended or stopped on an error.
 fn still_running(entry: &Entry) -> Result<(), ApiError> {
-    if let Some(host) = entry.elsewhere() {
-        return Err(Problem::Conflict.with(format!(
-            "session {} runs on host {host}: send requests that steer it there",
-            entry.id
-        )));
-    }
     let status = entry.summary().status;
     if status.ended() || status == Status::Failed {
         return Err(Problem::Conflict.with(format!(
@@ -691,25 +686,31 @@ async fn approve(
                 entry.id
             ))
         })?;
-    entry.steering.decide(Verdict {
+    let decision = SteeringRequest::Decision(Verdict {
         call_id: awaiting.call_id,
         approved: body.approve,
         by: tenant.name.clone(),
         reason: body.reason,
     });
+    sessions::steer(shared, entry, decision)?;
     Ok(json_response(StatusCode::ACCEPTED, &view(entry)))
 }
 
-fn steer(entry: &Entry, op: Op) -> Answer {
+fn steer(shared: &Shared, entry: &Entry, op: Op) -> Answer {
     still_running(entry)?;
-    let wanted = entry.steering.wanted();
-    match op {
-        Op::Pause => entry.steering.want(Wanted::Pause),
-        Op::Resume if wanted == Wanted::Pause => entry.steering.want(Wanted::Run),
+    // Paused as asked here, or (another host's session) as its journal says.
+    let paused = match entry.elsewhere() {
+        None => entry.steering.wanted() == Wanted::Pause,
+        Some(_) => entry.summary().status == Status::Paused,
+    };
+    let request = match op {
+        Op::Pause => SteeringRequest::Pause,
+        Op::Resume if paused => SteeringRequest::Resume,
         Op::Resume => {
             return Err(Problem::Conflict.with(format!("session {} is not paused", entry.id)));
         }
-        _ => entry.steering.want(Wanted::Cancel),
-    }
+        _ => SteeringRequest::Cancel,
+    };
+    sessions::steer(shared, entry, request)?;
     Ok(json_response(StatusCode::ACCEPTED, &view(entry)))
 }

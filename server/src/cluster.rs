@@ -48,7 +48,11 @@ pub async fn keep(shared: Arc<Shared>, cluster: Cluster) {
             let _ = shared.journal.sync().await;
         }
         let shared = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || take_lapsed(&shared)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            deliver(&shared);
+            take_lapsed(&shared);
+        })
+        .await;
     }
 }
 
@@ -74,6 +78,24 @@ fn stop_here(shared: &Shared, fenced: &Fenced) {
     if let Some(entry) = shared.sessions.get(fenced.session) {
         sessions::taken_over(&entry, fenced);
         entry.steering.halt();
+    }
+}
+
+/// Hand the sessions this host runs the requests other hosts left for
+/// them.
+fn deliver(shared: &Shared) {
+    let requests = match shared.journal.take_requests() {
+        Ok(requests) => requests,
+        Err(e) => {
+            tracing::warn!("taking requests left by other hosts: {e}");
+            return;
+        }
+    };
+    for (session, request) in requests {
+        match shared.sessions.get(session) {
+            Some(entry) if entry.elsewhere().is_none() => sessions::apply(&entry, request),
+            _ => tracing::warn!(session, "a request for a session not run here: dropped"),
+        }
     }
 }
 

@@ -21,6 +21,8 @@ use longrun_host::steer::{Steering, Wanted};
 use serde::{Deserialize, Serialize};
 
 use crate::Shared;
+use crate::problem::{ApiError, Problem};
+use longrun_host::journal::payload::SteeringRequest;
 
 /// Where a session stands, as the API reports it: the journal's one
 /// status, which the restart scan folds from the records.
@@ -361,6 +363,41 @@ async fn drive(shared: &Shared, entry: &Arc<Entry>, mut session: Session<'_>) {
     }
 }
 
+/// Hand `request` to the session: here, if this host runs it; otherwise
+/// left in the store for the host that does, which takes it at its next
+/// lease round. Either way it is accepted, not yet journaled: the session
+/// journals it at its next step boundary.
+pub fn steer(shared: &Shared, entry: &Entry, request: SteeringRequest) -> Result<(), ApiError> {
+    if entry.elsewhere().is_none() {
+        apply(entry, request);
+        return Ok(());
+    }
+    shared
+        .journal
+        .post_request(entry.id, &request)
+        .map_err(|e| {
+            Problem::Unavailable.with(format!(
+                "session {} runs on another host, and the request could not be left for it: {e}",
+                entry.id
+            ))
+        })
+}
+
+/// Hand a request to a session this host runs.
+pub(crate) fn apply(entry: &Entry, request: SteeringRequest) {
+    match request {
+        SteeringRequest::Message(input) => entry.steering.say(input),
+        SteeringRequest::Decision(verdict) => entry.steering.decide(verdict),
+        SteeringRequest::Pause => entry.steering.want(Wanted::Pause),
+        SteeringRequest::Resume => {
+            if entry.steering.wanted() == Wanted::Pause {
+                entry.steering.want(Wanted::Run);
+            }
+        }
+        SteeringRequest::Cancel => entry.steering.want(Wanted::Cancel),
+    }
+}
+
 /// The host that took the session over, if `error` is this host's writer
 /// being refused for that.
 fn fenced_by(error: &AgentError) -> Option<&Fenced> {
@@ -558,7 +595,7 @@ fn register_elsewhere(shared: &Shared, id: SessionId, found: &Found, owner: Stri
         summary: Mutex::new(Summary {
             status: found.status,
             usage: found.usage.clone(),
-            awaiting: None,
+            awaiting: found.awaiting.clone(),
             answer: found.answer.clone(),
             error: found.error.clone(),
             budget_exhausted: None,
@@ -609,6 +646,7 @@ pub struct Found {
     pub status: Status,
     pub answer: Option<String>,
     pub error: Option<String>,
+    pub awaiting: Option<Awaiting>,
 }
 
 /// What the journal says of session `id`, if it is one of a server's
@@ -652,8 +690,24 @@ fn scan(journal: &Journal, id: SessionId) -> Result<Option<Found>, StateError> {
         status: state.status,
         answer: state.answer.clone(),
         error: state.error.clone(),
+        awaiting: awaiting(&state),
         created: created.clone(),
     }))
+}
+
+/// The call that waits for a person's decision, as the records say.
+fn awaiting(state: &SessionState) -> Option<Awaiting> {
+    if state.status != Status::AwaitingApproval {
+        return None;
+    }
+    let approval = state.approvals.values().find(|a| a.decided.is_none())?;
+    let call = state.pending.iter().find(|c| c.id == approval.call)?;
+    Some(Awaiting {
+        step: approval.asked_at,
+        call_id: call.id.clone(),
+        tool: call.name.clone(),
+        arguments: call.arguments.clone(),
+    })
 }
 
 pub fn unix_millis() -> u64 {

@@ -66,6 +66,15 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
          expires_at timestamptz NOT NULL
      );",
     ),
+    (
+        3,
+        "CREATE TABLE longrun_requests (
+         id bigserial PRIMARY KEY,
+         session bigint NOT NULL,
+         bytes bytea NOT NULL
+     );
+     CREATE INDEX longrun_requests_by_session ON longrun_requests (session);",
+    ),
 ];
 
 /// The advisory lock key that serializes migrations ("longrun!" as bytes).
@@ -624,6 +633,59 @@ impl Store for PostgresStore {
         })?;
         self.queue()?.held.remove(&lease.session);
         Ok(())
+    }
+
+    fn post_request(&self, session: SessionId, bytes: &[u8]) -> Result<(), StoreError> {
+        writable(self.read_only)?;
+        let pool = self.pool.clone();
+        let bytes = bytes.to_vec();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .execute(
+                    "INSERT INTO longrun_requests (session, bytes) VALUES ($1, $2)",
+                    &[&key(session)?, &bytes],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(())
+        })
+    }
+
+    fn take_requests(
+        &self,
+        sessions: &[SessionId],
+    ) -> Result<Vec<(SessionId, Vec<u8>)>, StoreError> {
+        writable(self.read_only)?;
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pool = self.pool.clone();
+        let sessions = sessions
+            .iter()
+            .map(|s| key(*s))
+            .collect::<Result<Vec<i64>, _>>()?;
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let rows = client
+                .query(
+                    "DELETE FROM longrun_requests WHERE session = ANY($1) \
+                     RETURNING id, session, bytes",
+                    &[&sessions],
+                )
+                .await
+                .map_err(pg_error)?;
+            let mut taken: Vec<(i64, SessionId, Vec<u8>)> = rows
+                .into_iter()
+                .map(|row| Ok((row.get(0), seq_of(row.get(1))?, row.get(2))))
+                .collect::<Result<_, StoreError>>()?;
+            // In the order they were posted.
+            taken.sort_by_key(|(id, _, _)| *id);
+            Ok(taken
+                .into_iter()
+                .map(|(_, session, bytes)| (session, bytes))
+                .collect())
+        })
     }
 
     fn listen(&self, on_commit: CommitListener) -> Result<(), StoreError> {
