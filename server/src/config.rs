@@ -472,4 +472,42 @@ mod tests {
             assert!(refused.contains(says), "{top}: {refused}");
         }
     }
+
+    #[test]
+    fn a_cluster_is_a_shared_store_with_a_host_name_and_a_lease() {
+        const STORE: &str = "store = \"postgres://db/j\"\n";
+        let with = |top: &str, cluster: &str| {
+            ServerConfig::parse(
+                &format!("{top}{BASE}{cluster}"),
+                "server.toml",
+                Path::new("/srv"),
+            )
+        };
+        let config = with(STORE, "[cluster]\nhost = \"h1\"\nlease = \"2s\"\n").unwrap();
+        assert_eq!(
+            config.cluster,
+            Some(Cluster {
+                host: "h1".into(),
+                lease: Duration::from_secs(2),
+            })
+        );
+        // A shared store is always a cluster, of one host at least.
+        let defaults = with(STORE, "").unwrap().cluster.unwrap();
+        assert_eq!(defaults.lease, Cluster::DEFAULT_LEASE);
+        assert!(defaults.host.ends_with(&format!("-{}", std::process::id())));
+        assert_eq!(with("", "").unwrap().cluster, None);
+        for (top, cluster, says) in [
+            (
+                "",
+                "[cluster]\nhost = \"h1\"\n",
+                "only with a shared `store`",
+            ),
+            (STORE, "[cluster]\nlease = \"100ms\"\n", "at least 300ms"),
+            (STORE, "[cluster]\nhost = \"\"\n", "1 to 200 characters"),
+            (STORE, "[cluster]\nleases = \"1s\"\n", "unknown field"),
+        ] {
+            let refused = with(top, cluster).expect_err(cluster).to_string();
+            assert!(refused.contains(says), "{cluster}: {refused}");
+        }
+    }
 }
