@@ -874,11 +874,19 @@ async fn write_batch(
         .map_err(pg_error)?;
     }
     if !sessions.is_empty() {
+        // The records and the announcement of their sessions' new heads in
+        // one statement (one round trip); a notification is delivered
+        // when, and only if, the transaction commits.
+        let payloads = commit_payloads(&sessions, &seqs);
         let inserted = tx
             .execute(
-                "INSERT INTO longrun_records (session, seq, bytes) \
-                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])",
-                &[&sessions, &seqs, &bytes],
+                &format!(
+                    "WITH inserted AS (\
+                       INSERT INTO longrun_records (session, seq, bytes) \
+                       SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])) \
+                     SELECT pg_notify('{COMMITS_CHANNEL}', p) FROM UNNEST($4::text[]) AS p"
+                ),
+                &[&sessions, &seqs, &bytes, &payloads],
             )
             .await;
         if let Err(e) = inserted {
@@ -891,16 +899,6 @@ async fn write_batch(
             }
             return Err(pg_error(e));
         }
-    }
-    let payloads = commit_payloads(&sessions, &seqs);
-    if !payloads.is_empty() {
-        // Delivered when, and only if, the transaction commits.
-        tx.execute(
-            &format!("SELECT pg_notify('{COMMITS_CHANNEL}', p) FROM UNNEST($1::text[]) AS p"),
-            &[&payloads],
-        )
-        .await
-        .map_err(pg_error)?;
     }
     tx.commit().await.map_err(pg_error)?;
     Ok(synced)
