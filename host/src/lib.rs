@@ -2,6 +2,7 @@
 //!
 //! - [`agent`]: the agent loop over the model, the sandbox and the journal.
 //! - [`policy`]: operators' policy files, parsed strictly.
+//! - [`narrow`]: whether a child session's policy narrows its parent's.
 //! - [`budget`]: session budgets, checked before each action.
 //! - [`sandbox`]: tool components run by wasmtime, one fresh instance per
 //!   call, under a policy's mounts, network allow-list and limits.
@@ -24,6 +25,7 @@ pub mod context;
 pub mod fetch;
 pub mod model;
 pub mod mount;
+pub mod narrow;
 pub mod netgate;
 pub mod openai;
 pub mod policy;
