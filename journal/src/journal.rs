@@ -1187,9 +1187,16 @@ impl Journal {
             .map(|held| (held.lease.clone(), held.renewed))
             .collect();
         let mut lost = Vec::new();
+        // A journal that stopped taking records cannot run its sessions:
+        // it renews nothing, so that other hosts take them over.
+        let failed = self.shared.failed();
         for (lease, renewed) in held {
             let now = std::time::Instant::now();
-            let fenced = match self.store().renew_lease(&lease, lessee.ttl) {
+            let renewal = match &failed {
+                Some(why) => Err(StoreError::Io(format!("this host's journal failed: {why}"))),
+                None => self.store().renew_lease(&lease, lessee.ttl),
+            };
+            let fenced = match renewal {
                 Ok(Some(renewed)) => {
                     if let Some(held) = self.shared.state()?.leases.get_mut(&lease.session) {
                         held.lease = renewed;

@@ -521,6 +521,51 @@ fn a_request_left_for_a_session_is_taken_once_by_the_host_holding_its_lease() {
     assert_eq!(host_a.take_requests().unwrap(), []);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_journal_failed_lets_its_leases_lapse_for_other_hosts() {
+    use longrun_journal::{Acquired, Lessee};
+    use std::time::Duration;
+    let (mut cluster, location) = cluster();
+    let ttl = Duration::from_millis(300);
+    let journal = Journal::open_location(&location, Default::default()).unwrap();
+    journal
+        .lease_as(Lessee {
+            owner: "host-a".into(),
+            ttl,
+        })
+        .unwrap();
+    let mut writer = journal.create_session().unwrap();
+    let session = writer.session();
+    writer
+        .append_durable(RecordKind::ToolResult, b"r0", &[])
+        .await
+        .unwrap();
+    // The database goes away under a commit: the journal fails and takes
+    // no more records, even once the database is back.
+    cluster.crash();
+    assert!(
+        writer
+            .append_durable(RecordKind::ToolResult, b"r1", &[])
+            .await
+            .is_err()
+    );
+    cluster.restart().unwrap();
+    assert!(journal.failure().is_some());
+    // So it renews nothing: once the lease has run out, the session is
+    // given up here and another host takes it.
+    tokio::time::sleep(ttl).await;
+    let lost = journal.renew_leases().unwrap();
+    assert_eq!(
+        lost.iter().map(|f| f.session).collect::<Vec<_>>(),
+        [session]
+    );
+    let other = Journal::open_location(&location, Default::default()).unwrap();
+    let Acquired::Taken(lease) = other.acquire_lease(session, "host-b", ttl).unwrap() else {
+        panic!("the failed host's lease lapsed")
+    };
+    assert_eq!(lease.epoch, 2);
+}
+
 #[test]
 fn a_local_store_has_no_leases() {
     let dir = tempfile::tempdir().unwrap();

@@ -50,7 +50,11 @@ pub async fn keep(shared: Arc<Shared>, cluster: Cluster) {
         let shared = shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
             deliver(&shared);
-            take_lapsed(&shared);
+            // A host shutting down takes nothing more over (it would not
+            // wait for what it took, nor release its lease).
+            if !shared.shutting_down() {
+                take_lapsed(&shared);
+            }
         })
         .await;
     }

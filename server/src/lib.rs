@@ -101,6 +101,11 @@ impl Shared {
         tasks.spawn(task);
     }
 
+    /// Whether the server has begun to shut down.
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     /// Returns when the server shuts down.
     pub async fn shut_down(&self) {
         let mut down = self.shutdown.subscribe();
