@@ -55,6 +55,133 @@ pub fn check(
     }
 }
 
+/// What a parent asks for a child beyond its goal and model. Each part
+/// narrows the parent's policy; a part left out is the parent's (for a
+/// budget: all the parent has left).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildRequest {
+    /// Tool-name patterns the child may call.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    /// The child's mounts, each at or beneath one of the parent's.
+    #[serde(default)]
+    pub mounts: Option<Vec<ChildMount>>,
+    #[serde(default)]
+    pub budgets: ChildBudgets,
+}
+
+/// A mount of a child: `path`, a guest path at or beneath one of the
+/// parent's mounts, with `access` (never more than the parent's).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildMount {
+    pub path: String,
+    pub access: Access,
+}
+
+/// The budgets a parent gives a child, out of what it has left.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildBudgets {
+    pub max_steps: Option<u64>,
+    pub max_tool_calls: Option<u64>,
+    pub max_input_tokens: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub max_cost_usd: Option<f64>,
+}
+
+/// Why a child was not started: what it asked for is not a policy, or not a
+/// narrowing of its parent's.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChildRefused {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Wider(#[from] Widening),
+}
+
+/// The policy a child runs under: the parent's, narrowed as `request` asks,
+/// written out as a policy text of its own (what the child's journal
+/// records) and checked to narrow the parent's ([`check`]) for a toolbox of
+/// `tools`, with the parent's budgets `left`.
+pub fn derive(
+    parent: &Policy,
+    request: &ChildRequest,
+    tools: &[&str],
+    left: &SessionBudgets,
+) -> Result<Policy, ChildRefused> {
+    let mut child = parent.clone();
+    if let Some(patterns) = &request.tools {
+        child.tools.allow = patterns
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<_, String>>()
+            .map_err(ChildRefused::Invalid)?;
+    }
+    if let Some(mounts) = &request.mounts {
+        child.filesystem = mounts
+            .iter()
+            .map(|m| child_mount(parent, m))
+            .collect::<Result<_, _>>()?;
+    }
+    let b = &request.budgets;
+    let s = &mut child.session;
+    s.max_steps = b.max_steps.or(left.max_steps);
+    s.max_tool_calls = b.max_tool_calls.or(left.max_tool_calls);
+    s.max_input_tokens = b.max_input_tokens.or(left.max_input_tokens);
+    s.max_output_tokens = b.max_output_tokens.or(left.max_output_tokens);
+    s.max_cost_usd = match b.max_cost_usd {
+        Some(cost) if cost.is_finite() && cost >= 0.0 => Some(crate::policy::NonNegative(cost)),
+        Some(cost) => {
+            return Err(ChildRefused::Invalid(format!(
+                "max_cost_usd {cost}: a finite amount of at least 0"
+            )));
+        }
+        None => left.max_cost_usd,
+    };
+    s.max_wall_time = left.max_wall_time;
+    // Parsed back from its own text, so that what the journal records is
+    // exactly what the child runs under.
+    let text = child.render();
+    let child = Policy::parse(&text, "the child's policy", Path::new("/"))
+        .map_err(|e| ChildRefused::Invalid(e.to_string()))?;
+    check(&child, parent, tools, left)?;
+    Ok(child)
+}
+
+/// The mount a child asked for, beneath the parent's mount that holds it.
+fn child_mount(parent: &Policy, asked: &ChildMount) -> Result<crate::policy::Mount, ChildRefused> {
+    let outer = parent.filesystem.iter().find_map(|m| {
+        let rest = asked.path.strip_prefix(m.guest.as_str())?;
+        match rest.strip_prefix('/') {
+            _ if rest.is_empty() => Some((m, "")),
+            Some(rest) => Some((m, rest)),
+            None => None,
+        }
+    });
+    let Some((outer, rest)) = outer else {
+        return Err(ChildRefused::Wider(Widening(vec![format!(
+            "mount {} is not at or beneath any of the parent's mounts",
+            asked.path
+        )])));
+    };
+    if rest.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(ChildRefused::Invalid(format!(
+            "mount {}: no `.` or `..` in a path",
+            asked.path
+        )));
+    }
+    let host = if rest.is_empty() {
+        outer.host.clone()
+    } else {
+        outer.host.join(rest)
+    };
+    let mut mount = crate::policy::Mount::new(host, asked.path.clone(), asked.access);
+    mount.symlinks = outer.symlinks;
+    Ok(mount)
+}
+
 fn tools_narrow(child: &Policy, parent: &Policy, tools: &[&str], wider: &mut Vec<String>) {
     use crate::policy::Decision;
     for tool in tools {
@@ -410,5 +537,143 @@ timeout = "1s"
             "[prices.scripted]\ninput_per_million = 0.0\noutput_per_million = 0.0\n",
         );
         assert!(widening(&cheaper).contains("[prices]"));
+    }
+
+    /// The fields of a policy that decide what it allows, for comparing a
+    /// policy with its rendered and re-parsed self.
+    fn meaning(p: &Policy) -> String {
+        let mounts: Vec<String> = p
+            .filesystem
+            .iter()
+            .map(|m| format!("{:?} {} {:?} {:?}", m.host, m.guest, m.access, m.symlinks))
+            .collect();
+        let limits: Vec<String> = TOOLS
+            .iter()
+            .map(|t| format!("{:?}", p.limits_for(t)))
+            .collect();
+        format!(
+            "{:?}\n{:?}\n{mounts:?}\n{:?}\n{:?}\n{limits:?}\n{:?}",
+            p.session, p.limits, p.network, p.tools, p.prices
+        )
+    }
+
+    #[test]
+    fn a_rendered_policy_parses_back_to_the_same_rules() {
+        let text = format!(
+            "{PARENT}max_output = \"2MiB\"\n\n[overrides.http_get]\ntimeout = \"3s\"\n\n\
+             [prices.\"org/model.v1\"]\ninput_per_million = 0.5\noutput_per_million = 1.25\n\
+             cached_input_per_million = 0.125\n"
+        )
+        .replace(
+            "max_cost_usd = 1.0",
+            "max_cost_usd = 1.0\nmax_wall_time = \"90s\"\nmax_repeated_failures = 4",
+        );
+        let policy = policy(&text);
+        let rendered = policy.render();
+        let again = Policy::parse_recorded(&rendered, "rendered", Path::new("/elsewhere")).unwrap();
+        assert_eq!(meaning(&again), meaning(&policy), "{rendered}");
+        // Mount paths are absolute in the text: no base directory needed.
+        assert!(rendered.contains("host = \"/srv/data\""), "{rendered}");
+    }
+
+    /// A parent whose mounts are real directories (`data/sub` inside the
+    /// read-only one), for deriving children.
+    fn real_parent() -> (tempfile::TempDir, Policy) {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["data/sub", "work/sub"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        let parent = Policy::parse(PARENT, "parent", dir.path()).unwrap();
+        (dir, parent)
+    }
+
+    fn derived(request: serde_json::Value) -> Result<Policy, ChildRefused> {
+        let (_dir, parent) = real_parent();
+        let request: ChildRequest = serde_json::from_value(request).unwrap();
+        derive(&parent, &request, TOOLS, &parent.session)
+    }
+
+    #[test]
+    fn a_child_gets_the_tools_mounts_and_budgets_it_asks_for_within_its_parents() {
+        let (dir, parent) = real_parent();
+        let request: ChildRequest = serde_json::from_value(serde_json::json!({
+            "tools": ["fs_read"],
+            "mounts": [{"path": "/workspace/sub", "access": "read-write"}],
+            "budgets": {"max_steps": 4},
+        }))
+        .unwrap();
+        let mut left = parent.session.clone();
+        left.max_cost_usd = Some(crate::policy::NonNegative(0.25));
+        let child = derive(&parent, &request, TOOLS, &left).unwrap();
+        assert_eq!(child.session.max_steps, Some(4));
+        // A budget it did not ask for is what the parent has left.
+        assert_eq!(child.session.max_cost_usd.map(|c| c.0), Some(0.25));
+        assert!(matches!(
+            child.decide("fs_read"),
+            crate::policy::Decision::Allow
+        ));
+        assert!(matches!(
+            child.decide("http_get"),
+            crate::policy::Decision::Deny(_)
+        ));
+        assert_eq!(child.filesystem.len(), 1);
+        let mount = &child.filesystem[0];
+        assert_eq!(mount.host, dir.path().join("work/sub"));
+        assert_eq!(
+            (mount.guest.as_str(), mount.access),
+            ("/workspace/sub", Access::ReadWrite)
+        );
+        // What it records is what it runs under.
+        let recorded = Policy::parse(&child.text, "recorded", Path::new("/")).unwrap();
+        assert_eq!(meaning(&recorded), meaning(&child));
+        // Asking for nothing gives the parent's policy, budgets and all.
+        let same = derive(&parent, &ChildRequest::default(), TOOLS, &parent.session).unwrap();
+        assert_eq!(meaning(&same), meaning(&parent));
+    }
+
+    #[test]
+    fn a_child_that_asks_for_more_than_its_parent_has_is_refused() {
+        for (request, says) in [
+            (
+                serde_json::json!({"budgets": {"max_steps": 21}}),
+                "max_steps 21 is more than the parent's 20 left",
+            ),
+            (
+                serde_json::json!({"budgets": {"max_cost_usd": 1.5}}),
+                "max_cost_usd 1.5 is more than",
+            ),
+            (
+                serde_json::json!({"mounts": [{"path": "/data/sub", "access": "read-write"}]}),
+                "read-write, and the parent's /data is read-only",
+            ),
+            (
+                serde_json::json!({"mounts": [{"path": "/etc", "access": "read-only"}]}),
+                "mount /etc is not at or beneath",
+            ),
+            (
+                serde_json::json!({"mounts": [{"path": "/workspacex", "access": "read-only"}]}),
+                "mount /workspacex is not at or beneath",
+            ),
+            (
+                serde_json::json!({"mounts": [{"path": "/data/../etc", "access": "read-only"}]}),
+                "no `.` or `..`",
+            ),
+            (serde_json::json!({"tools": ["notes_*", "fs_read"]}), ""),
+            (
+                serde_json::json!({"tools": ["fs read"]}),
+                "invalid tool pattern",
+            ),
+            (
+                serde_json::json!({"budgets": {"max_cost_usd": -1.0}}),
+                "at least 0",
+            ),
+        ] {
+            match derived(request.clone()) {
+                // A pattern that matches no tool of the toolbox is no wider.
+                Ok(_) if says.is_empty() => {}
+                Ok(_) => panic!("{request}: started"),
+                Err(refused) => assert!(refused.to_string().contains(says), "{request}: {refused}"),
+            }
+        }
     }
 }

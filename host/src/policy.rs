@@ -613,6 +613,102 @@ allow = [\"fs_list\", \"fs_read\", \"fs_search\", \"json_query\", \"word_count\"
         }
     }
 
+    /// The policy as the text of a file that parses back to it (mount paths
+    /// absolute, every limit written out): what a session derived from
+    /// another's policy records as its own.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        // A JSON string is a TOML basic string.
+        let quote = |s: &str| serde_json::Value::from(s).to_string();
+        let list = |items: Vec<String>| {
+            let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
+            format!("[{}]", quoted.join(", "))
+        };
+        let millis = |d: Duration| format!("\"{}ms\"", d.as_millis());
+        let mut out = String::from("[session]\n");
+        let b = &self.session;
+        let counts = [
+            ("max_steps", b.max_steps),
+            ("max_tool_calls", b.max_tool_calls),
+            ("max_input_tokens", b.max_input_tokens),
+            ("max_output_tokens", b.max_output_tokens),
+            (
+                "max_repeated_failures",
+                b.max_repeated_failures.map(|n| n.get()),
+            ),
+        ];
+        for (key, value) in counts {
+            if let Some(value) = value {
+                let _ = writeln!(out, "{key} = {value}");
+            }
+        }
+        if let Some(cost) = b.max_cost_usd {
+            let _ = writeln!(out, "max_cost_usd = {:?}", cost.0);
+        }
+        if let Some(wall) = b.max_wall_time {
+            let _ = writeln!(out, "max_wall_time = {}", millis(wall.0));
+        }
+        let limits = |out: &mut String, l: &Limits| {
+            let _ = writeln!(out, "timeout = {}", millis(l.timeout));
+            for (key, bytes) in [
+                ("memory", l.memory),
+                ("max_output", l.max_output),
+                ("max_args", l.max_args),
+                ("max_log", l.max_log),
+            ] {
+                let _ = writeln!(out, "{key} = \"{bytes}B\"");
+            }
+        };
+        out.push_str("\n[limits]\n");
+        limits(&mut out, &self.limits);
+        let patterns =
+            |ps: &[ToolPattern]| list(ps.iter().map(|p| p.as_str().to_owned()).collect());
+        let _ = write!(
+            out,
+            "\n[tools]\nallow = {}\napprove = {}\n",
+            patterns(&self.tools.allow),
+            patterns(&self.tools.approve)
+        );
+        for mount in &self.filesystem {
+            let access = match mount.access {
+                Access::ReadOnly => "read-only",
+                Access::ReadWrite => "read-write",
+            };
+            let symlinks = match mount.symlinks {
+                Symlinks::WithinMount => "within-mount",
+                Symlinks::Any => "any",
+            };
+            let _ = write!(
+                out,
+                "\n[[filesystem]]\nhost = {}\nguest = {}\naccess = \"{access}\"\nsymlinks = \"{symlinks}\"\n",
+                quote(&mount.host.to_string_lossy()),
+                quote(&mount.guest),
+            );
+        }
+        let _ = write!(
+            out,
+            "\n[network]\nallow = {}\n",
+            list(self.network.allow.iter().map(|p| p.to_string()).collect())
+        );
+        for tool in self.overrides.keys() {
+            let _ = writeln!(out, "\n[overrides.{}]", quote(tool));
+            limits(&mut out, &self.limits_for(tool));
+        }
+        for (model, price) in &self.prices {
+            let _ = write!(
+                out,
+                "\n[prices.{}]\ninput_per_million = {:?}\noutput_per_million = {:?}\n",
+                quote(model),
+                price.input_per_million.0,
+                price.output_per_million.0
+            );
+            if let Some(cached) = price.cached_input_per_million {
+                let _ = writeln!(out, "cached_input_per_million = {:?}", cached.0);
+            }
+        }
+        out
+    }
+
     /// What `model` costs: its `[prices]` entry, else free for models that
     /// run on this machine (`local:*` and the scripted model), else unknown.
     pub fn price_for(&self, model: &str) -> Option<Price> {
@@ -883,6 +979,14 @@ impl<'de> Deserialize<'de> for NonNegative {
                 "invalid amount {v}: must be a finite number of at least 0"
             )))
         }
+    }
+}
+
+/// A tool-name pattern as a policy's `[tools]` lists write it.
+impl std::str::FromStr for ToolPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ToolPattern, String> {
+        parse_tool_pattern(s)
     }
 }
 
