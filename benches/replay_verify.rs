@@ -68,6 +68,8 @@ fn write_session(location: &Location) -> SessionId {
         tools: Vec::new(),
         snapshot: None,
         parent: None,
+        spawned_by: None,
+        policy_base: None,
         driver: Default::default(),
     };
     created.tools.push(RecordedTool {

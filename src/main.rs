@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use longrun_host::agent::{AgentConfig, Resumed, Session, SessionStatus};
+use longrun_host::children::Workers;
 use longrun_host::journal::{Journal, JournalOptions, Location, SessionId};
 use longrun_host::model::{Model, ModelSpec, ScriptedModel};
 use longrun_host::openai::{OpenAiConfig, OpenAiModel};
@@ -152,6 +153,10 @@ struct SessionArgs {
     journal: JournalDir,
     #[command(flatten)]
     tools: ToolsDir,
+    /// A model child sessions may run on, as NAME=SPEC (the policy's
+    /// `[children] models` lists the names); repeat for more.
+    #[arg(long = "worker", value_name = "NAME=SPEC")]
+    workers: Vec<String>,
 }
 
 /// Which session `run_session` runs.
@@ -712,8 +717,9 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
     let location = args.journal.location()?;
     let model = args.model.load().await?;
     let policy = args.policy.load()?;
-    let toolbox = args.tools.load().await?;
+    let toolbox = Arc::new(args.tools.load().await?);
     let journal = open_journal(&location)?;
+    let workers = workers(&args.workers, &journal, &toolbox, &config).await?;
     let mut session = match start {
         Start::New { goal } => {
             let unfinished = last_unfinished(&journal)?;
@@ -749,7 +755,34 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
             }
         }
     };
+    if policy.children.is_some() {
+        session.with_workers(workers);
+    }
     drive(&mut session, &policy).await
+}
+
+/// The models `--worker NAME=SPEC` names, for child sessions.
+async fn workers(
+    specs: &[String],
+    journal: &Arc<Journal>,
+    toolbox: &Arc<Toolbox>,
+    config: &AgentConfig,
+) -> Result<Arc<Workers>> {
+    let mut models = std::collections::BTreeMap::new();
+    for spec in specs {
+        let (name, spec) = spec
+            .split_once('=')
+            .with_context(|| format!("--worker {spec:?}: write NAME=SPEC"))?;
+        let spec = ModelSpec::parse(spec).map_err(|e| anyhow::anyhow!("--worker {name}: {e}"))?;
+        let model: Arc<dyn Model> = Arc::from(load_model(&spec, None, None, false).await?);
+        models.insert(name.to_owned(), model);
+    }
+    Ok(Arc::new(Workers {
+        journal: journal.clone(),
+        toolbox: toolbox.clone(),
+        models,
+        config: config.clone(),
+    }))
 }
 
 /// The most recent session that can be resumed, looking from the newest

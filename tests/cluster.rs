@@ -345,16 +345,7 @@ fn check_session(
 }
 
 fn replay_verify_all(url: &str) {
-    let verified = Command::new(env!("CARGO_BIN_EXE_longrun"))
-        .args(["replay", "verify", "--all", "--store", url])
-        .output()
-        .unwrap();
-    assert!(
-        verified.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&verified.stdout),
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    common::replay_verify_all(&["--store".as_ref(), url.as_ref()]);
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {

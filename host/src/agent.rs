@@ -20,21 +20,25 @@
 //! The loop sees the model, the sandbox and the journal only through their
 //! interfaces ([`Model`], [`Toolbox`], [`SessionWriter`]).
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use longrun_journal::payload::{
-    BudgetEvent, ControlAction, EndStatus, LeaseTaken, NewMessages, Payload, SessionEnded,
+    BudgetEvent, ChildEnded, ChildStarted, ControlAction, EndStatus, LeaseTaken, NewMessages,
+    Payload, SessionEnded, SpawnedBy, Spent,
 };
 use longrun_journal::{RepeatedFailures, SessionState};
 
 use crate::budget::{BudgetExceeded, BudgetKind, Ledger};
+use crate::children::Workers;
 use crate::context;
-use crate::journal::{Journal, JournalError, RecordKind, SessionId, SessionWriter};
+use crate::journal::{Journal, JournalError, RecordKind, SessionId, SessionWriter, Status};
 use crate::model::{
     Message, Model, ModelError, ModelRequest, Purpose, Role, ToolCall, ToolDef, Usage,
 };
-use crate::policy::{Decision, Policy, Price, RecordedPrices};
+use crate::policy::{Decision, Policy, Price, RecordedPrices, SessionBudgets};
 use crate::sandbox::{CallError, CallRequest, Toolbox};
 use crate::steer::{Control, Steering, Verdict, Wanted};
 
@@ -171,10 +175,45 @@ pub fn policy_changed(policy: &Policy) -> PolicyChanged {
     PolicyChanged {
         policy_text: policy.text.clone(),
         policy_hash: policy_hash(policy),
+        policy_base: Some(policy.base_dir.to_string_lossy().into_owned()),
     }
 }
 
-/// The hex BLAKE3 hash of a policy's text, as records hold it.
+/// Each budget of `left` divided among `parts` (the children that may run
+/// at once, and the parent): what a child gets when it names no budget.
+fn share_of(left: &SessionBudgets, parts: u64) -> SessionBudgets {
+    let part = |n: Option<u64>| n.map(|n| n / parts.max(1));
+    SessionBudgets {
+        max_steps: part(left.max_steps),
+        max_tool_calls: part(left.max_tool_calls),
+        max_input_tokens: part(left.max_input_tokens),
+        max_output_tokens: part(left.max_output_tokens),
+        max_cost_usd: left
+            .max_cost_usd
+            .map(|c| crate::policy::NonNegative(c.0 / parts.max(1) as f64)),
+        max_wall_time: left.max_wall_time,
+        max_repeated_failures: left.max_repeated_failures,
+    }
+}
+
+/// What a parent with budgets `parent` sets aside for a child with budgets
+/// `child`: the child's limit of each budget the parent has (a budget the
+/// parent does not have, it does not count ahead; steps are each
+/// session's own).
+fn reservation(parent: &SessionBudgets, child: &SessionBudgets) -> Spent {
+    let counted = |p: Option<u64>, c: Option<u64>| p.and(c).unwrap_or(0);
+    Spent {
+        steps: 0,
+        tool_calls: counted(parent.max_tool_calls, child.max_tool_calls),
+        input_tokens: counted(parent.max_input_tokens, child.max_input_tokens),
+        output_tokens: counted(parent.max_output_tokens, child.max_output_tokens),
+        cost_usd: parent
+            .max_cost_usd
+            .and(child.max_cost_usd)
+            .map_or(0.0, |c| c.0),
+    }
+}
+
 /// On a store that hosts share, say in the session's records which host
 /// writes it from here on, under which lease epoch.
 async fn record_lease(journal: &Journal, writer: &mut SessionWriter) -> Result<(), AgentError> {
@@ -190,6 +229,7 @@ async fn record_lease(journal: &Journal, writer: &mut SessionWriter) -> Result<(
     Ok(())
 }
 
+/// The hex BLAKE3 hash of a policy's text, as records hold it.
 pub fn policy_hash(policy: &Policy) -> String {
     blake3::hash(policy.text.as_bytes()).to_hex().to_string()
 }
@@ -222,6 +262,8 @@ pub fn session_created(
             .collect(),
         snapshot: None,
         parent: None,
+        spawned_by: None,
+        policy_base: Some(policy.base_dir.to_string_lossy().into_owned()),
         driver: longrun_journal::payload::Driver::Model,
     }
 }
@@ -261,6 +303,21 @@ pub struct Session<'a> {
     /// How often each failing call failed.
     failures: RepeatedFailures,
     progress: Option<ProgressHook<'a>>,
+    /// What it needs to start children (see [`crate::children`]).
+    workers: Option<Arc<Workers>>,
+    /// The children it started, by id.
+    children: BTreeMap<SessionId, ChildRun>,
+}
+
+/// A child session as its parent runs it.
+struct ChildRun {
+    /// Its `child_started` record.
+    started_at: u64,
+    started: ChildStarted,
+    /// Its task, while it runs.
+    task: Option<tokio::task::JoinHandle<crate::children::Outcome>>,
+    /// Its `child_ended` record, once the parent saw it end.
+    ended: Option<ChildEnded>,
 }
 
 /// What one step did, for a live progress view.
@@ -275,13 +332,16 @@ pub struct StepProgress {
 
 type ProgressHook<'a> = Box<dyn FnMut(&StepProgress) + Send + 'a>;
 
-/// Whether a host should go on with `session`: it has not ended and it is
+/// Whether a host should go on with `session`: it has not ended, it is
 /// not a fork (a fork runs under `longrun replay fork`, against a scratch
-/// copy of the mounts, never against the real ones).
+/// copy of the mounts, never against the real ones), and it is not a
+/// child (its parent runs it again when the parent is resumed).
 pub fn resumable(journal: &Journal, session: SessionId) -> Result<bool, AgentError> {
     let state = SessionState::fold(journal, session, &mut longrun_journal::Unpriced)?;
     Ok(match &state.created {
-        Some(created) => created.parent.is_none() && !state.status.ended(),
+        Some(created) => {
+            created.parent.is_none() && created.spawned_by.is_none() && !state.status.ended()
+        }
         None => false,
     })
 }
@@ -326,9 +386,42 @@ impl<'a> Session<'a> {
         goal: &str,
         labels: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Session<'a>, AgentError> {
+        let writer = journal.create_session()?;
+        let created = session_created(goal, policy, model.name(), toolbox, labels);
+        Session::start_with(journal, writer, toolbox, policy, model, config, created).await
+    }
+
+    /// A child session, under the id its parent reserved for it in its
+    /// `child_started` record, which its first record names.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_as_child(
+        journal: &Arc<Journal>,
+        id: SessionId,
+        toolbox: &'a Toolbox,
+        policy: &'a Policy,
+        model: &'a dyn Model,
+        config: AgentConfig,
+        goal: &str,
+        spawned_by: SpawnedBy,
+    ) -> Result<Session<'a>, AgentError> {
+        let writer = journal.create_reserved_session(id)?;
+        let mut created = session_created(goal, policy, model.name(), toolbox, Default::default());
+        created.spawned_by = Some(spawned_by);
+        Session::start_with(journal, writer, toolbox, policy, model, config, created).await
+    }
+
+    /// Write a new session's first record and set it up.
+    async fn start_with(
+        journal: &Arc<Journal>,
+        mut writer: SessionWriter,
+        toolbox: &'a Toolbox,
+        policy: &'a Policy,
+        model: &'a dyn Model,
+        config: AgentConfig,
+        mut created: SessionCreated,
+    ) -> Result<Session<'a>, AgentError> {
         let price = price(policy, model)?;
-        let mut writer = journal.create_session()?;
-        let mut created = session_created(goal, policy, model.name(), toolbox, labels);
+        let goal = created.goal.clone();
         let mut blobs = Vec::new();
         if config.snapshot_bytes > 0 && !policy.filesystem.is_empty() {
             let taken = crate::snapshot::take(journal, &policy.filesystem, config.snapshot_bytes)?;
@@ -341,7 +434,7 @@ impl<'a> Session<'a> {
         record_lease(journal, &mut writer).await?;
         let created_unix_millis = unix_millis();
         Ok(Session {
-            messages: vec![Message::text(Role::User, goal)],
+            messages: vec![Message::text(Role::User, goal.as_str())],
             created_unix_millis,
             ..Session::fresh(writer, journal, toolbox, policy, model, config, price)
         })
@@ -380,6 +473,8 @@ impl<'a> Session<'a> {
             outputs_cut: false,
             failures: RepeatedFailures::default(),
             progress: None,
+            workers: None,
+            children: BTreeMap::new(),
         }
     }
 
@@ -461,7 +556,9 @@ impl<'a> Session<'a> {
                 | Payload::Control(_)
                 | Payload::Forked(_)
                 | Payload::PolicyChanged(_)
-                | Payload::LeaseTaken(_) => {}
+                | Payload::LeaseTaken(_)
+                | Payload::ChildStarted(_)
+                | Payload::ChildEnded(_) => {}
             }
         }
         if state.created.is_none() {
@@ -496,8 +593,61 @@ impl<'a> Session<'a> {
             compacted_steps: state.compacted_through,
             outputs_cut,
             failures: state.failures,
+            children: state
+                .children
+                .into_iter()
+                .map(|(id, child)| {
+                    let run = ChildRun {
+                        started_at: child.started_at,
+                        started: child.started,
+                        task: None,
+                        ended: child.ended,
+                    };
+                    (id, run)
+                })
+                .collect(),
             ..Session::fresh(writer, journal, toolbox, policy, model, config, price)
         })))
+    }
+
+    /// Let the session start children (its policy's `[children]`) with
+    /// `workers`; children it started before a restart that have not ended
+    /// run again from here (resumed, or started if their first record was
+    /// never written).
+    pub fn with_workers(&mut self, workers: Arc<Workers>) {
+        let parent = self.writer.session();
+        for (id, child) in &mut self.children {
+            if child.ended.is_some() || child.task.is_some() {
+                continue;
+            }
+            let policy = match Policy::parse(
+                &child.started.policy_text,
+                "a child's policy",
+                Path::new("/"),
+            ) {
+                Ok(policy) => policy,
+                Err(e) => {
+                    tracing::error!(
+                        session = parent,
+                        child = id,
+                        "cannot run the child again: {e}"
+                    );
+                    continue;
+                }
+            };
+            let run = crate::children::Child {
+                id: *id,
+                goal: child.started.goal.clone(),
+                model: child.started.model.clone(),
+                policy,
+                spawned_by: SpawnedBy {
+                    session: parent,
+                    seq: child.started_at,
+                },
+            };
+            child.task = Some(crate::children::spawn(workers.clone(), run));
+        }
+        self.workers = Some(workers);
     }
 
     /// Call `hook` after each step's model response is journaled.
@@ -562,7 +712,19 @@ impl<'a> Session<'a> {
                 self.outputs_cut
                     .then(|| context::read_output_def(self.config.output_view_bytes)),
             )
+            .chain(self.children_policy().into_iter().flat_map(|c| {
+                [
+                    crate::children::start_child_def(&c.models),
+                    crate::children::wait_children_def(),
+                ]
+            }))
             .collect()
+    }
+
+    /// The policy's `[children]`, when this host can start children.
+    fn children_policy(&self) -> Option<&crate::policy::ChildrenPolicy> {
+        self.workers.as_ref()?;
+        self.policy.children.as_ref()
     }
 
     /// Whether the last message is the loop's request for the answer, so
@@ -846,6 +1008,14 @@ impl<'a> Session<'a> {
         if call.name == context::READ_OUTPUT {
             return self.read_output(call).await;
         }
+        if self.children_policy().is_some() {
+            if call.name == crate::children::START_CHILD {
+                return self.start_child_call(call).await;
+            }
+            if call.name == crate::children::WAIT_CHILDREN {
+                return self.wait_children(call).await;
+            }
+        }
         let approved = match self.verdicts.get(&call.id) {
             Some(verdict) if !verdict.approved => {
                 let reason = format!(
@@ -1028,6 +1198,206 @@ impl<'a> Session<'a> {
         let outcome = self.page(&call.arguments);
         self.finish_call(&call, outcome, started.elapsed(), false)
             .await
+    }
+
+    /// The built-in `start_child`: journal the child (`child_started`, with
+    /// the policy it runs under and what is reserved for it) and start it.
+    /// A call resumed after a crash finds the child it started and starts
+    /// no other.
+    async fn start_child_call(
+        &mut self,
+        call: ToolCall,
+    ) -> Result<Option<SessionStatus>, AgentError> {
+        if let Some(status) = self.intend(&call, true).await? {
+            return Ok(Some(status));
+        }
+        let started = std::time::Instant::now();
+        let outcome = match self
+            .children
+            .values()
+            .find(|c| c.started.call_id == call.id)
+        {
+            Some(child) => Ok(child.started.child),
+            None => self.new_child(&call).await?,
+        };
+        let outcome = outcome.map(|child| serde_json::json!({ "child": child }).to_string());
+        self.finish_call(&call, outcome, started.elapsed(), false)
+            .await
+    }
+
+    /// Check and start the child `call` asks for: its id, or why not.
+    async fn new_child(
+        &mut self,
+        call: &ToolCall,
+    ) -> Result<Result<SessionId, String>, AgentError> {
+        let (Some(workers), Some(limits)) = (self.workers.clone(), self.policy.children.clone())
+        else {
+            return Ok(Err("this session cannot start children".into()));
+        };
+        let args: crate::children::StartChildArgs = match serde_json::from_str(&call.arguments) {
+            Ok(args) => args,
+            Err(e) => return Ok(Err(format!("invalid arguments for {}: {e}", call.name))),
+        };
+        if !limits.models.contains(&args.model) || !workers.models.contains_key(&args.model) {
+            return Ok(Err(format!(
+                "model {:?} is not one a child may run on: {:?}",
+                args.model, limits.models
+            )));
+        }
+        let running = self.children.values().filter(|c| c.ended.is_none()).count();
+        if self.children.len() >= limits.max_children as usize {
+            return Ok(Err(format!(
+                "this session has started {} children, all the policy allows",
+                self.children.len()
+            )));
+        }
+        if running >= limits.max_concurrent as usize {
+            return Ok(Err(format!(
+                "{running} children run already, all the policy allows at once: wait for one with {}",
+                crate::children::WAIT_CHILDREN
+            )));
+        }
+        let left = self.ledger.left(self.elapsed());
+        let share = share_of(&left, u64::from(limits.max_concurrent) + 1);
+        let tools: Vec<&str> = self.toolbox.tools().map(|t| t.name.as_str()).collect();
+        let policy =
+            match crate::narrow::derive(self.policy, &args.request(), &tools, &left, &share) {
+                Ok(policy) => policy,
+                Err(refused) => return Ok(Err(refused.to_string())),
+            };
+        let reserved = reservation(&self.policy.session, &policy.session);
+        let id = self.journal.reserve_session_id()?;
+        let started = ChildStarted {
+            call_id: call.id.clone(),
+            child: id,
+            goal: args.goal.clone(),
+            model: args.model.clone(),
+            policy_text: policy.text.clone(),
+            reserved: reserved.clone(),
+        };
+        let started_at = self.writer.next_seq();
+        self.record(Payload::ChildStarted(started.clone())).await?;
+        self.ledger.charge(&reserved);
+        let child = crate::children::Child {
+            id,
+            goal: args.goal,
+            model: args.model,
+            policy,
+            spawned_by: SpawnedBy {
+                session: self.writer.session(),
+                seq: started_at,
+            },
+        };
+        let task = crate::children::spawn(workers, child);
+        self.children.insert(
+            id,
+            ChildRun {
+                started_at,
+                started,
+                task: Some(task),
+                ended: None,
+            },
+        );
+        Ok(Ok(id))
+    }
+
+    /// The built-in `wait_children`: wait for the children asked for (all
+    /// not yet collected, by default) to end or stop, journal each one's
+    /// `child_ended` (its spending replaces its reservation), and give the
+    /// model their answers. Waiting is cut short by a cancel or a halt.
+    async fn wait_children(&mut self, call: ToolCall) -> Result<Option<SessionStatus>, AgentError> {
+        if let Some(status) = self.intend(&call, true).await? {
+            return Ok(Some(status));
+        }
+        let started = std::time::Instant::now();
+        let args: crate::children::WaitArgs = if call.arguments.trim().is_empty() {
+            Default::default()
+        } else {
+            match serde_json::from_str(&call.arguments) {
+                Ok(args) => args,
+                Err(e) => {
+                    let outcome = Err(format!("invalid arguments for {}: {e}", call.name));
+                    return self
+                        .finish_call(&call, outcome, started.elapsed(), false)
+                        .await;
+                }
+            }
+        };
+        let wanted: Vec<SessionId> = match args.children {
+            Some(ids) => ids,
+            None => self
+                .children
+                .iter()
+                .filter(|(_, c)| c.ended.is_none())
+                .map(|(id, _)| *id)
+                .collect(),
+        };
+        if let Some(unknown) = wanted.iter().find(|id| !self.children.contains_key(id)) {
+            let outcome = Err(format!("session {unknown} is not a child of this session"));
+            return self
+                .finish_call(&call, outcome, started.elapsed(), false)
+                .await;
+        }
+        let mut answers = Vec::new();
+        for id in wanted {
+            if self.children.get(&id).is_some_and(|c| c.ended.is_none())
+                && let Some(status) = self.collect(id).await?
+            {
+                return Ok(Some(status));
+            }
+            let Some(ended) = self.children.get(&id).and_then(|c| c.ended.clone()) else {
+                continue;
+            };
+            answers.push(serde_json::json!({
+                "child": id,
+                "status": ended.status.as_str(),
+                "answer": ended.answer,
+            }));
+        }
+        let outcome = Ok(serde_json::Value::Array(answers).to_string());
+        self.finish_call(&call, outcome, started.elapsed(), false)
+            .await
+    }
+
+    /// Wait for child `id` to end and journal it. Returns a status when the
+    /// wait was cut short (the call is then run again on the next run).
+    async fn collect(&mut self, id: SessionId) -> Result<Option<SessionStatus>, AgentError> {
+        let Some(child) = self.children.get_mut(&id) else {
+            return Ok(None);
+        };
+        let Some(task) = child.task.as_mut() else {
+            return Err(AgentError::Inconsistent(format!(
+                "child {id} is not running and has not ended (no workers to run it)"
+            )));
+        };
+        let joined = match self.steering.clone() {
+            Some(steering) => tokio::select! {
+                joined = task => joined,
+                () = steering.interrupted() => return Ok(Some(SessionStatus::Halted)),
+            },
+            None => task.await,
+        };
+        child.task = None;
+        let outcome = joined.unwrap_or_else(|e| crate::children::Outcome {
+            status: Status::Failed,
+            answer: None,
+            error: Some(format!("the child's task ended: {e}")),
+            spent: Default::default(),
+        });
+        let ended = ChildEnded {
+            child: id,
+            status: outcome.status,
+            answer: outcome.answer.or(outcome.error),
+            spent: outcome.spent,
+        };
+        let reserved = child.started.reserved.clone();
+        self.record(Payload::ChildEnded(ended.clone())).await?;
+        self.ledger.refund(&reserved);
+        self.ledger.charge(&ended.spent);
+        if let Some(child) = self.children.get_mut(&id) {
+            child.ended = Some(ended);
+        }
+        Ok(None)
     }
 
     fn page(&self, arguments: &str) -> Result<String, String> {

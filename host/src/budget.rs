@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use crate::policy::SessionBudgets;
+use longrun_journal::payload::Spent;
+
+use crate::policy::{HumanDuration, NonNegative, SessionBudgets};
 
 pub use longrun_journal::payload::BudgetKind;
 
@@ -228,6 +230,47 @@ impl Ledger {
         self.used.input_tokens += input_tokens;
         self.used.output_tokens += output_tokens;
         self.used.cost_usd += cost_usd;
+    }
+
+    /// What is left of each budget after `elapsed` of wall time (`None`:
+    /// unlimited); the repeated-failure limit as it is.
+    pub fn left(&self, elapsed: Duration) -> SessionBudgets {
+        let (b, u) = (&self.budgets, &self.used);
+        SessionBudgets {
+            max_steps: b.max_steps.map(|m| m.saturating_sub(u.steps)),
+            max_tool_calls: b.max_tool_calls.map(|m| m.saturating_sub(u.tool_calls)),
+            max_input_tokens: b.max_input_tokens.map(|m| m.saturating_sub(u.input_tokens)),
+            max_output_tokens: b
+                .max_output_tokens
+                .map(|m| m.saturating_sub(u.output_tokens)),
+            max_cost_usd: b
+                .max_cost_usd
+                .map(|m| NonNegative((m.0 - u.cost_usd).max(0.0))),
+            max_wall_time: b
+                .max_wall_time
+                .map(|m| HumanDuration(m.0.saturating_sub(elapsed))),
+            max_repeated_failures: b.max_repeated_failures,
+        }
+    }
+
+    /// Count what a child spent, or what was reserved for it, as spent.
+    /// Steps are each session's own (numbered model calls): a child's are
+    /// capped by what the parent has left, not counted.
+    pub fn charge(&mut self, spent: &Spent) {
+        self.used.tool_calls += spent.tool_calls;
+        self.used.input_tokens += spent.input_tokens;
+        self.used.output_tokens += spent.output_tokens;
+        self.used.cost_usd += spent.cost_usd;
+    }
+
+    /// Take back what [`Ledger::charge`] counted (a reservation, once the
+    /// child's real spending replaces it).
+    pub fn refund(&mut self, spent: &Spent) {
+        let u = &mut self.used;
+        u.tool_calls = u.tool_calls.saturating_sub(spent.tool_calls);
+        u.input_tokens = u.input_tokens.saturating_sub(spent.input_tokens);
+        u.output_tokens = u.output_tokens.saturating_sub(spent.output_tokens);
+        u.cost_usd = (u.cost_usd - spent.cost_usd).max(0.0);
     }
 }
 

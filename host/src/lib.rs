@@ -3,6 +3,7 @@
 //! - [`agent`]: the agent loop over the model, the sandbox and the journal.
 //! - [`policy`]: operators' policy files, parsed strictly.
 //! - [`narrow`]: whether a child session's policy narrows its parent's.
+//! - [`children`]: child sessions, started and collected by host tools.
 //! - [`budget`]: session budgets, checked before each action.
 //! - [`sandbox`]: tool components run by wasmtime, one fresh instance per
 //!   call, under a policy's mounts, network allow-list and limits.
@@ -21,6 +22,7 @@
 pub mod agent;
 pub mod budget;
 mod capture;
+pub mod children;
 pub mod context;
 pub mod fetch;
 pub mod model;

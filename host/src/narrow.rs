@@ -45,6 +45,7 @@ pub fn check(
     network_narrows(child, parent, &mut wider);
     limits_narrow(child, parent, tools, &mut wider);
     budgets_narrow(&child.session, left, &parent.session, &mut wider);
+    children_narrow(child, parent, &mut wider);
     if child.prices != parent.prices {
         wider.push("[prices] differ from the parent's (a child pays what its parent pays)".into());
     }
@@ -101,15 +102,17 @@ pub enum ChildRefused {
     Wider(#[from] Widening),
 }
 
-/// The policy a child runs under: the parent's, narrowed as `request` asks,
-/// written out as a policy text of its own (what the child's journal
-/// records) and checked to narrow the parent's ([`check`]) for a toolbox of
-/// `tools`, with the parent's budgets `left`.
+/// The policy a child runs under: the parent's, narrowed as `request` asks
+/// (a budget it leaves out is `share`), written out as a policy text of its
+/// own (what the child's journal records) and checked to narrow the
+/// parent's ([`check`]) for a toolbox of `tools`, with the parent's budgets
+/// `left`.
 pub fn derive(
     parent: &Policy,
     request: &ChildRequest,
     tools: &[&str],
     left: &SessionBudgets,
+    share: &SessionBudgets,
 ) -> Result<Policy, ChildRefused> {
     let mut child = parent.clone();
     if let Some(patterns) = &request.tools {
@@ -127,10 +130,10 @@ pub fn derive(
     }
     let b = &request.budgets;
     let s = &mut child.session;
-    s.max_steps = b.max_steps.or(left.max_steps);
-    s.max_tool_calls = b.max_tool_calls.or(left.max_tool_calls);
-    s.max_input_tokens = b.max_input_tokens.or(left.max_input_tokens);
-    s.max_output_tokens = b.max_output_tokens.or(left.max_output_tokens);
+    s.max_steps = b.max_steps.or(share.max_steps);
+    s.max_tool_calls = b.max_tool_calls.or(share.max_tool_calls);
+    s.max_input_tokens = b.max_input_tokens.or(share.max_input_tokens);
+    s.max_output_tokens = b.max_output_tokens.or(share.max_output_tokens);
     s.max_cost_usd = match b.max_cost_usd {
         Some(cost) if cost.is_finite() && cost >= 0.0 => Some(crate::policy::NonNegative(cost)),
         Some(cost) => {
@@ -138,9 +141,10 @@ pub fn derive(
                 "max_cost_usd {cost}: a finite amount of at least 0"
             )));
         }
-        None => left.max_cost_usd,
+        None => share.max_cost_usd,
     };
     s.max_wall_time = left.max_wall_time;
+    child.children = parent.children.as_ref().and_then(|c| c.for_child());
     // Parsed back from its own text, so that what the journal records is
     // exactly what the child runs under.
     let text = child.render();
@@ -180,6 +184,29 @@ fn child_mount(parent: &Policy, asked: &ChildMount) -> Result<crate::policy::Mou
     let mut mount = crate::policy::Mount::new(host, asked.path.clone(), asked.access);
     mount.symlinks = outer.symlinks;
     Ok(mount)
+}
+
+fn children_narrow(child: &Policy, parent: &Policy, wider: &mut Vec<String>) {
+    let Some(c) = &child.children else {
+        return;
+    };
+    let Some(p) = &parent.children else {
+        wider.push("[children]: the parent may start no children".into());
+        return;
+    };
+    for model in &c.models {
+        if !p.models.contains(model) {
+            wider.push(format!(
+                "[children] model {model:?} is not among the parent's"
+            ));
+        }
+    }
+    if c.max_concurrent > p.max_concurrent || c.max_children > p.max_children {
+        wider.push("[children]: more children than the parent may have".into());
+    }
+    if c.max_depth >= p.max_depth {
+        wider.push("[children]: a child's generations must be fewer than its parent's".into());
+    }
 }
 
 fn tools_narrow(child: &Policy, parent: &Policy, tools: &[&str], wider: &mut Vec<String>) {
@@ -590,7 +617,7 @@ timeout = "1s"
     fn derived(request: serde_json::Value) -> Result<Policy, ChildRefused> {
         let (_dir, parent) = real_parent();
         let request: ChildRequest = serde_json::from_value(request).unwrap();
-        derive(&parent, &request, TOOLS, &parent.session)
+        derive(&parent, &request, TOOLS, &parent.session, &parent.session)
     }
 
     #[test]
@@ -604,9 +631,9 @@ timeout = "1s"
         .unwrap();
         let mut left = parent.session.clone();
         left.max_cost_usd = Some(crate::policy::NonNegative(0.25));
-        let child = derive(&parent, &request, TOOLS, &left).unwrap();
+        let child = derive(&parent, &request, TOOLS, &left, &left).unwrap();
         assert_eq!(child.session.max_steps, Some(4));
-        // A budget it did not ask for is what the parent has left.
+        // A budget it did not ask for is its share (here: all that is left).
         assert_eq!(child.session.max_cost_usd.map(|c| c.0), Some(0.25));
         assert!(matches!(
             child.decide("fs_read"),
@@ -627,7 +654,14 @@ timeout = "1s"
         let recorded = Policy::parse(&child.text, "recorded", Path::new("/")).unwrap();
         assert_eq!(meaning(&recorded), meaning(&child));
         // Asking for nothing gives the parent's policy, budgets and all.
-        let same = derive(&parent, &ChildRequest::default(), TOOLS, &parent.session).unwrap();
+        let same = derive(
+            &parent,
+            &ChildRequest::default(),
+            TOOLS,
+            &parent.session,
+            &parent.session,
+        )
+        .unwrap();
         assert_eq!(meaning(&same), meaning(&parent));
     }
 

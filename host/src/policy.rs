@@ -69,6 +69,51 @@ pub struct Policy {
     /// What each model costs, by the name the model reports, for the cost
     /// budget.
     pub prices: BTreeMap<String, Price>,
+    /// Whether sessions under it may start child sessions, and how many.
+    pub children: Option<ChildrenPolicy>,
+    /// Where its relative mount paths were resolved (absolute).
+    pub base_dir: PathBuf,
+}
+
+/// `[children]`: a session may start child sessions (the host tools
+/// `start_child` and `wait_children`), each under a narrowing of its
+/// policy ([`crate::narrow`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildrenPolicy {
+    /// The models a child may run on, by the names the host gives them.
+    pub models: Vec<String>,
+    /// Children running at once.
+    #[serde(default = "ChildrenPolicy::default_concurrent")]
+    pub max_concurrent: u32,
+    /// Children one session may start in all.
+    #[serde(default = "ChildrenPolicy::default_children")]
+    pub max_children: u32,
+    /// Generations below this session: 1, children only; 2, their
+    /// children too.
+    #[serde(default = "ChildrenPolicy::default_depth")]
+    pub max_depth: u32,
+}
+
+impl ChildrenPolicy {
+    fn default_concurrent() -> u32 {
+        4
+    }
+    fn default_children() -> u32 {
+        16
+    }
+    fn default_depth() -> u32 {
+        1
+    }
+
+    /// What a child of a session under this policy may do in turn: the
+    /// same, one generation less (nothing at the last).
+    pub fn for_child(&self) -> Option<ChildrenPolicy> {
+        (self.max_depth > 1).then(|| ChildrenPolicy {
+            max_depth: self.max_depth - 1,
+            ..self.clone()
+        })
+    }
 }
 
 /// What a model costs, in dollars per million tokens.
@@ -540,6 +585,15 @@ impl Policy {
             &invalid,
         )?;
 
+        if let Some(c) = &raw.children
+            && (c.max_concurrent == 0 || c.max_children == 0 || c.max_depth == 0)
+        {
+            return Err(invalid(
+                None,
+                Some("children".into()),
+                "max_concurrent, max_children and max_depth must be at least 1".into(),
+            ));
+        }
         let limits = raw.limits.apply(Limits::default());
         Ok(Policy {
             source: source.to_owned(),
@@ -556,6 +610,8 @@ impl Policy {
             },
             overrides: raw.overrides,
             prices: raw.prices,
+            children: raw.children,
+            base_dir,
         })
     }
 
@@ -610,6 +666,8 @@ allow = [\"fs_list\", \"fs_read\", \"fs_search\", \"json_query\", \"word_count\"
             tools: ToolRules::default(),
             overrides: BTreeMap::new(),
             prices: BTreeMap::new(),
+            children: None,
+            base_dir: PathBuf::from("/"),
         }
     }
 
@@ -706,6 +764,17 @@ allow = [\"fs_list\", \"fs_read\", \"fs_search\", \"json_query\", \"word_count\"
                 let _ = writeln!(out, "cached_input_per_million = {:?}", cached.0);
             }
         }
+        if let Some(children) = &self.children {
+            let models: Vec<String> = children.models.clone();
+            let _ = write!(
+                out,
+                "\n[children]\nmodels = {}\nmax_concurrent = {}\nmax_children = {}\nmax_depth = {}\n",
+                list(models),
+                children.max_concurrent,
+                children.max_children,
+                children.max_depth
+            );
+        }
         out
     }
 
@@ -787,6 +856,7 @@ struct RawPolicy {
     overrides: BTreeMap<String, LimitOverrides>,
     #[serde(default)]
     prices: BTreeMap<String, Price>,
+    children: Option<ChildrenPolicy>,
 }
 
 #[derive(Deserialize)]

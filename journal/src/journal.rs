@@ -646,7 +646,29 @@ impl Journal {
 
     /// A new session; its writer appends its first record.
     pub fn create_session(self: &Arc<Self>) -> Result<SessionWriter, JournalError> {
-        let session = self.store().new_session_id()?;
+        let session = self.reserve_session_id()?;
+        self.create_reserved_session(session)
+    }
+
+    /// A new session's id, for a session whose first record is written
+    /// later (a child, named in its parent's records before it exists).
+    pub fn reserve_session_id(&self) -> Result<SessionId, JournalError> {
+        Ok(self.store().new_session_id()?)
+    }
+
+    /// The writer of session `session`, reserved and still without records
+    /// (refused once it has one: a second writer would start it twice).
+    pub fn create_reserved_session(
+        self: &Arc<Self>,
+        session: SessionId,
+    ) -> Result<SessionWriter, JournalError> {
+        if self.store().last(session)?.is_some() {
+            return Err(JournalError::Storage(StoreError::Conflict {
+                session,
+                seq: 0,
+                why: "the session was started already",
+            }));
+        }
         // Leased before its first record exists, so that no other host can
         // find it unleased and take it.
         if self.lessee.get().is_some() {

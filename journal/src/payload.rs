@@ -130,6 +130,14 @@ pub struct SessionCreated {
     /// For a session forked from another: where it was forked from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ForkPoint>,
+    /// For a child session: the parent that started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawned_by: Option<SpawnedBy>,
+    /// Where the policy's relative mount paths resolve, so that an auditor
+    /// reads the policy exactly as the host did (absent in journals written
+    /// before it was recorded: read from `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_base: Option<String>,
     /// Who proposes the session's tool calls.
     #[serde(default, skip_serializing_if = "Driver::is_model")]
     pub driver: Driver,
@@ -191,6 +199,10 @@ pub struct ForkPoint {
 pub struct PolicyChanged {
     pub policy_text: String,
     pub policy_hash: String,
+    /// Where the policy's relative mount paths resolve (see
+    /// [`SessionCreated::policy_base`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_base: Option<String>,
 }
 
 /// The payload of a parent's `forked`: the other side of the link.
@@ -457,6 +469,57 @@ impl LeaseTaken {
     }
 }
 
+/// What a session spent, as a parent counts its child's: steps, calls,
+/// tokens and dollars.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spent {
+    pub steps: u64,
+    pub tool_calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// The payload of `child_started`, the parent's side of the link to a
+/// child session: written, durable, before the child's first record, so a
+/// parent resumed after a crash finds the children it started (and starts
+/// none twice). The child's first record names this record back
+/// ([`SessionCreated::spawned_by`]). What the parent `reserved` for the
+/// child counts as spent by the parent until the child ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildStarted {
+    /// The `start_child` call that asked for it.
+    pub call_id: String,
+    pub child: SessionId,
+    pub goal: String,
+    pub model: String,
+    /// The policy the child runs under (a narrowing of the parent's), so
+    /// that a parent resumed before the child's first record was written
+    /// starts it as it was asked.
+    pub policy_text: String,
+    pub reserved: Spent,
+}
+
+/// The payload of `child_ended`: the parent saw its child end (or stop):
+/// how, its answer, and what it spent, which replaces the reservation in
+/// the parent's (and so in every ancestor's) count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildEnded {
+    pub child: SessionId,
+    pub status: crate::state::Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    pub spent: Spent,
+}
+
+/// Where a child session was started: its parent, and the parent's
+/// `child_started` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnedBy {
+    pub session: SessionId,
+    pub seq: u64,
+}
+
 /// The payload of `session_ended`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEnded {
@@ -487,6 +550,8 @@ pub enum Payload {
     PolicyChanged(PolicyChanged),
     RepeatedFailure(RepeatedFailure),
     LeaseTaken(LeaseTaken),
+    ChildStarted(ChildStarted),
+    ChildEnded(ChildEnded),
 }
 
 /// A payload that does not decode as its kind says.
@@ -526,6 +591,8 @@ impl Payload {
             RecordKind::PolicyChanged => Payload::PolicyChanged(json(kind, bytes)?),
             RecordKind::RepeatedFailure => Payload::RepeatedFailure(json(kind, bytes)?),
             RecordKind::LeaseTaken => Payload::LeaseTaken(json(kind, bytes)?),
+            RecordKind::ChildStarted => Payload::ChildStarted(json(kind, bytes)?),
+            RecordKind::ChildEnded => Payload::ChildEnded(json(kind, bytes)?),
         })
     }
 
@@ -550,6 +617,8 @@ impl Payload {
             Payload::PolicyChanged(_) => RecordKind::PolicyChanged,
             Payload::RepeatedFailure(_) => RecordKind::RepeatedFailure,
             Payload::LeaseTaken(_) => RecordKind::LeaseTaken,
+            Payload::ChildStarted(_) => RecordKind::ChildStarted,
+            Payload::ChildEnded(_) => RecordKind::ChildEnded,
         }
     }
 
@@ -573,6 +642,8 @@ impl Payload {
             Payload::PolicyChanged(p) => serde_json::to_vec(p),
             Payload::RepeatedFailure(p) => serde_json::to_vec(p),
             Payload::LeaseTaken(p) => serde_json::to_vec(p),
+            Payload::ChildStarted(p) => serde_json::to_vec(p),
+            Payload::ChildEnded(p) => serde_json::to_vec(p),
         };
         // These types hold only strings, numbers, and JSON values that came
         // from JSON: serializing them cannot fail.

@@ -62,10 +62,14 @@ pub enum RecordKind {
     /// A host took the session's lease in a shared store and writes it from
     /// here on.
     LeaseTaken = 18,
+    /// The session started a child session (the parent's side of the link).
+    ChildStarted = 19,
+    /// A child session of this one ended, or stopped: what it spent.
+    ChildEnded = 20,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 18] = [
+    pub const ALL: [RecordKind; 20] = [
         RecordKind::SessionCreated,
         RecordKind::ModelRequest,
         RecordKind::ModelResponse,
@@ -84,6 +88,8 @@ impl RecordKind {
         RecordKind::PolicyChanged,
         RecordKind::RepeatedFailure,
         RecordKind::LeaseTaken,
+        RecordKind::ChildStarted,
+        RecordKind::ChildEnded,
     ];
 
     /// The kind's name in exports and APIs (`snake_case`), stable.
@@ -107,6 +113,8 @@ impl RecordKind {
             RecordKind::PolicyChanged => "policy_changed",
             RecordKind::RepeatedFailure => "repeated_failure",
             RecordKind::LeaseTaken => "lease_taken",
+            RecordKind::ChildStarted => "child_started",
+            RecordKind::ChildEnded => "child_ended",
         }
     }
 

@@ -18,7 +18,7 @@ use crate::payload::{
     ModelResponse, NewMessages, Payload, PayloadError, PolicyChanged, Refusal, RepeatedFailure,
     SessionCreated, SessionEnded, ToolCall, ToolIntent, ToolResult, Usage, Verdict,
 };
-use crate::payload::{Control, Forked, LeaseTaken};
+use crate::payload::{ChildEnded, ChildStarted, Control, Forked, LeaseTaken, Spent};
 use crate::record::{Hash, Record, RecordKind, SessionId};
 use crate::{Journal, JournalError};
 
@@ -113,6 +113,26 @@ pub struct Used {
     pub compactions: u64,
 }
 
+impl Used {
+    /// Count what a child spent (or what was reserved for it). Steps are
+    /// each session's own (a step is one of its model calls, numbered), so
+    /// a child's are not counted.
+    fn add(&mut self, spent: &Spent) {
+        self.tool_calls += spent.tool_calls;
+        self.input_tokens += spent.input_tokens;
+        self.output_tokens += spent.output_tokens;
+        self.cost_usd += spent.cost_usd;
+    }
+
+    /// Take back what [`Used::add`] counted.
+    fn take(&mut self, spent: &Spent) {
+        self.tool_calls = self.tool_calls.saturating_sub(spent.tool_calls);
+        self.input_tokens = self.input_tokens.saturating_sub(spent.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_sub(spent.output_tokens);
+        self.cost_usd = (self.cost_usd - spent.cost_usd).max(0.0);
+    }
+}
+
 /// A call that asked for a person's approval.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Approval {
@@ -200,6 +220,17 @@ pub struct SessionState {
     /// The host that writes the session now, as its last `lease_taken`
     /// record says (none for a session no shared store's host took).
     pub writer: Option<LeaseTaken>,
+    /// The child sessions it started, by id.
+    pub children: BTreeMap<SessionId, Child>,
+}
+
+/// A child session, as its parent's records say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Child {
+    /// The `child_started` record.
+    pub started_at: u64,
+    pub started: ChildStarted,
+    pub ended: Option<ChildEnded>,
 }
 
 /// A record that cannot follow the ones before it, or does not decode.
@@ -248,6 +279,7 @@ impl SessionState {
             forks: Vec::new(),
             failures: RepeatedFailures::default(),
             writer: None,
+            children: BTreeMap::new(),
         }
     }
 
@@ -324,6 +356,7 @@ impl SessionState {
             Payload::PolicyChanged(PolicyChanged {
                 policy_text,
                 policy_hash,
+                policy_base: _,
             }) => {
                 self.policy_text = policy_text.clone();
                 self.policy_hash = policy_hash.clone();
@@ -470,6 +503,36 @@ impl SessionState {
                     )));
                 }
             }
+            Payload::ChildStarted(started) => {
+                if self.children.contains_key(&started.child) {
+                    return Err(refuse(format!(
+                        "child {} was started already",
+                        started.child
+                    )));
+                }
+                // Reserved: spent, as far as the parent's budgets go, until
+                // the child ends.
+                self.used.add(&started.reserved);
+                self.children.insert(
+                    started.child,
+                    Child {
+                        started_at: record.seq,
+                        started: started.clone(),
+                        ended: None,
+                    },
+                );
+            }
+            Payload::ChildEnded(ended) => {
+                let Some(child) = self.children.get_mut(&ended.child) else {
+                    return Err(refuse(format!("child {} was never started", ended.child)));
+                };
+                if child.ended.is_some() {
+                    return Err(refuse(format!("child {} ended already", ended.child)));
+                }
+                self.used.take(&child.started.reserved);
+                self.used.add(&ended.spent);
+                child.ended = Some(ended.clone());
+            }
             Payload::LeaseTaken(taken) => {
                 taken.follows(self.writer.as_ref()).map_err(refuse)?;
                 self.writer = Some(taken.clone());
@@ -544,6 +607,8 @@ pub trait Visitor {
     fn policy_changed(&mut self, r: &Record, p: &PolicyChanged) -> Result<(), Self::Error>;
     fn repeated_failure(&mut self, r: &Record, p: &RepeatedFailure) -> Result<(), Self::Error>;
     fn lease_taken(&mut self, r: &Record, p: &LeaseTaken) -> Result<(), Self::Error>;
+    fn child_started(&mut self, r: &Record, p: &ChildStarted) -> Result<(), Self::Error>;
+    fn child_ended(&mut self, r: &Record, p: &ChildEnded) -> Result<(), Self::Error>;
 }
 
 /// Hand `record` to the method of `visitor` for its kind.
@@ -568,5 +633,7 @@ pub fn visit<V: Visitor>(visitor: &mut V, record: &Record) -> Result<(), V::Erro
         Payload::PolicyChanged(p) => visitor.policy_changed(r, p),
         Payload::RepeatedFailure(p) => visitor.repeated_failure(r, p),
         Payload::LeaseTaken(p) => visitor.lease_taken(r, p),
+        Payload::ChildStarted(p) => visitor.child_started(r, p),
+        Payload::ChildEnded(p) => visitor.child_ended(r, p),
     }
 }

@@ -35,6 +35,8 @@ async fn write_session(journal: &std::sync::Arc<Journal>) {
             tools: Vec::new(),
             snapshot: None,
             parent: None,
+            spawned_by: None,
+            policy_base: None,
             driver: Driver::Model,
         })),
         Payload::ModelRequest(NewMessages(vec![Message::text(

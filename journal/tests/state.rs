@@ -67,6 +67,8 @@ fn created() -> Payload {
         }],
         snapshot: None,
         parent: None,
+        spawned_by: None,
+        policy_base: None,
         driver: Driver::Model,
     }))
 }
@@ -179,6 +181,7 @@ fn one_of_each_kind() -> Vec<Payload> {
         Payload::PolicyChanged(PolicyChanged {
             policy_text: "[session]\nmax_steps = 3\n".into(),
             policy_hash: "p2".into(),
+            policy_base: None,
         }),
         Payload::RepeatedFailure(RepeatedFailure {
             call_id: "call_4_0".into(),

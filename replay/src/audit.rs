@@ -23,11 +23,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 
+use longrun_host::children::is_children_tool;
 use longrun_host::context::READ_OUTPUT;
 use longrun_host::journal::payload::{
-    BudgetEvent, Control, EndStatus, Forked, Input, JournaledCompaction, LeaseTaken, ModelFailure,
-    ModelResponse, NewMessages, PolicyChanged, Refusal, RepeatedFailure, SessionCreated,
-    SessionEnded, ToolCall, ToolIntent, ToolResult, Usage, Verdict,
+    BudgetEvent, ChildEnded, ChildStarted, Control, EndStatus, Forked, Input, JournaledCompaction,
+    LeaseTaken, ModelFailure, ModelResponse, NewMessages, PolicyChanged, Refusal, RepeatedFailure,
+    SessionCreated, SessionEnded, Spent, ToolCall, ToolIntent, ToolResult, Usage, Verdict,
 };
 use longrun_host::journal::{
     Hash, Journal, Record, RecordKind, RepeatedFailures, SessionId, StateError, VerifyError,
@@ -92,6 +93,7 @@ pub fn verify(
         repeat_due: None,
         stuck_due: false,
         writer: None,
+        reserved: HashMap::new(),
         warnings: Vec::new(),
     };
     let (records, check) = check_in_parallel(journal, session, check)?;
@@ -228,6 +230,8 @@ struct Check<'j> {
     stuck_due: bool,
     /// The last `lease_taken`: who writes the session from there on.
     writer: Option<LeaseTaken>,
+    /// What is reserved for each child that has not ended.
+    reserved: HashMap<SessionId, Spent>,
     warnings: Vec<String>,
 }
 
@@ -266,6 +270,7 @@ impl Visitor for Check<'_> {
         self.in_force = Some(in_force(
             &changed.policy_text,
             &changed.policy_hash,
+            changed.policy_base.as_deref(),
             model,
             schemas,
         )?);
@@ -333,6 +338,77 @@ impl Visitor for Check<'_> {
 
     fn forked(&mut self, _: &Record, forked: &Forked) -> Result<(), Failure> {
         Ok(self.fork(forked)?)
+    }
+
+    /// A child's policy narrowed its parent's at the moment it started
+    /// (budgets: out of what the parent had left, reservations counted);
+    /// what is reserved for it counts as the parent's until it ends.
+    fn child_started(&mut self, _: &Record, started: &ChildStarted) -> Result<(), Failure> {
+        let in_force = self.in_force()?;
+        let child = Policy::parse_recorded(
+            &started.policy_text,
+            "the child's recorded policy",
+            Path::new("/"),
+        )
+        .map_err(|e| {
+            Failure(format!(
+                "child {}: its policy does not parse: {e}",
+                started.child
+            ))
+        })?;
+        let tools: Vec<&str> = in_force
+            .schemas
+            .as_ref()
+            .map(|s| s.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let budgets = &in_force.policy.session;
+        let left = longrun_host::policy::SessionBudgets {
+            max_steps: budgets.max_steps.map(|m| m.saturating_sub(self.used.steps)),
+            max_tool_calls: budgets
+                .max_tool_calls
+                .map(|m| m.saturating_sub(self.used.tool_calls)),
+            max_input_tokens: budgets
+                .max_input_tokens
+                .map(|m| m.saturating_sub(self.used.input_tokens)),
+            max_output_tokens: budgets
+                .max_output_tokens
+                .map(|m| m.saturating_sub(self.used.output_tokens)),
+            max_cost_usd: budgets
+                .max_cost_usd
+                .map(|m| longrun_host::policy::NonNegative((m.0 - self.used.cost_usd).max(0.0))),
+            // A child's wall time is bounded by its parent's, which is
+            // checked against the records' times.
+            max_wall_time: None,
+            max_repeated_failures: budgets.max_repeated_failures,
+        };
+        longrun_host::narrow::check(&child, &in_force.policy, &tools, &left)
+            .map_err(|e| Failure(format!("child {}: {e}", started.child)))?;
+        if self
+            .reserved
+            .insert(started.child, started.reserved.clone())
+            .is_some()
+        {
+            return Err(Failure(format!(
+                "child {} was started twice",
+                started.child
+            )));
+        }
+        self.spend(&started.reserved, 1.0)?;
+        Ok(())
+    }
+
+    /// What a child spent replaces what was reserved for it, and the
+    /// parent's budgets still hold.
+    fn child_ended(&mut self, _: &Record, ended: &ChildEnded) -> Result<(), Failure> {
+        let Some(reserved) = self.reserved.remove(&ended.child) else {
+            return Err(Failure(format!(
+                "child {} ended, and was not started, or ended before",
+                ended.child
+            )));
+        };
+        self.spend(&reserved, -1.0)?;
+        self.spend(&ended.spent, 1.0)?;
+        Ok(())
     }
 
     fn lease_taken(&mut self, _: &Record, taken: &LeaseTaken) -> Result<(), Failure> {
@@ -451,6 +527,7 @@ impl Check<'_> {
         self.in_force = Some(in_force(
             &created.policy_text,
             &created.policy_hash,
+            created.policy_base.as_deref(),
             created.model.clone(),
             schemas,
         )?);
@@ -493,6 +570,27 @@ impl Check<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Count `spent` (`sign` 1) or take it back (`sign` -1), and check the
+    /// budgets.
+    fn spend(&mut self, spent: &Spent, sign: f64) -> Result<(), String> {
+        let apply = |used: u64, n: u64| {
+            if sign < 0.0 {
+                used.saturating_sub(n)
+            } else {
+                used + n
+            }
+        };
+        // Steps are each session's own (see `Ledger::charge`).
+        let u = &mut self.used;
+        u.tool_calls = apply(u.tool_calls, spent.tool_calls);
+        u.input_tokens = apply(u.input_tokens, spent.input_tokens);
+        u.output_tokens = apply(u.output_tokens, spent.output_tokens);
+        u.cost_usd = (u.cost_usd + sign * spent.cost_usd).max(0.0);
+        let budgets = &self.in_force()?.policy.session;
+        over("tool calls", self.used.tool_calls, budgets.max_tool_calls)?;
+        self.charge(&Usage::default())
     }
 
     fn charge(&mut self, usage: &Usage) -> Result<(), String> {
@@ -569,6 +667,12 @@ impl Check<'_> {
             return Ok(());
         }
         let in_force = self.in_force()?;
+        if is_children_tool(&intent.tool) && in_force.policy.children.is_some() && self.model_driven
+        {
+            // The host's own tools over the policy's `[children]`: what
+            // they started is checked at `child_started`.
+            return Ok(());
+        }
         match in_force.policy.decide(&intent.tool) {
             Decision::Allow => {}
             Decision::Deny(why) => {
@@ -633,7 +737,7 @@ impl Check<'_> {
                 .unwrap_or(0),
             (None, None) => 0,
         };
-        if tool != READ_OUTPUT {
+        if tool != READ_OUTPUT && !is_children_tool(&tool) {
             let limit = self.in_force()?.policy.limits_for(&tool).max_output;
             if size > limit {
                 return Err(format!(
@@ -697,13 +801,15 @@ fn over(what: &str, used: u64, limit: Option<u64>) -> Result<(), String> {
 fn in_force(
     text: &str,
     hash: &str,
+    base: Option<&str>,
     model: String,
     schemas: Option<HashMap<String, jsonschema::Validator>>,
 ) -> Result<InForce, String> {
     if blake3::hash(text.as_bytes()).to_hex().as_str() != hash {
         return Err("the recorded policy text does not match its recorded hash".into());
     }
-    let policy = Policy::parse_recorded(text, "the recorded policy", Path::new("/"))
+    let base = Path::new(base.unwrap_or("/"));
+    let policy = Policy::parse_recorded(text, "the recorded policy", base)
         .map_err(|e| format!("the recorded policy does not parse: {e}"))?;
     let price = policy.price_for(&model);
     if price.is_none() && policy.session.max_cost_usd.is_some() {

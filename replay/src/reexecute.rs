@@ -173,7 +173,9 @@ pub async fn reexecute(
                     ));
                     continue;
                 };
-                if intent.tool == READ_OUTPUT {
+                if intent.tool == READ_OUTPUT
+                    || longrun_host::children::is_children_tool(&intent.tool)
+                {
                     out.skipped.push(format!(
                         "record {}: {READ_OUTPUT} is answered by the host from the journal",
                         record.seq
@@ -261,7 +263,9 @@ pub async fn reexecute(
             | RecordKind::Control
             | RecordKind::Forked
             | RecordKind::RepeatedFailure
-            | RecordKind::LeaseTaken => {}
+            | RecordKind::LeaseTaken
+            | RecordKind::ChildStarted
+            | RecordKind::ChildEnded => {}
         }
     }
     bar.finish_and_clear();

@@ -96,7 +96,9 @@ pub fn stats(journal: &Journal, session: SessionId) -> Result<Stats, ReplayError
             | Payload::Forked(_)
             | Payload::PolicyChanged(_)
             | Payload::RepeatedFailure(_)
-            | Payload::LeaseTaken(_) => {}
+            | Payload::LeaseTaken(_)
+            | Payload::ChildStarted(_)
+            | Payload::ChildEnded(_) => {}
         }
     }
     Ok(out)

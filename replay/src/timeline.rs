@@ -6,9 +6,10 @@
 use std::fmt::Write as _;
 
 use longrun_host::journal::payload::{
-    BudgetEvent, Control, ControlAction, EndStatus, Forked, Input, JournaledCompaction, LeaseTaken,
-    Message, Method, ModelFailure, ModelResponse, NewMessages, PolicyChanged, Refusal,
-    RepeatedFailure, Role, SessionCreated, SessionEnded, ToolIntent, ToolResult, Verdict,
+    BudgetEvent, ChildEnded, ChildStarted, Control, ControlAction, EndStatus, Forked, Input,
+    JournaledCompaction, LeaseTaken, Message, Method, ModelFailure, ModelResponse, NewMessages,
+    PolicyChanged, Refusal, RepeatedFailure, Role, SessionCreated, SessionEnded, ToolIntent,
+    ToolResult, Verdict,
 };
 use longrun_host::journal::{Journal, Record, RecordKind, StateError, Status, Visitor, hex, visit};
 
@@ -55,7 +56,9 @@ fn kind_colour(kind: RecordKind) -> &'static str {
         RecordKind::SessionCreated
         | RecordKind::SessionEnded
         | RecordKind::Forked
-        | RecordKind::LeaseTaken => BOLD,
+        | RecordKind::LeaseTaken
+        | RecordKind::ChildStarted
+        | RecordKind::ChildEnded => BOLD,
     }
 }
 
@@ -342,6 +345,30 @@ impl Visitor for Block<'_> {
 
     fn policy_changed(&mut self, _: &Record, p: &PolicyChanged) -> Result<(), StateError> {
         self.line("policy", &format!("now {}", p.policy_hash));
+        Ok(())
+    }
+
+    fn child_started(&mut self, _: &Record, p: &ChildStarted) -> Result<(), StateError> {
+        self.line(
+            "child",
+            &format!("started session {} on {}: {}", p.child, p.model, p.goal),
+        );
+        Ok(())
+    }
+
+    fn child_ended(&mut self, _: &Record, p: &ChildEnded) -> Result<(), StateError> {
+        let text = format!(
+            "session {} {} (${:.6}, {} steps){}",
+            p.child,
+            p.status.as_str(),
+            p.spent.cost_usd,
+            p.spent.steps,
+            p.answer
+                .as_deref()
+                .map(|a| format!(": {a}"))
+                .unwrap_or_default()
+        );
+        self.line("child", &text);
         Ok(())
     }
 

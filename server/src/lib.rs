@@ -101,6 +101,17 @@ impl Shared {
         tasks.spawn(task);
     }
 
+    /// What sessions need to start children: this server's journal, tools,
+    /// models (by their configured names) and loop settings.
+    fn workers(&self) -> Arc<longrun_host::children::Workers> {
+        Arc::new(longrun_host::children::Workers {
+            journal: self.journal.clone(),
+            toolbox: self.toolbox.clone(),
+            models: self.models.clone(),
+            config: self.agent.clone(),
+        })
+    }
+
     /// Whether the server has begun to shut down.
     pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()

@@ -250,13 +250,16 @@ pub async fn create(shared: &Arc<Shared>, launch: Launch) -> Result<Arc<Entry>, 
             launch.labels(),
         )
         .await;
-        let session = match session {
+        let mut session = match session {
             Ok(session) => session,
             Err(e) => {
                 let _ = reply.send(Err(e.to_string()));
                 return;
             }
         };
+        if policy.children.is_some() {
+            session.with_workers(shared.workers());
+        }
         let entry = Arc::new(launch.entry(session.id(), unix_millis(), Steering::new()));
         shared.sessions.insert(entry.clone());
         let _ = reply.send(Ok(entry.clone()));
@@ -285,7 +288,12 @@ fn resume(shared: &Arc<Shared>, entry: Arc<Entry>, launch: Launch) {
         )
         .await;
         match resumed {
-            Ok(Resumed::Session(session)) => drive(&shared, &entry, *session).await,
+            Ok(Resumed::Session(mut session)) => {
+                if policy.children.is_some() {
+                    session.with_workers(shared.workers());
+                }
+                drive(&shared, &entry, *session).await
+            }
             Ok(Resumed::Ended) => {
                 entry.update(|s| s.status = Status::Completed);
                 retire_lease(&shared, entry.id);
@@ -583,25 +591,15 @@ pub(crate) fn discover_all(shared: &Shared) {
 
 /// A session another host runs, as the store shows it now.
 fn register_elsewhere(shared: &Shared, id: SessionId, found: &Found, owner: String) -> Arc<Entry> {
-    let entry = Arc::new(Entry {
-        id,
-        tenant: found.tenant.clone(),
-        goal: found.created.goal.clone(),
-        model: found.model_name.clone(),
-        policy: found.policy_name.clone(),
-        created_unix_millis: found.created_unix_millis,
-        budgets: found.budgets.clone(),
-        steering: Steering::new(),
-        summary: Mutex::new(Summary {
-            status: found.status,
-            usage: found.usage.clone(),
-            awaiting: found.awaiting.clone(),
-            answer: found.answer.clone(),
-            error: found.error.clone(),
-            budget_exhausted: None,
-        }),
-        elsewhere: Mutex::new(Some(owner)),
-    });
+    let summary = Summary {
+        status: found.status,
+        usage: found.usage.clone(),
+        awaiting: found.awaiting.clone(),
+        answer: found.answer.clone(),
+        error: found.error.clone(),
+        budget_exhausted: None,
+    };
+    let entry = Arc::new(found_entry(id, found, summary, Some(owner)));
     shared.sessions.insert(entry.clone());
     entry
 }
@@ -610,7 +608,23 @@ fn register_elsewhere(shared: &Shared, id: SessionId, found: &Found, owner: Stri
 /// listed as failed, with why.
 fn register_broken(shared: &Shared, id: SessionId, found: &Found, why: String) {
     let (status, answer) = found.ended.clone().unwrap_or((Status::Failed, None));
-    shared.sessions.insert(Arc::new(Entry {
+    let summary = Summary {
+        status,
+        usage: found.usage.clone(),
+        awaiting: None,
+        answer,
+        error: (status == Status::Failed).then_some(why),
+        budget_exhausted: None,
+    };
+    shared
+        .sessions
+        .insert(Arc::new(found_entry(id, found, summary, None)));
+}
+
+/// The entry of a session found in the journal that this host does not
+/// run: as `summary` says, run by `elsewhere` (or nobody).
+fn found_entry(id: SessionId, found: &Found, summary: Summary, elsewhere: Option<String>) -> Entry {
+    Entry {
         id,
         tenant: found.tenant.clone(),
         goal: found.created.goal.clone(),
@@ -619,16 +633,9 @@ fn register_broken(shared: &Shared, id: SessionId, found: &Found, why: String) {
         created_unix_millis: found.created_unix_millis,
         budgets: found.budgets.clone(),
         steering: Steering::new(),
-        summary: Mutex::new(Summary {
-            status,
-            usage: found.usage.clone(),
-            awaiting: None,
-            answer,
-            error: (status == Status::Failed).then_some(why),
-            budget_exhausted: None,
-        }),
-        elsewhere: Mutex::new(None),
-    }));
+        summary: Mutex::new(summary),
+        elsewhere: Mutex::new(elsewhere),
+    }
 }
 
 /// What the journal says of one of the server's sessions.

@@ -323,3 +323,19 @@ impl Rng {
         self.0
     }
 }
+
+/// `longrun replay verify --all` on the journal `location` names (`--journal
+/// DIR` or `--store URL`), which must pass.
+pub fn replay_verify_all(location: &[&std::ffi::OsStr]) {
+    let verified = std::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["replay", "verify", "--all"])
+        .args(location)
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+}
