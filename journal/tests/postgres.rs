@@ -248,10 +248,8 @@ async fn acknowledged_records_survive_a_crash_of_the_database_server() {
 
 #[test]
 fn an_unreachable_database_is_a_clear_error() {
-    let (cluster, _) = cluster();
-    let port = cluster.port();
+    let (cluster, location) = cluster();
     drop(cluster);
-    let location = Location::Postgres(format!("postgres://postgres@127.0.0.1:{port}/journal"));
     let err = Journal::open_location(&location, Default::default())
         .err()
         .expect("nobody listens there")

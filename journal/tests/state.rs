@@ -193,6 +193,29 @@ fn one_of_each_kind() -> Vec<Payload> {
             owner: "host-b".into(),
             epoch: 2,
         }),
+        Payload::ChildStarted(ChildStarted {
+            call_id: "call_5_0".into(),
+            child: 8,
+            goal: "count the other words".into(),
+            model: "worker".into(),
+            policy_text: "[session]\nmax_tool_calls = 4\n".into(),
+            reserved: Spent {
+                tool_calls: 4,
+                ..Spent::default()
+            },
+        }),
+        Payload::ChildEnded(ChildEnded {
+            child: 8,
+            status: Status::Completed,
+            answer: Some("5".into()),
+            spent: Spent {
+                steps: 2,
+                tool_calls: 1,
+                input_tokens: 10,
+                output_tokens: 3,
+                cost_usd: 0.0,
+            },
+        }),
     ]
 }
 

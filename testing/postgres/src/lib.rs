@@ -22,6 +22,10 @@ pub type Error = String;
 
 pub struct Cluster {
     bin: PathBuf,
+    /// The superuser, a name of this cluster's own: a client that reaches
+    /// another test's cluster (one that took this one's port after a
+    /// crash) is refused there rather than served.
+    user: String,
     data: PathBuf,
     port: u16,
     server: Option<Child>,
@@ -50,15 +54,22 @@ impl Cluster {
                     .map_err(|e| format!("giving {} to nobody: {e}", path.display()))?;
             }
         }
+        static CLUSTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let user = format!(
+            "longrun_{}_{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let initdb = unprivileged(Command::new(bin.join("initdb")))
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .args(["-U", &user, "--auth=trust", "-E", "UTF8", "--no-sync"])
             .output()
             .map_err(|e| format!("running initdb: {e}"))?;
         check("initdb", &initdb)?;
         let mut cluster = Cluster {
             bin,
+            user,
             data,
             port: free_port()?,
             server: None,
@@ -76,7 +87,7 @@ impl Cluster {
 
     /// The address of database `db` on this cluster.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        format!("postgres://{}@127.0.0.1:{}/{db}", self.user, self.port)
     }
 
     /// A new, empty database.
@@ -90,7 +101,7 @@ impl Cluster {
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, Error> {
         let output = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .args(["-h", "127.0.0.1", "-U", &self.user, "-p"])
             .arg(self.port.to_string())
             .args(["-d", db, "-c", sql])
             .output()
