@@ -434,16 +434,11 @@ fn retire_lease(shared: &Shared, session: SessionId) {
     }
 }
 
-/// The `approval_asked` record of `call`, as the session's state holds it.
+/// The `approval_asked` record of `call`, as the session's state holds it
+/// (the same reading as for a session another host runs: [`awaiting`]).
 fn approval_step(journal: &Journal, session: SessionId, call: &ToolCall) -> Option<Awaiting> {
     let state = SessionState::fold(journal, session, &mut longrun_host::journal::Unpriced).ok()?;
-    let asked = state.approvals.get(&call.id)?.asked_at;
-    Some(Awaiting {
-        step: asked,
-        call_id: call.id.clone(),
-        tool: call.name.clone(),
-        arguments: call.arguments.clone(),
-    })
+    awaiting(&state).filter(|a| a.call_id == call.id)
 }
 
 /// Find the server's sessions in the journal (those with a tenant label),
