@@ -20,6 +20,9 @@ pub enum ReplayCommand {
         /// Print JSON Lines instead of a table.
         #[arg(long)]
         json: bool,
+        /// Each child session under the session that started it.
+        #[arg(long)]
+        tree: bool,
         #[command(flatten)]
         journal: JournalDir,
     },
@@ -42,6 +45,10 @@ pub enum ReplayCommand {
         /// Write out blobs (long tool outputs) in full.
         #[arg(long)]
         blobs: bool,
+        /// Then the timeline of each child session it started, and of
+        /// theirs (the text timeline only).
+        #[arg(long, conflicts_with_all = ["json", "jsonl"])]
+        follow: bool,
         #[command(flatten)]
         output: Output,
         #[command(flatten)]
@@ -140,73 +147,11 @@ pub struct Output {
 
 pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
     match command {
-        ReplayCommand::List { json, journal } => {
-            let copy = open(&journal)?;
-            let mut out = String::new();
-            let mut unreadable = 0;
-            if !json {
-                out.push_str(&format!(
-                    "{:>7}  {:<22} {:>7} {:>6} {:>6} {:>10} {:>9} {:>9}  {:<19} {:<19} {:<12} {}\n",
-                    "session",
-                    "status",
-                    "records",
-                    "steps",
-                    "calls",
-                    "tokens in",
-                    "out",
-                    "cost $",
-                    "started (UTC)",
-                    "last record (UTC)",
-                    "policy",
-                    "head"
-                ));
-            }
-            for session in copy.journal.sessions()? {
-                // One unreadable session must not hide the others.
-                let s = match summary::summarise(&copy.journal, session) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        unreadable += 1;
-                        if json {
-                            let line =
-                                serde_json::json!({"session": session, "error": e.to_string()});
-                            out.push_str(&format!("{line}\n"));
-                        } else {
-                            out.push_str(&format!("{session:>7}  unreadable: {e}\n"));
-                        }
-                        continue;
-                    }
-                };
-                if json {
-                    out.push_str(&serde_json::to_string(&s)?);
-                    out.push('\n');
-                } else {
-                    out.push_str(&format!(
-                        "{:>7}  {:<22} {:>7} {:>6} {:>6} {:>10} {:>9} {:>9.4}  {:<19} {:<19} {:<12} {}:{}{}\n",
-                        s.session,
-                        s.status.as_str(),
-                        s.records,
-                        s.steps,
-                        s.tool_calls,
-                        s.input_tokens,
-                        s.output_tokens,
-                        s.cost_usd,
-                        utc(s.started_unix_millis),
-                        utc(s.last_unix_millis),
-                        s.policy_hash.get(..12).unwrap_or(&s.policy_hash),
-                        s.records.saturating_sub(1),
-                        s.head,
-                        s.parent.map(|p| format!("  (fork of {p})")).unwrap_or_default(),
-                    ));
-                }
-            }
-            print!("{out}");
-            Ok(if unreadable == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        ReplayCommand::List {
+            json,
+            tree,
+            journal,
+        } => list(json, tree, &journal),
         ReplayCommand::Show {
             session,
             from,
@@ -214,6 +159,7 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
             json,
             jsonl,
             blobs,
+            follow,
             output,
             journal,
         } => {
@@ -251,6 +197,9 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
                     journal,
                     style,
                 ));
+            }
+            if follow {
+                follow_children(journal, session, style, &mut text)?;
             }
             page(&text, output.no_pager)?;
             Ok(ExitCode::SUCCESS)
@@ -432,6 +381,123 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `replay list`: a line per session (each child under its parent with
+/// `tree`); exits 1 when a session cannot be read.
+fn list(json: bool, tree: bool, journal: &JournalDir) -> Result<ExitCode> {
+    let copy = open(journal)?;
+    let mut summaries = Vec::new();
+    for session in copy.journal.sessions()? {
+        // One unreadable session must not hide the others.
+        summaries.push((session, summary::summarise(&copy.journal, session)));
+    }
+    let unreadable = summaries.iter().filter(|(_, s)| s.is_err()).count();
+    let rows: Vec<(usize, &(u64, Result<summary::SessionSummary, _>))> = if tree {
+        summary::tree_order(&summaries)
+    } else {
+        summaries.iter().map(|s| (0, s)).collect()
+    };
+    let mut out = String::new();
+    if !json {
+        out.push_str(&format!(
+            "{:<9}  {:<22} {:>7} {:>6} {:>6} {:>10} {:>9} {:>9}  {:<19} {:<19} {:<12} {}\n",
+            "session",
+            "status",
+            "records",
+            "steps",
+            "calls",
+            "tokens in",
+            "out",
+            "cost $",
+            "started (UTC)",
+            "last record (UTC)",
+            "policy",
+            "head"
+        ));
+    }
+    for (depth, (session, summary)) in rows {
+        let name = format!("{}{session}", "  ".repeat(depth));
+        let s = match summary {
+            Ok(s) => s,
+            Err(e) if json => {
+                let line = serde_json::json!({"session": session, "error": e.to_string()});
+                out.push_str(&format!("{line}\n"));
+                continue;
+            }
+            Err(e) => {
+                out.push_str(&format!("{name:<9}  unreadable: {e}\n"));
+                continue;
+            }
+        };
+        if json {
+            out.push_str(&serde_json::to_string(&s)?);
+            out.push('\n');
+            continue;
+        }
+        let link = match (s.parent, s.spawned_by) {
+            (Some(p), _) => format!("  (fork of {p})"),
+            (None, Some(p)) if !tree => format!("  (child of {p})"),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "{name:<9}  {:<22} {:>7} {:>6} {:>6} {:>10} {:>9} {:>9.4}  {:<19} {:<19} {:<12} {}:{}{link}\n",
+            s.status.as_str(),
+            s.records,
+            s.steps,
+            s.tool_calls,
+            s.input_tokens,
+            s.output_tokens,
+            s.cost_usd,
+            utc(s.started_unix_millis),
+            utc(s.last_unix_millis),
+            s.policy_hash.get(..12).unwrap_or(&s.policy_hash),
+            s.records.saturating_sub(1),
+            s.head,
+        ));
+    }
+    print!("{out}");
+    Ok(if unreadable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The timelines of the sessions under `session`, each after a line that
+/// says whose child it is, depth first.
+fn follow_children(
+    journal: &longrun_host::journal::Journal,
+    session: u64,
+    style: timeline::Style,
+    text: &mut String,
+) -> Result<()> {
+    let nodes = longrun_host::journal::tree::tree(
+        journal,
+        session,
+        &mut longrun_host::policy::RecordedPrices::default(),
+    )?;
+    for node in nodes.iter().skip(1) {
+        let Some(by) = &node.spawned_by else { continue };
+        text.push_str(&format!(
+            "\n── session {} (child of session {}, record {}; {}, {}) ──\n",
+            node.session,
+            by.session,
+            by.seq,
+            node.model,
+            node.status.as_str()
+        ));
+        let (first, _) = longrun_replay::created(journal, node.session)?;
+        for record in longrun_replay::records_between(journal, node.session, 0, None) {
+            text.push_str(&timeline::render(
+                &record?,
+                first.unix_millis,
+                journal,
+                style,
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn open(journal: &JournalDir) -> Result<copy::JournalCopy> {

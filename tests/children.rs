@@ -41,8 +41,11 @@ impl World {
     }
 
     async fn workers(&self, worker_script: &str) -> Arc<Workers> {
-        let worker: Arc<dyn Model> =
-            Arc::new(ScriptedModel::parse(worker_script, "worker").unwrap());
+        let worker: Arc<dyn Model> = Arc::new(
+            ScriptedModel::parse(worker_script, "worker")
+                .unwrap()
+                .named("worker"),
+        );
         Arc::new(Workers {
             journal: self.journal.clone(),
             toolbox: Arc::new(common::toolbox(false).await),
@@ -58,7 +61,9 @@ impl World {
         script: &str,
         workers: Arc<Workers>,
     ) -> (SessionId, SessionStatus) {
-        let planner = ScriptedModel::parse(script, "planner").unwrap();
+        let planner = ScriptedModel::parse(script, "planner")
+            .unwrap()
+            .named("planner");
         let toolbox = workers.toolbox.clone();
         let mut session = Session::start(
             &self.journal,
@@ -221,7 +226,12 @@ async fn a_worker_calling_a_tool_outside_its_narrowed_policy_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_asking_for_more_budget_than_is_left_or_a_wider_mount_is_refused_at_start() {
     let w = World::new();
-    let policy = w.policy("max_steps = 40\nmax_cost_usd = 1.0", "read-only");
+    let policy = w.policy(
+        "max_steps = 40\nmax_cost_usd = 1.0\n\
+         [prices.planner]\ninput_per_million = 0.0\noutput_per_million = 0.0\n\
+         [prices.worker]\ninput_per_million = 0.0\noutput_per_million = 0.0",
+        "read-only",
+    );
     let planner = r#"
 {"tool_calls": [{"name": "start_child", "arguments": {"goal": "greedy", "model": "worker", "budgets": {"max_steps": 100}}}, {"name": "start_child", "arguments": {"goal": "writer", "model": "worker", "mounts": [{"path": "/workspace", "access": "read-write"}]}}, {"name": "start_child", "arguments": {"goal": "elsewhere", "model": "worker", "mounts": [{"path": "/etc", "access": "read-only"}]}}, {"name": "start_child", "arguments": {"goal": "rich", "model": "worker", "budgets": {"max_cost_usd": 2.0}}}, {"name": "start_child", "arguments": {"goal": "other model", "model": "planner"}}]}
 {"content": "nothing started"}
@@ -427,4 +437,129 @@ fn a_tree_killed_at_30_random_moments_completes_with_exactly_the_children_asked_
     }
     common::replay_verify_all(&["--journal".as_ref(), journal_dir.as_os_str()]);
     println!("{KILLS} kills; {unknown} child calls reported as outcome unknown");
+}
+
+/// `longrun replay` with `args` on the world's journal: its standard output.
+fn replay(w: &World, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .arg("replay")
+        .args(args)
+        .arg("--journal")
+        .arg(w.dir.path().join("journal"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "replay {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tree_shows_in_replay_list_show_and_stats_with_each_nodes_and_each_models_cost() {
+    let w = World::new();
+    let policy = w.policy(
+        "max_steps = 40\n[prices.planner]\ninput_per_million = 10.0\noutput_per_million = 30.0\n\
+         [prices.worker]\ninput_per_million = 1.0\noutput_per_million = 2.0",
+        "read-only",
+    );
+    let usage = r#""usage": {"input_tokens": 1000, "output_tokens": 100}"#;
+    let planner = format!(
+        r#"
+{{"tool_calls": [{{"name": "start_child", "arguments": {{"goal": "part 1", "model": "worker"}}}}, {{"name": "start_child", "arguments": {{"goal": "part 2", "model": "worker"}}}}], {usage}}}
+{{"tool_calls": [{{"name": "wait_children", "arguments": {{}}}}], {usage}}}
+{{"content": "both parts done", {usage}}}
+"#
+    );
+    let worker = format!(
+        r#"
+{{"tool_calls": [{{"name": "fs_read", "arguments": {{"path": "/workspace/in.txt"}}}}], {usage}}}
+{{"content": "my part is done", {usage}}}
+"#
+    );
+    let (parent, status) = w.plan(&policy, &planner, w.workers(&worker).await).await;
+    assert!(matches!(status, SessionStatus::Completed { .. }));
+    let children: Vec<SessionId> = w.started(parent).iter().map(|(_, s)| s.child).collect();
+    assert_eq!(children.len(), 2);
+
+    // list --tree: each child on the line after its parent, indented.
+    let list = replay(&w, &["list", "--tree"]);
+    let firsts: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.get(..9).unwrap_or(l).trim_end())
+        .collect();
+    assert_eq!(
+        firsts,
+        [
+            parent.to_string(),
+            format!("  {}", children[0]),
+            format!("  {}", children[1])
+        ],
+        "{list}"
+    );
+
+    // show --follow: the parent's timeline, then each child's, linked.
+    let show = replay(&w, &["show", &parent.to_string(), "--follow", "--no-pager"]);
+    for child in &children {
+        let header = format!("session {child} (child of session {parent}");
+        assert!(show.contains(&header), "{show}");
+        assert!(show.contains(&format!("started by session {parent} at record")));
+    }
+    let sections: Vec<&str> = show.split("── session ").collect();
+    assert_eq!(
+        sections.len(),
+        3,
+        "the parent's timeline, then one per child: {show}"
+    );
+    assert!(
+        sections[0].contains("child      session 1 completed"),
+        "{show}"
+    );
+    for section in &sections[1..] {
+        assert!(section.contains("answer     my part is done"), "{section}");
+    }
+
+    // stats: each node's own use and each model's.
+    let stats: serde_json::Value =
+        serde_json::from_str(&replay(&w, &["stats", &parent.to_string(), "--json"])).unwrap();
+    let tree = stats["tree"].as_array().unwrap();
+    assert_eq!(tree.len(), 3);
+    assert_eq!(tree[0]["own"]["steps"], 3);
+    assert_eq!(tree[0]["own"]["input_tokens"], 3000);
+    // 3 planner steps at $10/M in and $30/M out; 2 × 2 worker steps at $1/M and $2/M.
+    let planner_cost = 3.0 * (1000.0 * 10.0 + 100.0 * 30.0) / 1e6;
+    let workers_cost = 4.0 * (1000.0 * 1.0 + 100.0 * 2.0) / 1e6;
+    let close = |v: &serde_json::Value, x: f64| (v.as_f64().unwrap() - x).abs() < 1e-9;
+    assert!(
+        close(&tree[0]["own"]["cost_usd"], planner_cost),
+        "{}",
+        tree[0]
+    );
+    assert!(
+        close(&tree[0]["total"]["cost_usd"], planner_cost + workers_cost),
+        "{}",
+        tree[0]
+    );
+    for node in &tree[1..] {
+        assert_eq!(node["depth"], 1);
+        assert_eq!(node["own"]["steps"], 2);
+        assert!(
+            close(&node["own"]["cost_usd"], workers_cost / 2.0),
+            "{node}"
+        );
+    }
+    let by_model = &stats["by_model"];
+    assert!(
+        close(&by_model["planner"]["cost_usd"], planner_cost),
+        "{by_model}"
+    );
+    assert!(
+        close(&by_model["worker"]["cost_usd"], workers_cost),
+        "{by_model}"
+    );
+    assert_eq!(by_model["worker"]["steps"], 4);
+    let text = replay(&w, &["stats", &parent.to_string(), "--no-pager"]);
+    assert!(text.contains("per model"), "{text}");
 }

@@ -674,7 +674,7 @@ fn list_names_an_unreadable_session_and_goes_on_with_the_others() {
     assert_eq!(out.status.code(), Some(1));
     let listed = text(&out.stdout);
     assert!(
-        listed.contains(&format!("{first:>7}  unreadable: ")),
+        listed.contains(&format!("{first:<9}  unreadable: ")),
         "{listed}"
     );
     assert!(

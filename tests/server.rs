@@ -29,6 +29,13 @@ const QUICK: &str = r#"
 {"content": "I wrote out.txt."}
 "#;
 
+/// A planner that starts two children on the quick model and collects them.
+const PLANNER: &str = r#"
+{"tool_calls": [{"name": "start_child", "arguments": {"goal": "write it", "model": "quick"}}, {"name": "start_child", "arguments": {"goal": "write it too", "model": "quick"}}]}
+{"tool_calls": [{"name": "wait_children", "arguments": {}}]}
+{"content": "Both children wrote it."}
+"#;
+
 /// A session of 30 steps of 100 ms each: long enough to steer.
 const SLOW: &str = r#"
 {"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "delay_ms": 100, "repeat": 30}
@@ -45,11 +52,13 @@ default_policy = "default"
 quick = "scripted:quick.jsonl"
 slow = "scripted:slow.jsonl"
 priced = "scripted:priced.jsonl"
+planner = "scripted:planner.jsonl"
 
 [policies]
 default = "default.toml"
 approve = "approve.toml"
 priced = "priced.toml"
+tree = "tree.toml"
 
 [tenants.acme]
 token = "acme-token-0123456789"
@@ -115,6 +124,12 @@ impl Harness {
         .unwrap();
         std::fs::write(p.join("quick.jsonl"), QUICK).unwrap();
         std::fs::write(p.join("slow.jsonl"), SLOW).unwrap();
+        std::fs::write(p.join("planner.jsonl"), PLANNER).unwrap();
+        std::fs::write(
+            p.join("tree.toml"),
+            format!("{POLICY}\n[children]\nmodels = [\"quick\"]\n"),
+        )
+        .unwrap();
         std::fs::write(
             p.join("priced.jsonl"),
             PRICED.replace("PADDING", &"think ".repeat(150)),
@@ -123,7 +138,7 @@ impl Harness {
         std::fs::write(
             p.join("priced.toml"),
             format!(
-                "{POLICY}\n[prices.scripted]\ninput_per_million = 3.0\noutput_per_million = 15.0\ncached_input_per_million = 0.3\n"
+                "{POLICY}\n[prices.priced]\ninput_per_million = 3.0\noutput_per_million = 15.0\ncached_input_per_million = 0.3\n"
             ),
         )
         .unwrap();
@@ -143,8 +158,11 @@ impl Harness {
         let p = self.dir.path();
         let config = ServerConfig::load(&p.join("server.toml")).unwrap();
         let mut models: BTreeMap<String, Arc<dyn Model>> = BTreeMap::new();
-        for name in ["quick", "slow", "priced"] {
-            let model = ScriptedModel::load(&p.join(format!("{name}.jsonl"))).unwrap();
+        for name in ["quick", "slow", "priced", "planner"] {
+            // Each under its own name, as sessions record it and prices key on it.
+            let model = ScriptedModel::load(&p.join(format!("{name}.jsonl")))
+                .unwrap()
+                .named(name);
             models.insert(name.into(), Arc::new(model));
         }
         let journal = Journal::open(&p.join("journal")).unwrap();
@@ -927,6 +945,43 @@ async fn each_documented_route_answers_as_its_document_says_on_the_wire() {
             route.method
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_children_are_listed_under_it_with_their_status_and_what_they_spent() {
+    let h = Harness::new().await;
+    let id = h
+        .create(
+            ACME,
+            json!({"goal": "plan", "model": "planner", "policy": "tree"}),
+        )
+        .await;
+    let parent = h.until_status(id, ACME, "completed").await;
+    let reply = h.get(&format!("/v1/sessions/{id}/children"), ACME).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    assert_eq!(reply.json["session"], id);
+    let children = reply.json["children"].as_array().unwrap();
+    assert_eq!(children.len(), 2, "{}", reply.json);
+    let mut calls = 0;
+    for child in children {
+        assert_eq!(child["depth"], 1);
+        assert_eq!(child["spawned_by"]["session"], id);
+        assert_eq!(child["model"], "quick");
+        assert_eq!(child["status"], "completed");
+        assert_eq!(child["own"]["steps"], 2, "{child}");
+        assert_eq!(child["own"]["tool_calls"], 1, "{child}");
+        calls += child["own"]["tool_calls"].as_u64().unwrap();
+    }
+    // The parent's usage counts its own three calls and its children's.
+    assert_eq!(parent["usage"]["tool_calls"].as_u64().unwrap(), 3 + calls);
+    // Another tenant learns nothing of them.
+    let other = h.get(&format!("/v1/sessions/{id}/children"), GLOBEX).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    // A session that started none has an empty list.
+    let alone = h.create(ACME, json!({"goal": "write"})).await;
+    h.until_status(alone, ACME, "completed").await;
+    let reply = h.get(&format!("/v1/sessions/{alone}/children"), ACME).await;
+    assert_eq!(reply.json["children"], json!([]));
 }
 
 fn h_document() -> Value {

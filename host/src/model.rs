@@ -267,6 +267,14 @@ impl ScriptedModel {
         })
     }
 
+    /// The model under another name than `scripted` (what sessions record
+    /// and prices are keyed on): a script that stands in for one model of
+    /// several.
+    pub fn named(mut self, name: &str) -> ScriptedModel {
+        name.clone_into(&mut self.name);
+        self
+    }
+
     /// Make every compaction request fail, as a model that cannot summarise.
     pub fn failing_summaries(mut self) -> ScriptedModel {
         self.summaries_fail = true;

@@ -24,6 +24,7 @@ pub mod payload;
 pub mod record;
 pub mod state;
 pub mod store;
+pub mod tree;
 
 pub use heads::Head;
 pub use journal::{

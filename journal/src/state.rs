@@ -124,6 +124,18 @@ impl Used {
         self.cost_usd += spent.cost_usd;
     }
 
+    /// Count `other` too (what another session used itself).
+    pub fn plus(&mut self, other: &Used) {
+        self.steps += other.steps;
+        self.tool_calls += other.tool_calls;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.cost_usd += other.cost_usd;
+        self.compactions += other.compactions;
+    }
+
     /// Take back what [`Used::add`] counted.
     fn take(&mut self, spent: &Spent) {
         self.tool_calls = self.tool_calls.saturating_sub(spent.tool_calls);
@@ -281,6 +293,21 @@ impl SessionState {
             writer: None,
             children: BTreeMap::new(),
         }
+    }
+
+    /// What the session used itself: [`SessionState::used`] less what its
+    /// children spent (or have reserved while they run).
+    pub fn own_used(&self) -> Used {
+        let mut own = self.used.clone();
+        for child in self.children.values() {
+            own.take(
+                child
+                    .ended
+                    .as_ref()
+                    .map_or(&child.started.reserved, |ended| &ended.spent),
+            );
+        }
+        own
     }
 
     /// Fold every readable record of `session`.

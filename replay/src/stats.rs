@@ -1,9 +1,13 @@
-//! `stats`: steps per tool, time per tool, tokens and cost over time.
+//! `stats`: steps per tool, time per tool, tokens and cost over time; for
+//! a session that started children, tokens and cost per session of its
+//! tree and per model (the planner's against its workers').
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use longrun_host::journal::payload::Payload;
+use longrun_host::journal::state::Used;
+use longrun_host::journal::tree::{self, Node};
 use longrun_host::journal::{Journal, SessionId, SessionState};
 use longrun_host::policy::RecordedPrices;
 use serde::Serialize;
@@ -39,6 +43,11 @@ pub struct Stats {
     pub session: SessionId,
     pub tools: BTreeMap<String, ToolStats>,
     pub over_time: Vec<Point>,
+    /// The session and every session under it, depth first (the session
+    /// alone when it started none).
+    pub tree: Vec<Node>,
+    /// What the tree's sessions used themselves, per model.
+    pub by_model: BTreeMap<String, Used>,
 }
 
 pub fn stats(journal: &Journal, session: SessionId) -> Result<Stats, ReplayError> {
@@ -48,6 +57,8 @@ pub fn stats(journal: &Journal, session: SessionId) -> Result<Stats, ReplayError
         session,
         tools: BTreeMap::new(),
         over_time: Vec::new(),
+        tree: Vec::new(),
+        by_model: BTreeMap::new(),
     };
     let mut calls: HashMap<String, String> = HashMap::new();
     for record in journal.records(session) {
@@ -101,6 +112,8 @@ pub fn stats(journal: &Journal, session: SessionId) -> Result<Stats, ReplayError
             | Payload::ChildEnded(_) => {}
         }
     }
+    out.tree = tree::tree(journal, session, &mut pricing)?;
+    out.by_model = tree::by_model(&out.tree);
     Ok(out)
 }
 
@@ -148,5 +161,39 @@ pub fn render(stats: &Stats, rows: usize) -> String {
             );
         }
     }
+    if stats.tree.len() > 1 {
+        render_tree(&mut out, stats);
+    }
     out
+}
+
+/// Each session of the tree (indented under its parent) and each model:
+/// what it used itself.
+fn render_tree(out: &mut String, stats: &Stats) {
+    let header = |out: &mut String, first: &str| {
+        let _ = writeln!(
+            out,
+            "\n{first:<24} {:<18} {:<18} {:>7} {:>7} {:>12} {:>12} {:>11}",
+            "model", "status", "steps", "calls", "tokens in", "tokens out", "cost $"
+        );
+    };
+    let row = |out: &mut String, first: &str, model: &str, status: &str, used: &Used| {
+        let _ = writeln!(
+            out,
+            "{first:<24} {model:<18} {status:<18} {:>7} {:>7} {:>12} {:>12} {:>11.4}",
+            used.steps, used.tool_calls, used.input_tokens, used.output_tokens, used.cost_usd
+        );
+    };
+    header(out, "session (own use)");
+    let mut whole = Used::default();
+    for node in &stats.tree {
+        let name = format!("{}{}", "  ".repeat(node.depth), node.session);
+        row(out, &name, &node.model, node.status.as_str(), &node.own);
+        whole.plus(&node.own);
+    }
+    row(out, "tree", "", "", &whole);
+    header(out, "per model");
+    for (model, used) in &stats.by_model {
+        row(out, "", model, "", used);
+    }
 }

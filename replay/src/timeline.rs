@@ -158,6 +158,15 @@ impl Visitor for Block<'_> {
                 &format!("from session {} at record {}", parent.session, parent.at),
             );
         }
+        if let Some(spawned_by) = &p.spawned_by {
+            self.line(
+                "parent",
+                &format!(
+                    "started by session {} at record {}",
+                    spawned_by.session, spawned_by.seq
+                ),
+            );
+        }
         if !p.labels.is_empty() {
             self.line(
                 "labels",

@@ -125,6 +125,10 @@ async fn answer(
                 let entry = session_of(shared, signed_in(tenant)?, &params)?;
                 list_steps(shared, &entry, &request)
             }
+            Op::ListChildren => {
+                let entry = session_of(shared, signed_in(tenant)?, &params)?;
+                list_children(shared, &entry)
+            }
             Op::Events => {
                 let entry = session_of(shared, signed_in(tenant)?, &params)?;
                 events(shared, &entry, &request)
@@ -509,6 +513,23 @@ pub fn record_json(record: &Record) -> Value {
         "blobs": record.blobs.iter().map(hex).collect::<Vec<_>>(),
         "payload": payload,
     })
+}
+
+/// The sessions the session started, theirs, and so on, depth first, as
+/// their records say now: each with its parent, status, and what it used
+/// itself and with its own children.
+fn list_children(shared: &Shared, entry: &Entry) -> Answer {
+    let nodes = longrun_host::journal::tree::tree(
+        &shared.journal,
+        entry.id,
+        &mut longrun_host::policy::RecordedPrices::default(),
+    )
+    .map_err(|e| Problem::Internal.with(format!("reading the session's children: {e}")))?;
+    let children = nodes.get(1..).unwrap_or_default();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"session": entry.id, "children": children}),
+    ))
 }
 
 fn list_steps(shared: &Shared, entry: &Entry, request: &Request<Incoming>) -> Answer {

@@ -16,6 +16,7 @@ pub enum Op {
     ListSessions,
     GetSession,
     ListSteps,
+    ListChildren,
     Events,
     PostMessage,
     Approve,
@@ -54,6 +55,12 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/v1/sessions", Op::ListSessions, true),
     route(Method::GET, "/v1/sessions/{id}", Op::GetSession, true),
     route(Method::GET, "/v1/sessions/{id}/steps", Op::ListSteps, true),
+    route(
+        Method::GET,
+        "/v1/sessions/{id}/children",
+        Op::ListChildren,
+        true,
+    ),
     route(Method::GET, "/v1/sessions/{id}/events", Op::Events, true),
     route(
         Method::POST,
