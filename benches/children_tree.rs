@@ -25,7 +25,7 @@ use longrun_host::children::Workers;
 use longrun_host::journal::{Journal, Status, Unpriced, tree};
 use longrun_host::model::{Model, ScriptedModel};
 use longrun_host::policy::RecordedPrices;
-use longrun_host::{Policy, Sandbox, SandboxConfig, Toolbox};
+use longrun_host::{Policy, Toolbox};
 
 mod common;
 
@@ -85,12 +85,7 @@ impl Bench {
             .enable_all()
             .build()
             .expect("runtime");
-        let tools_dir = longrun_host::tooldir::builtin_tools_dir()
-            .expect("the built-in tools: run scripts/build-tools");
-        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).expect("sandbox"));
-        let toolbox = runtime
-            .block_on(Toolbox::load_dir(sandbox, &tools_dir))
-            .expect("the built-in tools load");
+        let toolbox = common::builtin_toolbox(&runtime);
         let planner = ScriptedModel::parse(&planner_script(), "planner")
             .expect("the planner's script")
             .named("planner");

@@ -13,7 +13,6 @@
 //! the success rate of every run is printed beside the baseline's, with the
 //! tasks each protocol failed.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::print_result;
@@ -21,7 +20,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use longrun_host::agent::{AgentConfig, Session, SessionStatus};
 use longrun_host::journal::{Journal, RecordKind};
 use longrun_host::model::ModelResponse;
-use longrun_host::{Policy, Sandbox, SandboxConfig, Toolbox};
+use longrun_host::{Policy, Toolbox};
 use longrun_model_local::{LocalModel, Protocol};
 
 mod common;
@@ -173,12 +172,7 @@ fn written(journal: &Journal) -> Vec<String> {
 
 fn local_tasks(c: &mut Criterion) {
     let common::DefaultModel { runtime, model, .. } = common::default_model();
-    let tools_dir = longrun_host::tooldir::builtin_tools_dir()
-        .expect("the built-in tools: run scripts/build-tools");
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).expect("sandbox"));
-    let toolbox = runtime
-        .block_on(Toolbox::load_dir(sandbox, &tools_dir))
-        .expect("the built-in tools load");
+    let toolbox = common::builtin_toolbox(&runtime);
     let bench = Bench { runtime, toolbox };
 
     let mut model = Some(model);

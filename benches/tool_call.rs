@@ -14,13 +14,12 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Samples;
 use criterion::{Criterion, criterion_group, criterion_main};
 use longrun_host::policy::Policy;
-use longrun_host::sandbox::{CallRequest, Sandbox, SandboxConfig, Toolbox};
+use longrun_host::sandbox::CallRequest;
 
 mod common;
 
@@ -102,12 +101,8 @@ fn tool_call(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let tools_dir = longrun_host::tooldir::builtin_tools_dir()
-        .expect("built-in tools not found: run scripts/build-tools first");
-    let toolbox = runtime.block_on(async {
-        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).expect("engine"));
-        Toolbox::load_dir(sandbox, &tools_dir).await.expect("tools")
-    });
+    let toolbox = common::builtin_toolbox(&runtime);
+    let tools_dir = longrun_host::tooldir::builtin_tools_dir().expect("built-in tools");
     let policy_path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/locked-down.toml");
     let policy = Policy::load(&policy_path).expect("policy");

@@ -54,6 +54,19 @@ pub fn print_result(line: &str) {
     }
 }
 
+/// The built-in tool components, loaded on `runtime` into a fresh sandbox.
+#[allow(dead_code)] // Not every benchmark calls tools.
+pub fn builtin_toolbox(runtime: &tokio::runtime::Runtime) -> longrun_host::Toolbox {
+    let tools_dir = longrun_host::tooldir::builtin_tools_dir()
+        .expect("the built-in tools: run scripts/build-tools first");
+    let sandbox = Arc::new(
+        longrun_host::Sandbox::new(longrun_host::SandboxConfig::default()).expect("sandbox"),
+    );
+    runtime
+        .block_on(longrun_host::Toolbox::load_dir(sandbox, &tools_dir))
+        .expect("the built-in tools load")
+}
+
 /// The default local model, loaded, with what its benchmarks need beside it.
 #[allow(dead_code)] // Only the local model's benchmarks load it.
 pub struct DefaultModel {
