@@ -190,14 +190,7 @@ pub async fn replay(command: ReplayCommand) -> Result<ExitCode> {
                 expand_blobs: blobs,
             };
             let mut text = String::new();
-            for record in records {
-                text.push_str(&timeline::render(
-                    &record?,
-                    first.unix_millis,
-                    journal,
-                    style,
-                ));
-            }
+            timeline_text(journal, records, first.unix_millis, style, &mut text)?;
             if follow {
                 follow_children(journal, session, style, &mut text)?;
             }
@@ -393,7 +386,7 @@ fn list(json: bool, tree: bool, journal: &JournalDir) -> Result<ExitCode> {
         summaries.push((session, summary::summarise(&copy.journal, session)));
     }
     let unreadable = summaries.iter().filter(|(_, s)| s.is_err()).count();
-    let rows: Vec<(usize, &(u64, Result<summary::SessionSummary, _>))> = if tree {
+    let rows: Vec<(usize, &summary::SummaryOf<_>)> = if tree {
         summary::tree_order(&summaries)
     } else {
         summaries.iter().map(|s| (0, s)).collect()
@@ -488,14 +481,23 @@ fn follow_children(
             node.status.as_str()
         ));
         let (first, _) = longrun_replay::created(journal, node.session)?;
-        for record in longrun_replay::records_between(journal, node.session, 0, None) {
-            text.push_str(&timeline::render(
-                &record?,
-                first.unix_millis,
-                journal,
-                style,
-            ));
-        }
+        let records = longrun_replay::records_between(journal, node.session, 0, None);
+        timeline_text(journal, records, first.unix_millis, style, text)?;
+    }
+    Ok(())
+}
+
+/// Append the text timeline of `records` (times from `start_millis`, the
+/// session's first record) to `text`.
+fn timeline_text(
+    journal: &longrun_host::journal::Journal,
+    records: impl Iterator<Item = Result<longrun_host::journal::Record, longrun_replay::ReplayError>>,
+    start_millis: u64,
+    style: timeline::Style,
+    text: &mut String,
+) -> Result<()> {
+    for record in records {
+        text.push_str(&timeline::render(&record?, start_millis, journal, style));
     }
     Ok(())
 }
