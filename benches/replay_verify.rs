@@ -71,6 +71,7 @@ fn write_session(location: &Location) -> SessionId {
         spawned_by: None,
         policy_base: None,
         driver: Default::default(),
+        trajectories: None,
     };
     created.tools.push(RecordedTool {
         name: "fs_read".into(),

@@ -46,6 +46,13 @@ enum Command {
     Run {
         /// The goal of the new session.
         goal: String,
+        /// Heavy mode: run N trajectories on the goal (child sessions on
+        /// the same model, each with its own copy of the read-write mounts)
+        /// and answer with the one the model finds best; its changes are
+        /// applied to the real mounts, or only proposed, as the policy's
+        /// `[children] trajectory_changes` says.
+        #[arg(long, value_name = "N")]
+        trajectories: Option<u32>,
         #[command(flatten)]
         session: SessionArgs,
     },
@@ -161,8 +168,13 @@ struct SessionArgs {
 
 /// Which session `run_session` runs.
 enum Start {
-    New { goal: String },
-    Resume { session: Option<SessionId> },
+    New {
+        goal: String,
+        trajectories: Option<u32>,
+    },
+    Resume {
+        session: Option<SessionId>,
+    },
 }
 
 /// The policy a command runs under.
@@ -418,7 +430,11 @@ impl Command {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { goal, session } => run_session(Start::New { goal }, session).await,
+        Command::Run {
+            goal,
+            trajectories,
+            session,
+        } => run_session(Start::New { goal, trajectories }, session).await,
         Command::Resume {
             session_id,
             session,
@@ -647,6 +663,7 @@ async fn serve(
         models.insert(name.clone(), Arc::<dyn Model>::from(model));
     }
     let journal = open_journal(&config.journal)?;
+    let config_journal = config.journal.clone();
     let watched = journal.clone();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -656,7 +673,10 @@ async fn serve(
         journal,
         toolbox,
         models,
-        AgentConfig::default(),
+        AgentConfig {
+            scratch_dir: longrun_host::trajectories::scratch_dir(&config_journal),
+            ..AgentConfig::default()
+        },
         listener,
     )
     .await?;
@@ -712,19 +732,37 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
         context_tokens: args.context_tokens,
         max_output_tokens: args.max_output_tokens,
         output_view_bytes: args.output_view,
+        scratch_dir: longrun_host::trajectories::scratch_dir(&args.journal.location()?),
         ..AgentConfig::default()
     };
     let location = args.journal.location()?;
-    let model = args.model.load().await?;
+    let model: Arc<dyn Model> = Arc::from(args.model.load().await?);
     let policy = args.policy.load()?;
     let toolbox = Arc::new(args.tools.load().await?);
     let journal = open_journal(&location)?;
-    let workers = workers(&args.workers, &journal, &toolbox, &config).await?;
+    let workers = workers(&args.workers, &model, &journal, &toolbox, &config).await?;
     let mut session = match start {
-        Start::New { goal } => {
+        Start::New { goal, trajectories } => {
             let unfinished = last_unfinished(&journal)?;
-            let session =
-                Session::start(&journal, &toolbox, &policy, model.as_ref(), config, &goal).await?;
+            let session = match trajectories {
+                None => {
+                    Session::start(&journal, &toolbox, &policy, model.as_ref(), config, &goal)
+                        .await?
+                }
+                Some(n) => {
+                    Session::start_trajectories(
+                        &journal,
+                        &toolbox,
+                        &policy,
+                        model.as_ref(),
+                        config,
+                        &goal,
+                        Default::default(),
+                        n,
+                    )
+                    .await?
+                }
+            };
             eprintln!("new session {}", session.id());
             if let Some(last) = unfinished {
                 eprintln!(
@@ -761,14 +799,18 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
     drive(&mut session, &policy).await
 }
 
-/// The models `--worker NAME=SPEC` names, for child sessions.
+/// The models child sessions may run on: those `--worker NAME=SPEC` names,
+/// and the session's own `model` under its name (heavy mode's trajectories
+/// run on it).
 async fn workers(
     specs: &[String],
+    model: &Arc<dyn Model>,
     journal: &Arc<Journal>,
     toolbox: &Arc<Toolbox>,
     config: &AgentConfig,
 ) -> Result<Arc<Workers>> {
     let mut models = std::collections::BTreeMap::new();
+    models.insert(model.name().to_owned(), model.clone());
     for spec in specs {
         let (name, spec) = spec
             .split_once('=')

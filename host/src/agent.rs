@@ -20,6 +20,8 @@
 //! The loop sees the model, the sandbox and the journal only through their
 //! interfaces ([`Model`], [`Toolbox`], [`SessionWriter`]).
 
+mod heavy;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use longrun_journal::payload::{
     BudgetEvent, ChildEnded, ChildStarted, ControlAction, EndStatus, LeaseTaken, NewMessages,
-    Payload, SessionEnded, SpawnedBy, Spent,
+    Payload, SessionEnded, SpawnedBy, Spent, TrajectoryChosen,
 };
 use longrun_journal::{RepeatedFailures, SessionState};
 
@@ -75,6 +77,10 @@ pub struct AgentConfig {
     /// The most bytes of the mounts' files a new session stores in its
     /// journal (see [`crate::snapshot`]); 0 stores none.
     pub snapshot_bytes: u64,
+    /// Where heavy mode keeps its trajectories' copies of the read-write
+    /// mounts (see [`crate::trajectories`]); without one, heavy mode runs
+    /// only under policies with no read-write mount.
+    pub scratch_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -86,6 +92,7 @@ impl Default for AgentConfig {
             context_tokens: 32_000,
             output_view_bytes: 8 << 10,
             snapshot_bytes: 64 << 20,
+            scratch_dir: None,
         }
     }
 }
@@ -136,6 +143,8 @@ pub enum AgentError {
     Inconsistent(String),
     #[error("cannot snapshot the mounts: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("heavy mode: {0}")]
+    Heavy(#[from] crate::trajectories::HeavyError),
 }
 
 /// What `model` costs under `policy`. A model without a price is free only
@@ -265,6 +274,7 @@ pub fn session_created(
         spawned_by: None,
         policy_base: Some(policy.base_dir.to_string_lossy().into_owned()),
         driver: longrun_journal::payload::Driver::Model,
+        trajectories: None,
     }
 }
 
@@ -307,6 +317,18 @@ pub struct Session<'a> {
     workers: Option<Arc<Workers>>,
     /// The children it started, by id.
     children: BTreeMap<SessionId, ChildRun>,
+    /// Heavy mode: how many trajectories it runs (see
+    /// [`Session::run_trajectories`]).
+    trajectories: Option<u32>,
+    /// The hex hash of its snapshot's manifest, when one was taken.
+    snapshot: Option<String>,
+    /// Heavy mode: the comparisons' replies so far, each with its
+    /// `model_response` record.
+    comparisons: Vec<(u64, String)>,
+    /// Heavy mode: the trajectory chosen, and whether its changes were
+    /// applied, once recorded.
+    chosen: Option<TrajectoryChosen>,
+    applied: bool,
 }
 
 /// A child session as its parent runs it.
@@ -391,6 +413,33 @@ impl<'a> Session<'a> {
         Session::start_with(journal, writer, toolbox, policy, model, config, created).await
     }
 
+    /// A new heavy-mode session: it runs `trajectories` child sessions on
+    /// `goal` and answers with the one its model finds best (see
+    /// [`crate::trajectories`]). Refused before anything is written when
+    /// the policy or the host cannot run them.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_trajectories(
+        journal: &Arc<Journal>,
+        toolbox: &'a Toolbox,
+        policy: &'a Policy,
+        model: &'a dyn Model,
+        config: AgentConfig,
+        goal: &str,
+        labels: serde_json::Map<String, serde_json::Value>,
+        trajectories: u32,
+    ) -> Result<Session<'a>, AgentError> {
+        crate::trajectories::check(
+            policy,
+            trajectories,
+            config.scratch_dir.as_deref(),
+            config.snapshot_bytes,
+        )?;
+        let writer = journal.create_session()?;
+        let mut created = session_created(goal, policy, model.name(), toolbox, labels);
+        created.trajectories = Some(trajectories);
+        Session::start_with(journal, writer, toolbox, policy, model, config, created).await
+    }
+
     /// A child session, under the id its parent reserved for it in its
     /// `child_started` record, which its first record names.
     #[allow(clippy::too_many_arguments)]
@@ -422,12 +471,14 @@ impl<'a> Session<'a> {
     ) -> Result<Session<'a>, AgentError> {
         let price = price(policy, model)?;
         let goal = created.goal.clone();
+        let trajectories = created.trajectories;
         let mut blobs = Vec::new();
         if config.snapshot_bytes > 0 && !policy.filesystem.is_empty() {
             let taken = crate::snapshot::take(journal, &policy.filesystem, config.snapshot_bytes)?;
             created.snapshot = Some(crate::journal::hex(&taken.manifest));
             blobs = taken.blobs;
         }
+        let snapshot = created.snapshot.clone();
         writer
             .append_payload_durable(&Payload::SessionCreated(Box::new(created)), &blobs)
             .await?;
@@ -436,6 +487,8 @@ impl<'a> Session<'a> {
         Ok(Session {
             messages: vec![Message::text(Role::User, goal.as_str())],
             created_unix_millis,
+            trajectories,
+            snapshot,
             ..Session::fresh(writer, journal, toolbox, policy, model, config, price)
         })
     }
@@ -475,6 +528,11 @@ impl<'a> Session<'a> {
             progress: None,
             workers: None,
             children: BTreeMap::new(),
+            trajectories: None,
+            snapshot: None,
+            comparisons: Vec::new(),
+            chosen: None,
+            applied: false,
         }
     }
 
@@ -496,6 +554,7 @@ impl<'a> Session<'a> {
         let mut messages = Vec::new();
         let mut sent = 0;
         let mut outputs_cut = false;
+        let mut comparisons = Vec::new();
         for record in journal.records(session) {
             let record = record?;
             let payload = longrun_journal::state::decode(&record)?;
@@ -503,6 +562,18 @@ impl<'a> Session<'a> {
             match &payload {
                 Payload::SessionCreated(created) => {
                     messages.push(Message::text(Role::User, created.goal.clone()));
+                }
+                // A heavy-mode session's responses are its comparisons.
+                Payload::ModelResponse(response)
+                    if state
+                        .created
+                        .as_ref()
+                        .is_some_and(|c| c.trajectories.is_some()) =>
+                {
+                    comparisons.push((
+                        record.seq,
+                        response.message.content.clone().unwrap_or_default(),
+                    ));
                 }
                 Payload::ModelResponse(response) => {
                     messages.push(response.message.clone());
@@ -558,7 +629,9 @@ impl<'a> Session<'a> {
                 | Payload::PolicyChanged(_)
                 | Payload::LeaseTaken(_)
                 | Payload::ChildStarted(_)
-                | Payload::ChildEnded(_) => {}
+                | Payload::ChildEnded(_)
+                | Payload::TrajectoryChosen(_)
+                | Payload::ChangesApplied(_) => {}
             }
         }
         if state.created.is_none() {
@@ -606,6 +679,11 @@ impl<'a> Session<'a> {
                     (id, run)
                 })
                 .collect(),
+            trajectories: state.created.as_ref().and_then(|c| c.trajectories),
+            snapshot: state.created.as_ref().and_then(|c| c.snapshot.clone()),
+            comparisons,
+            chosen: state.chosen,
+            applied: state.applied.is_some(),
             ..Session::fresh(writer, journal, toolbox, policy, model, config, price)
         })))
     }
@@ -644,6 +722,7 @@ impl<'a> Session<'a> {
                     session: parent,
                     seq: child.started_at,
                 },
+                copies: heavy::copies_of(&child.started, self.snapshot.as_ref()),
             };
             child.task = Some(crate::children::spawn(workers.clone(), run));
         }
@@ -742,6 +821,9 @@ impl<'a> Session<'a> {
 
     /// Run until the session completes or pauses.
     pub async fn run(&mut self) -> Result<SessionStatus, AgentError> {
+        if let Some(n) = self.trajectories {
+            return self.run_trajectories(n).await;
+        }
         loop {
             if let Some(status) = self.steer().await? {
                 return Ok(status);
@@ -1274,6 +1356,7 @@ impl<'a> Session<'a> {
             model: args.model.clone(),
             policy_text: policy.text.clone(),
             reserved: reserved.clone(),
+            trajectory: None,
         };
         let started_at = self.writer.next_seq();
         self.record(Payload::ChildStarted(started.clone())).await?;
@@ -1287,6 +1370,7 @@ impl<'a> Session<'a> {
                 session: self.writer.session(),
                 seq: started_at,
             },
+            copies: None,
         };
         let task = crate::children::spawn(workers, child);
         self.children.insert(

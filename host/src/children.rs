@@ -162,6 +162,16 @@ pub struct Child {
     pub model: String,
     pub policy: Policy,
     pub spawned_by: SpawnedBy,
+    /// For a trajectory of a heavy-mode session: the copies it works in,
+    /// made from the parent's snapshot before its first record.
+    pub copies: Option<Copies>,
+}
+
+/// A trajectory's workspace copies and the parent's snapshot (the hex hash
+/// of its manifest's blob) they are made from.
+pub struct Copies {
+    pub snapshot: String,
+    pub copies: Vec<longrun_journal::payload::MountCopy>,
 }
 
 /// Run child `child` (start it, or resume it if its first record exists)
@@ -213,6 +223,17 @@ fn run(
         }
         let started = match journal.records(child.id).next() {
             None => {
+                // Made afresh each time the child is started: a start a
+                // crash cut short may have left a copy half made.
+                if let Some(copies) = &child.copies
+                    && let Err(e) = crate::trajectories::restore_copies(
+                        &journal,
+                        &copies.snapshot,
+                        &copies.copies,
+                    )
+                {
+                    return failed(e.into());
+                }
                 Session::start_as_child(
                     &journal,
                     child.id,

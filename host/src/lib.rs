@@ -18,6 +18,8 @@
 //! - [`steer`]: a person's messages, pauses, cancels and approvals.
 //! - [`process`]: process-wide settings made once at start.
 //! - [`tooldir`]: where the built-in tool components are found.
+//! - [`trajectories`]: heavy mode: N trajectories on one goal, their
+//!   workspace copies, the comparison, and applying the chosen changes.
 
 pub mod agent;
 pub mod budget;
@@ -36,6 +38,7 @@ pub mod sandbox;
 pub mod snapshot;
 pub mod steer;
 pub mod tooldir;
+pub mod trajectories;
 
 pub use longrun_journal as journal;
 

@@ -54,6 +54,9 @@ pub enum Purpose {
     /// A summary of older messages, to compact the context: the last
     /// message of the request holds them as a transcript.
     Summarize,
+    /// Heavy mode's comparison of its trajectories' answers: the last
+    /// message lists them and asks for the number of the best.
+    Compare,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -176,6 +179,28 @@ struct ScriptLine {
     /// Answer this many steps in a row.
     #[serde(default = "one")]
     repeat: u64,
+    /// `compare`: the line answers heavy mode's comparison requests (a
+    /// script of their own, keyed on step the same way) instead of steps.
+    #[serde(default)]
+    purpose: Purpose,
+}
+
+/// The lines of one kind of request, and the step after each line's last.
+#[derive(Default)]
+struct Lines {
+    lines: Vec<ScriptLine>,
+    ends: Vec<u64>,
+}
+
+impl Lines {
+    fn len(&self) -> u64 {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
+    fn line(&self, step: u64) -> Option<&ScriptLine> {
+        let index = self.ends.partition_point(|end| *end <= step);
+        self.lines.get(index)
+    }
 }
 
 fn one() -> u64 {
@@ -205,16 +230,19 @@ struct ScriptedCall {
 ///   its arguments becomes the step's number, so calls differ (the string
 ///   `"{step}"` alone becomes the number);
 /// - `"fail_times": N` — each of its steps fails transiently N times first;
-/// - `"delay_ms": N` — it takes N milliseconds to answer.
+/// - `"delay_ms": N` — it takes N milliseconds to answer;
+/// - `"purpose": "compare"` — it answers heavy mode's comparison requests
+///   ([`Purpose::Compare`]), a script of their own keyed on step the same
+///   way (the first comparison is step 0), instead of steps.
 ///
 /// A compaction request ([`Purpose::Summarize`]) gets a one-line summary
 /// that says how many lines of transcript it covers, unless
 /// [`ScriptedModel::failing_summaries`] was asked for.
 pub struct ScriptedModel {
     name: String,
-    lines: Vec<ScriptLine>,
-    /// The step after the last step of each line.
-    ends: Vec<u64>,
+    steps: Lines,
+    /// The answers to comparison requests ([`Purpose::Compare`]).
+    comparisons: Lines,
     /// Transient failures still to give, by step.
     failures_given: Mutex<std::collections::HashMap<u64, u32>>,
     summaries_fail: bool,
@@ -231,9 +259,7 @@ impl ScriptedModel {
     }
 
     pub fn parse(text: &str, file: &str) -> Result<ScriptedModel, ScriptError> {
-        let mut lines = Vec::new();
-        let mut ends = Vec::new();
-        let mut total: u64 = 0;
+        let (mut steps, mut comparisons) = (Lines::default(), Lines::default());
         for (i, raw) in text.lines().enumerate() {
             let trimmed = raw.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -252,16 +278,26 @@ impl ScriptedModel {
             if line.repeat == 0 {
                 return Err(invalid("`repeat` must be at least 1".into()));
             }
-            total = total
+            let of = match line.purpose {
+                Purpose::Step => &mut steps,
+                Purpose::Compare => &mut comparisons,
+                Purpose::Summarize => {
+                    return Err(invalid(
+                        "`purpose` is `step` or `compare` (summaries are not scripted)".into(),
+                    ));
+                }
+            };
+            let end = of
+                .len()
                 .checked_add(line.repeat)
                 .ok_or_else(|| invalid("the script is too long".into()))?;
-            lines.push(line);
-            ends.push(total);
+            of.lines.push(line);
+            of.ends.push(end);
         }
         Ok(ScriptedModel {
             name: "scripted".to_owned(),
-            lines,
-            ends,
+            steps,
+            comparisons,
             failures_given: Mutex::default(),
             summaries_fail: false,
         })
@@ -283,16 +319,18 @@ impl ScriptedModel {
 
     /// How many steps the script answers.
     pub fn len(&self) -> u64 {
-        self.ends.last().copied().unwrap_or(0)
+        self.steps.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn line(&self, step: u64) -> Option<&ScriptLine> {
-        let index = self.ends.partition_point(|end| *end <= step);
-        self.lines.get(index)
+    fn line(&self, request: &ModelRequest) -> Option<&ScriptLine> {
+        match request.purpose {
+            Purpose::Compare => self.comparisons.line(request.step),
+            Purpose::Step | Purpose::Summarize => self.steps.line(request.step),
+        }
     }
 
     fn respond(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
@@ -300,10 +338,12 @@ impl ScriptedModel {
             return self.summarize(request);
         }
         let step = request.step;
-        let line = self.line(step).ok_or_else(|| {
+        let line = self.line(request).ok_or_else(|| {
             ModelError::Fatal(format!(
-                "the script has {} steps and step {step} was asked for",
-                self.len()
+                "the script has {} steps and {} comparisons, and {:?} {step} was asked for",
+                self.len(),
+                self.comparisons.len(),
+                request.purpose
             ))
         })?;
         if line.fail_times > 0
@@ -422,7 +462,7 @@ impl Model for ScriptedModel {
 
     fn complete<'a>(&'a self, request: &'a ModelRequest) -> ModelFuture<'a> {
         Box::pin(async move {
-            let delay = self.line(request.step).map(|l| l.delay_ms).unwrap_or(0);
+            let delay = self.line(request).map(|l| l.delay_ms).unwrap_or(0);
             if delay > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             }

@@ -204,6 +204,13 @@ fn children_narrow(child: &Policy, parent: &Policy, wider: &mut Vec<String>) {
     if c.max_concurrent > p.max_concurrent || c.max_children > p.max_children {
         wider.push("[children]: more children than the parent may have".into());
     }
+    if c.trajectory_changes == crate::policy::TrajectoryChanges::Apply
+        && p.trajectory_changes == crate::policy::TrajectoryChanges::Propose
+    {
+        wider.push(
+            "[children]: trajectory changes applied where the parent's are only proposed".into(),
+        );
+    }
     if c.max_depth >= p.max_depth {
         wider.push("[children]: a child's generations must be fewer than its parent's".into());
     }

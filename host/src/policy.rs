@@ -93,6 +93,29 @@ pub struct ChildrenPolicy {
     /// children too.
     #[serde(default = "ChildrenPolicy::default_depth")]
     pub max_depth: u32,
+    /// Heavy mode (`run --trajectories N`): whether the chosen trajectory's
+    /// changes to the read-write mounts are applied to the real files
+    /// (`apply`) or only recorded for a person to apply (`propose`).
+    #[serde(default)]
+    pub trajectory_changes: TrajectoryChanges,
+}
+
+/// What heavy mode does with the chosen trajectory's changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrajectoryChanges {
+    #[default]
+    Apply,
+    Propose,
+}
+
+impl TrajectoryChanges {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrajectoryChanges::Apply => "apply",
+            TrajectoryChanges::Propose => "propose",
+        }
+    }
 }
 
 impl ChildrenPolicy {
@@ -768,11 +791,12 @@ allow = [\"fs_list\", \"fs_read\", \"fs_search\", \"json_query\", \"word_count\"
             let models: Vec<String> = children.models.clone();
             let _ = write!(
                 out,
-                "\n[children]\nmodels = {}\nmax_concurrent = {}\nmax_children = {}\nmax_depth = {}\n",
+                "\n[children]\nmodels = {}\nmax_concurrent = {}\nmax_children = {}\nmax_depth = {}\ntrajectory_changes = {:?}\n",
                 list(models),
                 children.max_concurrent,
                 children.max_children,
-                children.max_depth
+                children.max_depth,
+                children.trajectory_changes.as_str()
             );
         }
         out

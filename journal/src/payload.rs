@@ -141,6 +141,10 @@ pub struct SessionCreated {
     /// Who proposes the session's tool calls.
     #[serde(default, skip_serializing_if = "Driver::is_model")]
     pub driver: Driver,
+    /// Heavy mode: the session runs this many trajectories on its goal and
+    /// answers with the one its model finds best.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trajectories: Option<u32>,
 }
 
 impl SessionCreated {
@@ -498,6 +502,98 @@ pub struct ChildStarted {
     /// starts it as it was asked.
     pub policy_text: String,
     pub reserved: Spent,
+    /// For one of a heavy-mode session's trajectories: which, and the
+    /// copies of the parent's read-write mounts it works in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trajectory: Option<Trajectory>,
+}
+
+/// One trajectory of a heavy-mode session: a child on the parent's goal and
+/// model, from the same start. Each of the parent's read-write mounts is
+/// given to it as a copy of its own, restored from the parent's snapshot
+/// (so every trajectory starts from the same files, and none touches the
+/// real ones); the child's policy mounts each copy at the same guest path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trajectory {
+    /// Which of the parent's trajectories, from 0.
+    pub index: u32,
+    pub copies: Vec<MountCopy>,
+}
+
+/// A copy of one of the parent's read-write mounts, for one trajectory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountCopy {
+    /// The guest path of the parent's mount, where the copy is mounted too.
+    pub guest: String,
+    /// The host directory that holds the copy.
+    pub host: String,
+}
+
+/// How a heavy-mode session chose among its trajectories.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum ChosenBy {
+    /// Only this trajectory completed: there was nothing to compare.
+    OnlyCompleted,
+    /// The model compared the completed trajectories' answers and named
+    /// this one (in the `model_response` at `response`).
+    Model { response: u64 },
+    /// The model's comparisons named no trajectory (`why`), so the host
+    /// took the first that completed. Its changes are then only proposed:
+    /// no real file is written on a choice nobody made.
+    FirstCompleted { why: String },
+}
+
+/// The payload of `trajectory_chosen`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrajectoryChosen {
+    /// The chosen child session.
+    pub child: SessionId,
+    pub index: u32,
+    #[serde(flatten)]
+    pub by: ChosenBy,
+    /// Whether the changes are applied to the real mounts (else only
+    /// proposed: recorded here, for a person to apply).
+    pub apply: bool,
+    /// What the chosen trajectory's copies hold that the parent's snapshot
+    /// did not; each new content is a blob the record references.
+    pub changes: Vec<FileChange>,
+    /// What the copies hold that cannot be carried over (too large for the
+    /// journal, a link, a special file), each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<PathNote>,
+}
+
+/// One file a trajectory changed, under the mount at `guest`: its path
+/// relative to the mount, the blob it held at the start (none: it did not
+/// exist) and the blob it holds now (none: it was removed), as hex hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChange {
+    pub guest: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// A path under a mount, and something about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathNote {
+    pub guest: String,
+    pub path: String,
+    pub why: String,
+}
+
+/// The payload of `changes_applied`: the chosen trajectory's changes as
+/// they reached the real mounts. A change whose file was no longer what
+/// the snapshot held (someone else changed it meanwhile) is not written:
+/// it is listed in `conflicts`, with what was found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangesApplied {
+    pub applied: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<PathNote>,
 }
 
 /// The payload of `child_ended`: the parent saw its child end (or stop):
@@ -552,6 +648,8 @@ pub enum Payload {
     LeaseTaken(LeaseTaken),
     ChildStarted(ChildStarted),
     ChildEnded(ChildEnded),
+    TrajectoryChosen(TrajectoryChosen),
+    ChangesApplied(ChangesApplied),
 }
 
 /// A payload that does not decode as its kind says.
@@ -593,6 +691,8 @@ impl Payload {
             RecordKind::LeaseTaken => Payload::LeaseTaken(json(kind, bytes)?),
             RecordKind::ChildStarted => Payload::ChildStarted(json(kind, bytes)?),
             RecordKind::ChildEnded => Payload::ChildEnded(json(kind, bytes)?),
+            RecordKind::TrajectoryChosen => Payload::TrajectoryChosen(json(kind, bytes)?),
+            RecordKind::ChangesApplied => Payload::ChangesApplied(json(kind, bytes)?),
         })
     }
 
@@ -619,6 +719,8 @@ impl Payload {
             Payload::LeaseTaken(_) => RecordKind::LeaseTaken,
             Payload::ChildStarted(_) => RecordKind::ChildStarted,
             Payload::ChildEnded(_) => RecordKind::ChildEnded,
+            Payload::TrajectoryChosen(_) => RecordKind::TrajectoryChosen,
+            Payload::ChangesApplied(_) => RecordKind::ChangesApplied,
         }
     }
 
@@ -644,6 +746,8 @@ impl Payload {
             Payload::LeaseTaken(p) => serde_json::to_vec(p),
             Payload::ChildStarted(p) => serde_json::to_vec(p),
             Payload::ChildEnded(p) => serde_json::to_vec(p),
+            Payload::TrajectoryChosen(p) => serde_json::to_vec(p),
+            Payload::ChangesApplied(p) => serde_json::to_vec(p),
         };
         // These types hold only strings, numbers, and JSON values that came
         // from JSON: serializing them cannot fail.

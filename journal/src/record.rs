@@ -66,10 +66,18 @@ pub enum RecordKind {
     ChildStarted = 19,
     /// A child session of this one ended, or stopped: what it spent.
     ChildEnded = 20,
+    /// Heavy mode: which of the session's trajectories (child sessions on
+    /// its goal) was chosen, and how, with the changes its workspace copy
+    /// holds and whether they are to be applied: the intent, durable
+    /// before any real file is touched.
+    TrajectoryChosen = 21,
+    /// Heavy mode: the chosen trajectory's changes were applied to the real
+    /// mounts (each change, or the conflict that kept it out).
+    ChangesApplied = 22,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 20] = [
+    pub const ALL: [RecordKind; 22] = [
         RecordKind::SessionCreated,
         RecordKind::ModelRequest,
         RecordKind::ModelResponse,
@@ -90,6 +98,8 @@ impl RecordKind {
         RecordKind::LeaseTaken,
         RecordKind::ChildStarted,
         RecordKind::ChildEnded,
+        RecordKind::TrajectoryChosen,
+        RecordKind::ChangesApplied,
     ];
 
     /// The kind's name in exports and APIs (`snake_case`), stable.
@@ -115,6 +125,8 @@ impl RecordKind {
             RecordKind::LeaseTaken => "lease_taken",
             RecordKind::ChildStarted => "child_started",
             RecordKind::ChildEnded => "child_ended",
+            RecordKind::TrajectoryChosen => "trajectory_chosen",
+            RecordKind::ChangesApplied => "changes_applied",
         }
     }
 

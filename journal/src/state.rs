@@ -18,7 +18,9 @@ use crate::payload::{
     ModelResponse, NewMessages, Payload, PayloadError, PolicyChanged, Refusal, RepeatedFailure,
     SessionCreated, SessionEnded, ToolCall, ToolIntent, ToolResult, Usage, Verdict,
 };
-use crate::payload::{ChildEnded, ChildStarted, Control, Forked, LeaseTaken, Spent};
+use crate::payload::{
+    ChangesApplied, ChildEnded, ChildStarted, Control, Forked, LeaseTaken, Spent, TrajectoryChosen,
+};
 use crate::record::{Hash, Record, RecordKind, SessionId};
 use crate::{Journal, JournalError};
 
@@ -234,6 +236,10 @@ pub struct SessionState {
     pub writer: Option<LeaseTaken>,
     /// The child sessions it started, by id.
     pub children: BTreeMap<SessionId, Child>,
+    /// Heavy mode: the trajectory chosen, once chosen.
+    pub chosen: Option<TrajectoryChosen>,
+    /// Heavy mode: the chosen changes as applied, once applied.
+    pub applied: Option<ChangesApplied>,
 }
 
 /// A child session, as its parent's records say.
@@ -292,6 +298,8 @@ impl SessionState {
             failures: RepeatedFailures::default(),
             writer: None,
             children: BTreeMap::new(),
+            chosen: None,
+            applied: None,
         }
     }
 
@@ -560,6 +568,40 @@ impl SessionState {
                 self.used.add(&ended.spent);
                 child.ended = Some(ended.clone());
             }
+            Payload::TrajectoryChosen(chosen) => {
+                let trajectories = self.created.as_ref().and_then(|c| c.trajectories);
+                if trajectories.is_none() {
+                    return Err(refuse("the session runs no trajectories".into()));
+                }
+                if self.chosen.is_some() {
+                    return Err(refuse("a trajectory was chosen already".into()));
+                }
+                let child = self.children.get(&chosen.child);
+                let index = child.and_then(|c| c.started.trajectory.as_ref().map(|t| t.index));
+                if index != Some(chosen.index) {
+                    return Err(refuse(format!(
+                        "child {} is not the session's trajectory {}",
+                        chosen.child, chosen.index
+                    )));
+                }
+                if child.and_then(|c| c.ended.as_ref()).map(|e| e.status) != Some(Status::Completed)
+                {
+                    return Err(refuse(format!(
+                        "trajectory {} has not completed",
+                        chosen.index
+                    )));
+                }
+                self.chosen = Some(chosen.clone());
+            }
+            Payload::ChangesApplied(applied) => {
+                if !self.chosen.as_ref().is_some_and(|c| c.apply) {
+                    return Err(refuse("no chosen changes were to be applied".into()));
+                }
+                if self.applied.is_some() {
+                    return Err(refuse("the changes were applied already".into()));
+                }
+                self.applied = Some(applied.clone());
+            }
             Payload::LeaseTaken(taken) => {
                 taken.follows(self.writer.as_ref()).map_err(refuse)?;
                 self.writer = Some(taken.clone());
@@ -636,6 +678,8 @@ pub trait Visitor {
     fn lease_taken(&mut self, r: &Record, p: &LeaseTaken) -> Result<(), Self::Error>;
     fn child_started(&mut self, r: &Record, p: &ChildStarted) -> Result<(), Self::Error>;
     fn child_ended(&mut self, r: &Record, p: &ChildEnded) -> Result<(), Self::Error>;
+    fn trajectory_chosen(&mut self, r: &Record, p: &TrajectoryChosen) -> Result<(), Self::Error>;
+    fn changes_applied(&mut self, r: &Record, p: &ChangesApplied) -> Result<(), Self::Error>;
 }
 
 /// Hand `record` to the method of `visitor` for its kind.
@@ -662,5 +706,7 @@ pub fn visit<V: Visitor>(visitor: &mut V, record: &Record) -> Result<(), V::Erro
         Payload::LeaseTaken(p) => visitor.lease_taken(r, p),
         Payload::ChildStarted(p) => visitor.child_started(r, p),
         Payload::ChildEnded(p) => visitor.child_ended(r, p),
+        Payload::TrajectoryChosen(p) => visitor.trajectory_chosen(r, p),
+        Payload::ChangesApplied(p) => visitor.changes_applied(r, p),
     }
 }

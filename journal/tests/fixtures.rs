@@ -38,6 +38,7 @@ async fn write_session(journal: &std::sync::Arc<Journal>) {
             spawned_by: None,
             policy_base: None,
             driver: Driver::Model,
+            trajectories: None,
         })),
         Payload::ModelRequest(NewMessages(vec![Message::text(
             Role::User,

@@ -70,6 +70,7 @@ fn created() -> Payload {
         spawned_by: None,
         policy_base: None,
         driver: Driver::Model,
+        trajectories: None,
     }))
 }
 
@@ -203,6 +204,13 @@ fn one_of_each_kind() -> Vec<Payload> {
                 tool_calls: 4,
                 ..Spent::default()
             },
+            trajectory: Some(Trajectory {
+                index: 1,
+                copies: vec![MountCopy {
+                    guest: "/workspace".into(),
+                    host: "/scratch/7/1/0".into(),
+                }],
+            }),
         }),
         Payload::ChildEnded(ChildEnded {
             child: 8,
@@ -215,6 +223,31 @@ fn one_of_each_kind() -> Vec<Payload> {
                 output_tokens: 3,
                 cost_usd: 0.0,
             },
+        }),
+        Payload::TrajectoryChosen(TrajectoryChosen {
+            child: 8,
+            index: 1,
+            by: ChosenBy::Model { response: 4 },
+            apply: true,
+            changes: vec![FileChange {
+                guest: "/workspace".into(),
+                path: "notes/todo.txt".into(),
+                before: None,
+                after: Some("ab".repeat(32)),
+            }],
+            left_out: vec![PathNote {
+                guest: "/workspace".into(),
+                path: "big.bin".into(),
+                why: "past the snapshot's size limit".into(),
+            }],
+        }),
+        Payload::ChangesApplied(ChangesApplied {
+            applied: 0,
+            conflicts: vec![PathNote {
+                guest: "/workspace".into(),
+                path: "notes/todo.txt".into(),
+                why: "the file changed since the session started".into(),
+            }],
         }),
     ]
 }

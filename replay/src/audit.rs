@@ -26,9 +26,10 @@ use std::str::FromStr;
 use longrun_host::children::is_children_tool;
 use longrun_host::context::READ_OUTPUT;
 use longrun_host::journal::payload::{
-    BudgetEvent, ChildEnded, ChildStarted, Control, EndStatus, Forked, Input, JournaledCompaction,
-    LeaseTaken, ModelFailure, ModelResponse, NewMessages, PolicyChanged, Refusal, RepeatedFailure,
-    SessionCreated, SessionEnded, Spent, ToolCall, ToolIntent, ToolResult, Usage, Verdict,
+    BudgetEvent, ChangesApplied, ChildEnded, ChildStarted, ChosenBy, Control, EndStatus, Forked,
+    Input, JournaledCompaction, LeaseTaken, ModelFailure, ModelResponse, NewMessages,
+    PolicyChanged, Refusal, RepeatedFailure, SessionCreated, SessionEnded, Spent, ToolCall,
+    ToolIntent, ToolResult, TrajectoryChosen, Usage, Verdict,
 };
 use longrun_host::journal::{
     Hash, Journal, Record, RecordKind, RepeatedFailures, SessionId, StateError, VerifyError,
@@ -94,6 +95,8 @@ pub fn verify(
         stuck_due: false,
         writer: None,
         reserved: HashMap::new(),
+        apply_due: false,
+        trajectories: None,
         warnings: Vec::new(),
     };
     let (records, check) = check_in_parallel(journal, session, check)?;
@@ -232,6 +235,11 @@ struct Check<'j> {
     writer: Option<LeaseTaken>,
     /// What is reserved for each child that has not ended.
     reserved: HashMap<SessionId, Spent>,
+    /// Heavy mode: the chosen changes are to be applied, and have not been
+    /// yet.
+    apply_due: bool,
+    /// Heavy mode: how many trajectories the session runs.
+    trajectories: Option<u32>,
     warnings: Vec<String>,
 }
 
@@ -381,6 +389,24 @@ impl Visitor for Check<'_> {
             max_wall_time: None,
             max_repeated_failures: budgets.max_repeated_failures,
         };
+        // A trajectory's copies stand for the parent's read-write mounts
+        // they were made from.
+        let child = match &started.trajectory {
+            Some(trajectory) => {
+                let n = self.trajectories;
+                if n.is_none_or(|n| trajectory.index >= n) {
+                    return Err(Failure(format!(
+                        "child {} is trajectory {}, and the session runs {} trajectories",
+                        started.child,
+                        trajectory.index,
+                        n.unwrap_or(0)
+                    )));
+                }
+                longrun_host::trajectories::as_derived(&child, &in_force.policy, trajectory)
+                    .map_err(|e| Failure(format!("trajectory child {}: {e}", started.child)))?
+            }
+            None => child,
+        };
         longrun_host::narrow::check(&child, &in_force.policy, &tools, &left)
             .map_err(|e| Failure(format!("child {}: {e}", started.child)))?;
         if self
@@ -408,6 +434,63 @@ impl Visitor for Check<'_> {
         };
         self.spend(&reserved, -1.0)?;
         self.spend(&ended.spent, 1.0)?;
+        Ok(())
+    }
+
+    /// The chosen changes' new contents are blobs the record references
+    /// (so the chain covers them); they are to be applied exactly when the
+    /// policy in force says `apply` and the model made the choice; a choice
+    /// the model made names its reply.
+    fn trajectory_chosen(&mut self, r: &Record, chosen: &TrajectoryChosen) -> Result<(), Failure> {
+        for change in &chosen.changes {
+            let Some(after) = &change.after else {
+                continue;
+            };
+            if !parse_hex(after).is_some_and(|h| r.blobs.contains(&h)) {
+                return Err(Failure(format!(
+                    "the change to {} under {} names contents the record does not reference",
+                    change.path, change.guest
+                )));
+            }
+        }
+        let policy_applies = self.in_force()?.policy.children.as_ref().is_some_and(|c| {
+            c.trajectory_changes == longrun_host::policy::TrajectoryChanges::Apply
+        });
+        let may_apply = policy_applies && !matches!(chosen.by, ChosenBy::FirstCompleted { .. });
+        if chosen.apply != may_apply {
+            return Err(Failure(format!(
+                "the chosen changes are {} where the policy in force ({}) and the way the trajectory was chosen say they are {}",
+                if chosen.apply {
+                    "to be applied"
+                } else {
+                    "only proposed"
+                },
+                if policy_applies { "apply" } else { "propose" },
+                if may_apply {
+                    "to be applied"
+                } else {
+                    "only proposed"
+                },
+            )));
+        }
+        if let ChosenBy::Model { response } = chosen.by {
+            let kind = self
+                .journal
+                .record(self.session, response)
+                .map_err(|e| Failure(format!("its comparison record is unreadable: {e}")))?
+                .map(|r| r.kind);
+            if kind != Some(RecordKind::ModelResponse) || response >= r.seq {
+                return Err(Failure(format!(
+                    "it says the model chose in record {response}, which is no earlier model_response"
+                )));
+            }
+        }
+        self.apply_due = chosen.apply;
+        Ok(())
+    }
+
+    fn changes_applied(&mut self, _: &Record, _: &ChangesApplied) -> Result<(), Failure> {
+        self.apply_due = false;
         Ok(())
     }
 
@@ -441,6 +524,11 @@ impl Visitor for Check<'_> {
     }
 
     fn session_ended(&mut self, _: &Record, ended: &SessionEnded) -> Result<(), Failure> {
+        if self.apply_due {
+            return Err(Failure(
+                "the session ended without applying the changes it chose to apply".into(),
+            ));
+        }
         if ended.status == EndStatus::Stuck && !self.stuck_due {
             return Err(Failure(
                 "the session ended as stuck, but no call had failed the same way past max_repeated_failures".into(),
@@ -504,6 +592,7 @@ impl Check<'_> {
         }
         let created: SessionCreated = parse(record)?;
         self.started = record.unix_millis;
+        self.trajectories = created.trajectories;
         self.model_driven = !created.labels.contains_key("mcp");
         let schemas = if created.tools.is_empty() {
             self.warnings.push(

@@ -265,7 +265,11 @@ pub async fn reexecute(
             | RecordKind::RepeatedFailure
             | RecordKind::LeaseTaken
             | RecordKind::ChildStarted
-            | RecordKind::ChildEnded => {}
+            | RecordKind::ChildEnded
+            // Heavy mode's changes came from a trajectory's tool calls,
+            // which its own session re-executes.
+            | RecordKind::TrajectoryChosen
+            | RecordKind::ChangesApplied => {}
         }
     }
     bar.finish_and_clear();

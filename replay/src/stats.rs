@@ -109,7 +109,9 @@ pub fn stats(journal: &Journal, session: SessionId) -> Result<Stats, ReplayError
             | Payload::RepeatedFailure(_)
             | Payload::LeaseTaken(_)
             | Payload::ChildStarted(_)
-            | Payload::ChildEnded(_) => {}
+            | Payload::ChildEnded(_)
+            | Payload::TrajectoryChosen(_)
+            | Payload::ChangesApplied(_) => {}
         }
     }
     out.tree = tree::tree(journal, session, &mut pricing)?;

@@ -6,10 +6,10 @@
 use std::fmt::Write as _;
 
 use longrun_host::journal::payload::{
-    BudgetEvent, ChildEnded, ChildStarted, Control, ControlAction, EndStatus, Forked, Input,
-    JournaledCompaction, LeaseTaken, Message, Method, ModelFailure, ModelResponse, NewMessages,
-    PolicyChanged, Refusal, RepeatedFailure, Role, SessionCreated, SessionEnded, ToolIntent,
-    ToolResult, Verdict,
+    BudgetEvent, ChangesApplied, ChildEnded, ChildStarted, ChosenBy, Control, ControlAction,
+    EndStatus, Forked, Input, JournaledCompaction, LeaseTaken, Message, Method, ModelFailure,
+    ModelResponse, NewMessages, PolicyChanged, Refusal, RepeatedFailure, Role, SessionCreated,
+    SessionEnded, ToolIntent, ToolResult, TrajectoryChosen, Verdict,
 };
 use longrun_host::journal::{Journal, Record, RecordKind, StateError, Status, Visitor, hex, visit};
 
@@ -58,7 +58,9 @@ fn kind_colour(kind: RecordKind) -> &'static str {
         | RecordKind::Forked
         | RecordKind::LeaseTaken
         | RecordKind::ChildStarted
-        | RecordKind::ChildEnded => BOLD,
+        | RecordKind::ChildEnded
+        | RecordKind::TrajectoryChosen
+        | RecordKind::ChangesApplied => BOLD,
     }
 }
 
@@ -378,6 +380,62 @@ impl Visitor for Block<'_> {
                 .unwrap_or_default()
         );
         self.line("child", &text);
+        Ok(())
+    }
+
+    fn trajectory_chosen(&mut self, _: &Record, p: &TrajectoryChosen) -> Result<(), StateError> {
+        let by = match &p.by {
+            ChosenBy::OnlyCompleted => "the only one completed".to_owned(),
+            ChosenBy::Model { response } => format!("by the model (record {response})"),
+            ChosenBy::FirstCompleted { why } => {
+                format!("as the first completed: the model named none ({why})")
+            }
+        };
+        self.line(
+            "chosen",
+            &format!(
+                "trajectory {} (session {}), {by}; {} changes {}",
+                p.index,
+                p.child,
+                p.changes.len(),
+                if p.apply { "to apply" } else { "proposed" }
+            ),
+        );
+        for change in &p.changes {
+            let what = match (&change.before, &change.after) {
+                (None, _) => "added",
+                (_, None) => "removed",
+                _ => "changed",
+            };
+            self.line(
+                "change",
+                &format!(
+                    "{what} {}/{}",
+                    change.guest.trim_end_matches('/'),
+                    change.path
+                ),
+            );
+        }
+        for left in &p.left_out {
+            self.line(
+                "change",
+                &format!("left out {}/{}: {}", left.guest, left.path, left.why),
+            );
+        }
+        Ok(())
+    }
+
+    fn changes_applied(&mut self, _: &Record, p: &ChangesApplied) -> Result<(), StateError> {
+        self.line(
+            "applied",
+            &format!("{} changes, {} conflicts", p.applied, p.conflicts.len()),
+        );
+        for conflict in &p.conflicts {
+            self.line(
+                "conflict",
+                &format!("{}/{}: {}", conflict.guest, conflict.path, conflict.why),
+            );
+        }
         Ok(())
     }
 

@@ -350,6 +350,9 @@ struct CreateSession {
     model: Option<String>,
     #[serde(default)]
     budgets: Option<Budgets>,
+    /// Heavy mode: run this many trajectories and answer with the best.
+    #[serde(default)]
+    trajectories: Option<u32>,
 }
 
 async fn create_session(
@@ -414,6 +417,15 @@ async fn create_session(
             model.name()
         )));
     }
+    if let Some(n) = body.trajectories {
+        longrun_host::trajectories::check(
+            &policy,
+            n,
+            shared.agent.scratch_dir.as_deref(),
+            shared.agent.snapshot_bytes,
+        )
+        .map_err(|e| invalid(format!("heavy mode: {e}")))?;
+    }
     let launch = Launch {
         tenant: tenant.name.clone(),
         goal: body.goal,
@@ -422,6 +434,7 @@ async fn create_session(
         model_name,
         model,
         budgets,
+        trajectories: body.trajectories,
     };
     let entry = sessions::create(shared, launch)
         .await

@@ -101,13 +101,19 @@ impl Shared {
         tasks.spawn(task);
     }
 
-    /// What sessions need to start children: this server's journal, tools,
-    /// models (by their configured names) and loop settings.
-    fn workers(&self) -> Arc<longrun_host::children::Workers> {
+    /// What a session on `model` needs to start children: this server's
+    /// journal, tools, models (by their configured names, and the session's
+    /// own under the name it records, for heavy mode's trajectories) and
+    /// loop settings.
+    fn workers(&self, model: &Arc<dyn Model>) -> Arc<longrun_host::children::Workers> {
+        let mut models = self.models.clone();
+        models
+            .entry(model.name().to_owned())
+            .or_insert_with(|| model.clone());
         Arc::new(longrun_host::children::Workers {
             journal: self.journal.clone(),
             toolbox: self.toolbox.clone(),
-            models: self.models.clone(),
+            models,
             config: self.agent.clone(),
         })
     }

@@ -192,6 +192,8 @@ pub struct Launch {
     pub model_name: String,
     pub model: Arc<dyn Model>,
     pub budgets: Budgets,
+    /// Heavy mode: how many trajectories a new session runs.
+    pub trajectories: Option<u32>,
 }
 
 impl Launch {
@@ -240,16 +242,33 @@ pub async fn create(shared: &Arc<Shared>, launch: Launch) -> Result<Arc<Entry>, 
         let journal = shared.journal.clone();
         let toolbox = shared.toolbox.clone();
         let (policy, model) = (launch.policy.clone(), launch.model.clone());
-        let session = Session::start_labelled(
-            &journal,
-            &toolbox,
-            &policy,
-            &*model,
-            shared.agent.clone(),
-            &launch.goal,
-            launch.labels(),
-        )
-        .await;
+        let session = match launch.trajectories {
+            None => {
+                Session::start_labelled(
+                    &journal,
+                    &toolbox,
+                    &policy,
+                    &*model,
+                    shared.agent.clone(),
+                    &launch.goal,
+                    launch.labels(),
+                )
+                .await
+            }
+            Some(n) => {
+                Session::start_trajectories(
+                    &journal,
+                    &toolbox,
+                    &policy,
+                    &*model,
+                    shared.agent.clone(),
+                    &launch.goal,
+                    launch.labels(),
+                    n,
+                )
+                .await
+            }
+        };
         let mut session = match session {
             Ok(session) => session,
             Err(e) => {
@@ -258,7 +277,7 @@ pub async fn create(shared: &Arc<Shared>, launch: Launch) -> Result<Arc<Entry>, 
             }
         };
         if policy.children.is_some() {
-            session.with_workers(shared.workers());
+            session.with_workers(shared.workers(&model));
         }
         let entry = Arc::new(launch.entry(session.id(), unix_millis(), Steering::new()));
         shared.sessions.insert(entry.clone());
@@ -290,7 +309,7 @@ fn resume(shared: &Arc<Shared>, entry: Arc<Entry>, launch: Launch) {
         match resumed {
             Ok(Resumed::Session(mut session)) => {
                 if policy.children.is_some() {
-                    session.with_workers(shared.workers());
+                    session.with_workers(shared.workers(&model));
                 }
                 drive(&shared, &entry, *session).await
             }
@@ -515,6 +534,7 @@ pub(crate) fn adopt(shared: &Arc<Shared>, id: SessionId) -> bool {
         model_name: found.model_name.clone(),
         model,
         budgets: found.budgets.clone(),
+        trajectories: found.created.trajectories,
     };
     let entry = Arc::new(launch.entry(id, found.created_unix_millis, Steering::new()));
     entry.update(|s| s.usage = found.usage.clone());
