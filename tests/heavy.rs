@@ -345,7 +345,7 @@ async fn heavy_mode_is_refused_before_anything_is_written_when_it_cannot_run() {
 #[test]
 fn heavy_mode_killed_at_random_moments_resumes_to_one_choice_and_one_application() {
     use std::process::{Command, Stdio};
-    const KILLS: usize = 12;
+    const KILLS: usize = 40;
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::create_dir(p.join("ws")).unwrap();
@@ -357,15 +357,15 @@ fn heavy_mode_killed_at_random_moments_resumes_to_one_choice_and_one_application
          [[filesystem]]\nhost = \"ws\"\nguest = \"/workspace\"\naccess = \"read-write\"\n",
     )
     .unwrap();
-    let mut lines: Vec<String> = (0..20)
+    let mut lines: Vec<String> = (0..40)
         .map(|i| {
             format!(
                 r#"{{"delay_ms": 20, "tool_calls": [{{"name": "fs_write", "arguments": {{"path": "/workspace/f{i}.txt", "content": "x", "append": true}}}}]}}"#
             )
         })
         .collect();
-    lines.push(r#"{"content": "wrote twenty files"}"#.into());
-    lines.push(r#"{"purpose": "compare", "delay_ms": 100, "content": "3"}"#.into());
+    lines.push(r#"{"content": "wrote forty files"}"#.into());
+    lines.push(r#"{"purpose": "compare", "delay_ms": 300, "content": "3"}"#.into());
     std::fs::write(p.join("script.jsonl"), lines.join("\n")).unwrap();
     let journal_dir = p.join("journal");
     let mut rng = common::Rng::from_env("LONGRUN_HEAVY_SEED");
@@ -393,12 +393,43 @@ fn heavy_mode_killed_at_random_moments_resumes_to_one_choice_and_one_application
         Journal::open_read_only(&journal_dir, Default::default())
             .is_ok_and(|j| !j.sessions().unwrap_or_default().is_empty())
     };
+    // Where the session was when each kill landed: trajectories started and
+    // ended, whether one was chosen, whether it ended.
+    let phase = || {
+        let j = Journal::open_read_only(&journal_dir, Default::default()).ok()?;
+        let parent = *j.sessions().ok()?.first()?;
+        let state = SessionState::fold(&j, parent, &mut Unpriced).ok()?;
+        let ended = state
+            .children
+            .values()
+            .filter(|c| c.ended.is_some())
+            .count();
+        Some((
+            state.children.len(),
+            ended,
+            state.chosen.is_some(),
+            state.status.ended(),
+        ))
+    };
+    let mut phases = Vec::new();
     for _ in 0..KILLS {
         let mut child = longrun(started(), Stdio::null());
-        std::thread::sleep(Duration::from_millis(rng.next() % 300));
+        std::thread::sleep(Duration::from_millis(rng.next() % 400));
         child.kill().unwrap();
         child.wait().unwrap();
+        let now = phase();
+        phases.push(now);
+        if now.is_some_and(|(_, _, _, ended)| ended) {
+            break;
+        }
     }
+    println!("after each kill (started, ended, chosen, session ended): {phases:?}");
+    assert!(
+        phases
+            .iter()
+            .any(|p| p.is_some_and(|(started, ended, _, _)| started > ended)),
+        "some kill landed while trajectories ran"
+    );
     if started() {
         let last = longrun(true, Stdio::piped()).wait_with_output().unwrap();
         let said = String::from_utf8_lossy(&last.stderr);
@@ -543,4 +574,54 @@ fn four_trajectories_and_a_comparison_run_end_to_end_on_the_default_model() {
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("workspace/hello.txt")).unwrap()
     );
     common::replay_verify_all(&["--journal".as_ref(), journal_dir.as_os_str()]);
+}
+
+/// `replay verify` holds heavy mode's records to the policy in force: a
+/// journal rewritten (chain and all) to say that changes chosen under a
+/// `propose` policy were to be applied, or whose change names contents the
+/// record does not reference, fails, naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_refuses_changes_applied_against_the_policy_or_not_covered_by_the_chain() {
+    let w = World::new();
+    let policy = w.policy("trajectory_changes = \"propose\"");
+    let script = format!("{TRAJECTORY}\n{{\"purpose\": \"compare\", \"content\": \"1\"}}\n");
+    let (id, status) = w.run(&policy, &script, 2).await;
+    assert!(matches!(status.unwrap(), SessionStatus::Completed { .. }));
+    let records: Vec<_> = w.journal.records(id).map(Result::unwrap).collect();
+    // Closed, so that the rewrite can open it.
+    let World { dir, journal } = w;
+    drop(journal);
+    let source = dir.path().join("journal");
+    let forge = |edit: fn(&mut TrajectoryChosen)| {
+        move |r: &longrun_host::journal::Record| match Payload::decode(r.kind, &r.payload) {
+            Ok(Payload::TrajectoryChosen(mut chosen)) => {
+                edit(&mut chosen);
+                Payload::TrajectoryChosen(chosen).encode()
+            }
+            _ => r.payload.clone(),
+        }
+    };
+    let audit = |name: &str, edit: fn(&mut TrajectoryChosen)| {
+        let into = dir.path().join(name);
+        let forged = common::tamper::rewrite(&records, &source, &into, forge(edit));
+        let journal = Journal::open(&into).unwrap();
+        longrun_replay::audit::verify(&journal, forged, None)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+
+    assert_eq!(audit("as-recorded", |_| {}), Ok(()));
+    let applied = audit("applied", |c| c.apply = true).unwrap_err();
+    assert!(
+        applied.contains("are to be applied where the policy in force (propose)"),
+        "{applied}"
+    );
+    let uncovered = audit("uncovered", |c| {
+        c.changes[0].after = Some("00".repeat(32));
+    })
+    .unwrap_err();
+    assert!(
+        uncovered.contains("names contents the record does not reference"),
+        "{uncovered}"
+    );
 }

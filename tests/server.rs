@@ -36,6 +36,14 @@ const PLANNER: &str = r#"
 {"content": "Both children wrote it."}
 "#;
 
+/// The quick session's steps, and a reply to heavy mode's comparison that
+/// names the second trajectory.
+const HEAVY: &str = r#"
+{"tool_calls": [{"name": "fs_write", "arguments": {"path": "/workspace/out.txt", "content": "done"}}]}
+{"content": "I wrote out.txt."}
+{"purpose": "compare", "content": "2"}
+"#;
+
 /// A session of 30 steps of 100 ms each: long enough to steer.
 const SLOW: &str = r#"
 {"tool_calls": [{"name": "fs_list", "arguments": {"path": "/workspace"}}], "delay_ms": 100, "repeat": 30}
@@ -53,6 +61,7 @@ quick = "scripted:quick.jsonl"
 slow = "scripted:slow.jsonl"
 priced = "scripted:priced.jsonl"
 planner = "scripted:planner.jsonl"
+heavy = "scripted:heavy.jsonl"
 
 [policies]
 default = "default.toml"
@@ -125,6 +134,7 @@ impl Harness {
         std::fs::write(p.join("quick.jsonl"), QUICK).unwrap();
         std::fs::write(p.join("slow.jsonl"), SLOW).unwrap();
         std::fs::write(p.join("planner.jsonl"), PLANNER).unwrap();
+        std::fs::write(p.join("heavy.jsonl"), HEAVY).unwrap();
         std::fs::write(
             p.join("tree.toml"),
             format!("{POLICY}\n[children]\nmodels = [\"quick\"]\n"),
@@ -142,11 +152,13 @@ impl Harness {
             ),
         )
         .unwrap();
+        let scratch = p.join("scratch");
         let mut harness = Harness {
             dir,
             server: None,
             agent: AgentConfig {
                 first_backoff: Duration::from_millis(1),
+                scratch_dir: Some(scratch),
                 ..AgentConfig::default()
             },
         };
@@ -158,7 +170,7 @@ impl Harness {
         let p = self.dir.path();
         let config = ServerConfig::load(&p.join("server.toml")).unwrap();
         let mut models: BTreeMap<String, Arc<dyn Model>> = BTreeMap::new();
-        for name in ["quick", "slow", "priced", "planner"] {
+        for name in ["quick", "slow", "priced", "planner", "heavy"] {
             // Each under its own name, as sessions record it and prices key on it.
             let model = ScriptedModel::load(&p.join(format!("{name}.jsonl")))
                 .unwrap()
@@ -982,6 +994,48 @@ async fn a_sessions_children_are_listed_under_it_with_their_status_and_what_they
     h.until_status(alone, ACME, "completed").await;
     let reply = h.get(&format!("/v1/sessions/{alone}/children"), ACME).await;
     assert_eq!(reply.json["children"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_mode_over_http_runs_its_trajectories_and_applies_the_chosen_ones_changes() {
+    let h = Harness::new().await;
+    // Refused at once, with why, under a policy that allows no children.
+    let refused = h
+        .post(
+            "/v1/sessions",
+            ACME,
+            json!({"goal": "write it", "model": "heavy", "trajectories": 2}),
+        )
+        .await;
+    assert!(refused.status.is_client_error(), "{}", refused.json);
+    assert!(
+        refused.json.to_string().contains("[children]"),
+        "{}",
+        refused.json
+    );
+
+    let id = h
+        .create(
+            ACME,
+            json!({"goal": "write it", "model": "heavy", "policy": "tree", "trajectories": 2}),
+        )
+        .await;
+    let done = h.until_status(id, ACME, "completed").await;
+
+    assert_eq!(done["answer"], "I wrote out.txt.");
+    let children = h.get(&format!("/v1/sessions/{id}/children"), ACME).await;
+    assert_eq!(children.json["children"].as_array().unwrap().len(), 2);
+    let records = h.steps(id, ACME).await;
+    let chosen = records
+        .iter()
+        .find(|r| r["kind"] == "trajectory_chosen")
+        .expect("a trajectory_chosen record");
+    assert_eq!(chosen["payload"]["index"], 1, "{chosen}");
+    assert!(kinds(&records).contains(&"changes_applied"));
+    assert_eq!(
+        std::fs::read_to_string(h.dir().join("ws/out.txt")).unwrap(),
+        "done"
+    );
 }
 
 fn h_document() -> Value {

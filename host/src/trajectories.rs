@@ -304,17 +304,28 @@ fn cut(text: &str) -> &str {
     }
 }
 
+/// What a trajectory's copies hold that the snapshot did not.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub changes: Vec<FileChange>,
+    /// What could not be carried over, with why.
+    pub left_out: Vec<PathNote>,
+    /// The blobs of the changes' new contents, each once: what the record
+    /// that holds them must reference.
+    pub blobs: Vec<Hash>,
+}
+
 /// What the copies of the chosen trajectory hold that the parent's snapshot
 /// (`before`) did not: each changed, new or removed file, with its new
-/// contents stored as blobs (returned, for the record to reference), and
-/// what could not be carried over. Read through each copy's directory
-/// handle without following links, as a snapshot is.
+/// contents stored as blobs, and what could not be carried over. Read
+/// through each copy's directory handle without following links, as a
+/// snapshot is.
 pub fn changes(
     journal: &Journal,
     before: &Manifest,
     copies: &[MountCopy],
     limit_bytes: u64,
-) -> Result<(Vec<FileChange>, Vec<PathNote>, Vec<Hash>), HeavyError> {
+) -> Result<Changes, HeavyError> {
     let mounts: Vec<Mount> = copies
         .iter()
         .map(|c| Mount::new(PathBuf::from(&c.host), c.guest.clone(), Access::ReadWrite))
@@ -369,8 +380,7 @@ pub fn changes(
             why: l.why.clone(),
         }));
     }
-    // Only the blobs the changes name (and not the copy's manifest): what
-    // the record that holds them must reference, each once.
+    // Only the blobs the changes name, not the copy's manifest.
     let mut blobs = Vec::new();
     for change in &changes {
         if let Some(hash) = change.after.as_deref().and_then(parse_hex)
@@ -379,7 +389,11 @@ pub fn changes(
             blobs.push(hash);
         }
     }
-    Ok((changes, left_out, blobs))
+    Ok(Changes {
+        changes,
+        left_out,
+        blobs,
+    })
 }
 
 /// Apply `changes` to the real `mounts`, each through its mount's directory

@@ -245,7 +245,7 @@ impl Session<'_> {
             .and_then(|c| c.started.trajectory.as_ref())
             .map(|t| t.copies.clone())
             .unwrap_or_default();
-        let (changes, left_out, blobs) = match (&self.snapshot, copies.is_empty()) {
+        let found = match (&self.snapshot, copies.is_empty()) {
             (Some(hex), false) => {
                 let before = crate::snapshot::manifest_by_hex(&self.journal, hex)?;
                 heavy::changes(&self.journal, &before, &copies, self.config.snapshot_bytes)?
@@ -259,11 +259,11 @@ impl Session<'_> {
             index: chosen.index,
             by,
             apply,
-            changes,
-            left_out,
+            changes: found.changes,
+            left_out: found.left_out,
         };
         self.writer
-            .append_payload_durable(&Payload::TrajectoryChosen(record.clone()), &blobs)
+            .append_payload_durable(&Payload::TrajectoryChosen(record.clone()), &found.blobs)
             .await?;
         self.chosen = Some(record);
         Ok(None)
