@@ -115,14 +115,25 @@ impl Cluster {
     /// cleanly, and what was committed must come back on restart.
     pub fn crash(&mut self) {
         if let Some(mut server) = self.server.take() {
-            // The server runs in a process group of its own: the postmaster
-            // and its backends go together, so a restart is not refused for
-            // shared memory a lingering backend still holds.
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", server.id())])
-                .status();
+            let postmaster = server.id();
+            // Every child of the postmaster makes itself a session of its
+            // own (postgres calls setsid() in each), so killing the
+            // postmaster's process group leaves the backends running: a
+            // client's next commit could still succeed on its connection
+            // (a flake once). So the postmaster is frozen first, forking no
+            // more, and killed with each child it has.
+            signal("-STOP", &[postmaster]);
+            let mut doomed = children_of(postmaster);
+            doomed.push(postmaster);
+            signal("-KILL", &doomed);
             let _ = server.kill();
             let _ = server.wait();
+            // The backends now belong to init, which reaps them when it
+            // will: a zombie holds no socket and no shared memory.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while doomed.iter().any(|pid| alive(*pid)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
@@ -263,6 +274,42 @@ fn is_root() -> bool {
 }
 
 /// `command`, run as `nobody` when the tests run as root.
+/// Send `signal` (`-KILL`, `-STOP`) to each of `pids`.
+fn signal(signal: &str, pids: &[u32]) {
+    let _ = Command::new("kill")
+        .arg(signal)
+        .arg("--")
+        .args(pids.iter().map(u32::to_string))
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The processes whose parent is `parent`, from `/proc`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat(*pid).is_some_and(|(_, ppid)| ppid == parent))
+        .collect()
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+/// A process's state and parent, from `/proc/PID/stat` (after the command
+/// name, which may hold spaces and parentheses: the last `)` ends it).
+fn stat(pid: u32) -> Option<(char, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = text[text.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let parent = rest.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
 fn unprivileged(mut command: Command) -> Command {
     if is_root() {
         command.uid(NOBODY.0).gid(NOBODY.1);
