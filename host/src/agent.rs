@@ -1355,26 +1355,39 @@ impl<'a> Session<'a> {
             goal: args.goal.clone(),
             model: args.model.clone(),
             policy_text: policy.text.clone(),
-            reserved: reserved.clone(),
+            reserved,
             trajectory: None,
         };
+        self.launch_child(started, policy, workers).await?;
+        Ok(Ok(id))
+    }
+
+    /// Journal a child (`started`, durable before the child's first
+    /// record), count what is reserved for it as spent, and start it under
+    /// `policy`. What `start_child` and heavy mode's trajectories share.
+    async fn launch_child(
+        &mut self,
+        started: ChildStarted,
+        policy: Policy,
+        workers: Arc<Workers>,
+    ) -> Result<(), AgentError> {
         let started_at = self.writer.next_seq();
         self.record(Payload::ChildStarted(started.clone())).await?;
-        self.ledger.charge(&reserved);
+        self.ledger.charge(&started.reserved);
         let child = crate::children::Child {
-            id,
-            goal: args.goal,
-            model: args.model,
+            id: started.child,
+            goal: started.goal.clone(),
+            model: started.model.clone(),
             policy,
             spawned_by: SpawnedBy {
                 session: self.writer.session(),
                 seq: started_at,
             },
-            copies: None,
+            copies: heavy::copies_of(&started, self.snapshot.as_ref()),
         };
         let task = crate::children::spawn(workers, child);
         self.children.insert(
-            id,
+            started.child,
             ChildRun {
                 started_at,
                 started,
@@ -1382,7 +1395,7 @@ impl<'a> Session<'a> {
                 ended: None,
             },
         );
-        Ok(Ok(id))
+        Ok(())
     }
 
     /// The built-in `wait_children`: wait for the children asked for (all

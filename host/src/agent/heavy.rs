@@ -149,34 +149,10 @@ impl Session<'_> {
             goal: self.goal(),
             model: self.model.name().to_owned(),
             policy_text: policy.text.clone(),
-            reserved: reserved.clone(),
+            reserved,
             trajectory: Some(trajectory),
         };
-        let started_at = self.writer.next_seq();
-        self.record(Payload::ChildStarted(started.clone())).await?;
-        self.ledger.charge(&reserved);
-        let child = crate::children::Child {
-            id,
-            goal: started.goal.clone(),
-            model: started.model.clone(),
-            policy,
-            spawned_by: SpawnedBy {
-                session: self.writer.session(),
-                seq: started_at,
-            },
-            copies: copies_of(&started, self.snapshot.as_ref()),
-        };
-        let task = crate::children::spawn(workers.clone(), child);
-        self.children.insert(
-            id,
-            ChildRun {
-                started_at,
-                started,
-                task: Some(task),
-                ended: None,
-            },
-        );
-        Ok(())
+        self.launch_child(started, policy, workers.clone()).await
     }
 
     /// Choose among the completed trajectories and journal the choice with
