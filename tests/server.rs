@@ -1038,6 +1038,34 @@ async fn heavy_mode_over_http_runs_its_trajectories_and_applies_the_chosen_ones_
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cancelled_while_it_waits_for_its_children_ends_cancelled() {
+    let h = Harness::new().await;
+    let id = h
+        .create(
+            ACME,
+            json!({"goal": "list it", "model": "slow", "policy": "tree", "trajectories": 2}),
+        )
+        .await;
+    let children = |json: &Value| json["children"].as_array().map_or(0, Vec::len);
+    for _ in 0..100 {
+        let reply = h.get(&format!("/v1/sessions/{id}/children"), ACME).await;
+        if children(&reply.json) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let reply = h
+        .post(&format!("/v1/sessions/{id}/cancel"), ACME, json!({}))
+        .await;
+
+    assert!(reply.status.is_success(), "{}", reply.json);
+    h.until_status(id, ACME, "cancelled").await;
+    let records = h.steps(id, ACME).await;
+    assert_eq!(kinds(&records).last(), Some(&"session_ended"));
+}
+
 fn h_document() -> Value {
     serde_json::from_str(include_str!("../server/assets/openapi.json")).unwrap()
 }

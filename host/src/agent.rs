@@ -1469,10 +1469,14 @@ impl<'a> Session<'a> {
         };
         let joined = match self.steering.clone() {
             Some(steering) => tokio::select! {
-                joined = task => joined,
-                () = steering.interrupted() => return Ok(Some(SessionStatus::Halted)),
+                joined = task => Some(joined),
+                () = steering.interrupted() => None,
             },
-            None => task.await,
+            None => Some(task.await),
+        };
+        let Some(joined) = joined else {
+            // A cancel ends the session now; a halt stops it as it stands.
+            return Ok(Some(self.steer().await?.unwrap_or(SessionStatus::Halted)));
         };
         child.task = None;
         let outcome = joined.unwrap_or_else(|e| crate::children::Outcome {
