@@ -152,6 +152,23 @@ impl World {
     }
 }
 
+/// The files a session's mounts held when it started, from its snapshot.
+fn files_at_start(journal: &Journal, session: SessionId) -> Vec<String> {
+    let first = journal.records(session).next().unwrap().unwrap();
+    let Payload::SessionCreated(created) = Payload::decode(first.kind, &first.payload).unwrap()
+    else {
+        panic!("session {session} starts with {:?}", first.kind)
+    };
+    let manifest =
+        longrun_host::snapshot::manifest_by_hex(journal, created.snapshot.as_ref().unwrap())
+            .unwrap();
+    manifest.mounts[0]
+        .files
+        .iter()
+        .map(|f| f.path.clone())
+        .collect()
+}
+
 fn added(path: &str) -> impl Fn(&FileChange) -> bool + '_ {
     move |c| c.guest == "/workspace" && c.path == path && c.before.is_none() && c.after.is_some()
 }
@@ -186,15 +203,14 @@ async fn each_trajectory_works_in_its_own_copy_and_the_chosen_ones_changes_reach
         assert_eq!(t.copies.len(), 1);
         let copy = Path::new(&t.copies[0].host);
         assert!(!copy.starts_with(w.ws()), "a copy is not the real mount");
+        // The third started after the first two had written out.txt in
+        // theirs: it did not see it.
         assert_eq!(
-            std::fs::read_to_string(copy.join("in.txt")).unwrap(),
-            "input"
+            files_at_start(&w.journal, s.child),
+            ["in.txt"],
+            "each trajectory starts from the same files"
         );
-        assert_eq!(
-            std::fs::read_to_string(copy.join("out.txt")).unwrap(),
-            "from a trajectory",
-            "each trajectory wrote in its own copy"
-        );
+        assert!(!copy.exists(), "its copy is removed once the session ends");
         copies.push(copy.to_owned());
         let child = SessionState::fold(&w.journal, s.child, &mut Unpriced).unwrap();
         assert_eq!(child.status, Status::Completed);
@@ -247,6 +263,14 @@ async fn under_a_propose_policy_the_chosen_changes_are_recorded_and_the_real_fil
         !w.ws().join("out.txt").exists(),
         "the real mount is untouched"
     );
+    // The chosen copy is kept for a person to look at; the other is gone.
+    let started = w.started(id);
+    let copy = |i: usize| PathBuf::from(&started[i].trajectory.as_ref().unwrap().copies[0].host);
+    assert_eq!(
+        std::fs::read_to_string(copy(0).join("out.txt")).unwrap(),
+        "from a trajectory"
+    );
+    assert!(!copy(1).exists());
     w.replay_verify_all();
 }
 
@@ -547,7 +571,11 @@ fn four_trajectories_and_a_comparison_run_end_to_end_on_the_default_model() {
     for child in state.children.values() {
         let t = child.started.trajectory.as_ref().expect("a trajectory");
         assert_eq!(t.copies.len(), 1, "its own copy of the read-write mount");
-        assert!(Path::new(&t.copies[0].host).join("hello.txt").is_file());
+        assert_eq!(files_at_start(&journal, child.started.child), ["hello.txt"]);
+        assert!(
+            !Path::new(&t.copies[0].host).exists(),
+            "no changes to keep: the copy is removed"
+        );
         let ended = child.ended.as_ref().expect("collected");
         completed += usize::from(ended.status == Status::Completed);
         println!(

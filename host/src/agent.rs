@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use longrun_journal::payload::{
-    BudgetEvent, ChildEnded, ChildStarted, ControlAction, EndStatus, LeaseTaken, NewMessages,
-    Payload, SessionEnded, SpawnedBy, Spent, TrajectoryChosen,
+    BudgetEvent, ChangesApplied, ChildEnded, ChildStarted, ControlAction, EndStatus, LeaseTaken,
+    NewMessages, Payload, SessionEnded, SpawnedBy, Spent, TrajectoryChosen,
 };
 use longrun_journal::{RepeatedFailures, SessionState};
 
@@ -328,7 +328,7 @@ pub struct Session<'a> {
     /// Heavy mode: the trajectory chosen, and whether its changes were
     /// applied, once recorded.
     chosen: Option<TrajectoryChosen>,
-    applied: bool,
+    applied: Option<ChangesApplied>,
 }
 
 /// A child session as its parent runs it.
@@ -532,7 +532,7 @@ impl<'a> Session<'a> {
             snapshot: None,
             comparisons: Vec::new(),
             chosen: None,
-            applied: false,
+            applied: None,
         }
     }
 
@@ -683,7 +683,7 @@ impl<'a> Session<'a> {
             snapshot: state.created.as_ref().and_then(|c| c.snapshot.clone()),
             comparisons,
             chosen: state.chosen,
-            applied: state.applied.is_some(),
+            applied: state.applied,
             ..Session::fresh(writer, journal, toolbox, policy, model, config, price)
         })))
     }

@@ -250,6 +250,25 @@ pub fn restore_copies(
     Ok(())
 }
 
+/// Remove a trajectory's copies, and the directories that held only them.
+pub fn remove_copies(copies: &[MountCopy]) -> std::io::Result<()> {
+    for copy in copies {
+        let path = Path::new(&copy.host);
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        // The trajectory's directory, then the session's, once empty.
+        for dir in path.ancestors().skip(1).take(2) {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A completed trajectory, as the comparison shows it.
 pub struct Candidate {
     pub index: u32,

@@ -56,10 +56,11 @@ impl Session<'_> {
         let chosen = self.chosen.clone().ok_or_else(|| {
             AgentError::Inconsistent("heavy mode went on without a chosen trajectory".into())
         })?;
-        if chosen.apply && !self.applied {
+        if chosen.apply && self.applied.is_none() {
             let applied = heavy::apply(&self.journal, &self.policy.filesystem, &chosen.changes)?;
-            self.record(Payload::ChangesApplied(applied)).await?;
-            self.applied = true;
+            self.record(Payload::ChangesApplied(applied.clone()))
+                .await?;
+            self.applied = Some(applied);
         }
         let answer = self
             .children
@@ -72,7 +73,35 @@ impl Session<'_> {
             answer: Some(answer.clone()),
         }))
         .await?;
+        self.remove_copies(&chosen);
         Ok(SessionStatus::Completed { answer })
+    }
+
+    /// Once the session has ended: remove the trajectories' copies, but
+    /// the chosen one's while its changes wait for a person (only proposed,
+    /// or not all applied). A copy left behind by a crash just before is
+    /// left; nothing reads it again.
+    fn remove_copies(&self, chosen: &TrajectoryChosen) {
+        let settled = self
+            .applied
+            .as_ref()
+            .is_some_and(|a| a.conflicts.is_empty())
+            || chosen.changes.is_empty();
+        for (id, child) in &self.children {
+            let Some(trajectory) = &child.started.trajectory else {
+                continue;
+            };
+            if *id == chosen.child && !settled {
+                continue;
+            }
+            if let Err(e) = heavy::remove_copies(&trajectory.copies) {
+                tracing::warn!(
+                    session = self.writer.session(),
+                    trajectory = trajectory.index,
+                    "cannot remove the copies: {e}"
+                );
+            }
+        }
     }
 
     /// Trajectory `index`'s child, once started.
