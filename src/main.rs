@@ -744,25 +744,17 @@ async fn run_session(start: Start, args: SessionArgs) -> Result<ExitCode> {
     let mut session = match start {
         Start::New { goal, trajectories } => {
             let unfinished = last_unfinished(&journal)?;
-            let session = match trajectories {
-                None => {
-                    Session::start(&journal, &toolbox, &policy, model.as_ref(), config, &goal)
-                        .await?
-                }
-                Some(n) => {
-                    Session::start_trajectories(
-                        &journal,
-                        &toolbox,
-                        &policy,
-                        model.as_ref(),
-                        config,
-                        &goal,
-                        Default::default(),
-                        n,
-                    )
-                    .await?
-                }
-            };
+            let session = Session::start_labelled(
+                &journal,
+                &toolbox,
+                &policy,
+                model.as_ref(),
+                config,
+                &goal,
+                Default::default(),
+                trajectories,
+            )
+            .await?;
             eprintln!("new session {}", session.id());
             if let Some(last) = unfinished {
                 eprintln!(

@@ -81,7 +81,7 @@ impl World {
             models: BTreeMap::from([("scripted".to_owned(), model.clone())]),
             config: self.config(),
         });
-        let mut session = Session::start_trajectories(
+        let mut session = Session::start_labelled(
             &self.journal,
             &toolbox,
             policy,
@@ -89,7 +89,7 @@ impl World {
             self.config(),
             "write out.txt",
             Default::default(),
-            n,
+            Some(n),
         )
         .await
         .unwrap();
@@ -345,7 +345,7 @@ async fn heavy_mode_is_refused_before_anything_is_written_when_it_cannot_run() {
         ),
     ];
     for (policy, n, config, why) in cases {
-        let refused = Session::start_trajectories(
+        let refused = Session::start_labelled(
             &w.journal,
             &toolbox,
             policy,
@@ -353,7 +353,7 @@ async fn heavy_mode_is_refused_before_anything_is_written_when_it_cannot_run() {
             config,
             "write out.txt",
             Default::default(),
-            n,
+            Some(n),
         )
         .await
         .err()

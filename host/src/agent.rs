@@ -394,11 +394,17 @@ impl<'a> Session<'a> {
             config,
             goal,
             serde_json::Map::new(),
+            None,
         )
         .await
     }
 
-    /// A new session whose first record also holds `labels`.
+    /// A new session whose first record also holds `labels`; with
+    /// `trajectories`, a heavy-mode session: it runs that many child
+    /// sessions on `goal` and answers with the one its model finds best
+    /// (see [`crate::trajectories`]), and is refused before anything is
+    /// written when the policy or the host cannot run them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start_labelled(
         journal: &Arc<Journal>,
         toolbox: &'a Toolbox,
@@ -407,36 +413,19 @@ impl<'a> Session<'a> {
         config: AgentConfig,
         goal: &str,
         labels: serde_json::Map<String, serde_json::Value>,
+        trajectories: Option<u32>,
     ) -> Result<Session<'a>, AgentError> {
-        let writer = journal.create_session()?;
-        let created = session_created(goal, policy, model.name(), toolbox, labels);
-        Session::start_with(journal, writer, toolbox, policy, model, config, created).await
-    }
-
-    /// A new heavy-mode session: it runs `trajectories` child sessions on
-    /// `goal` and answers with the one its model finds best (see
-    /// [`crate::trajectories`]). Refused before anything is written when
-    /// the policy or the host cannot run them.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start_trajectories(
-        journal: &Arc<Journal>,
-        toolbox: &'a Toolbox,
-        policy: &'a Policy,
-        model: &'a dyn Model,
-        config: AgentConfig,
-        goal: &str,
-        labels: serde_json::Map<String, serde_json::Value>,
-        trajectories: u32,
-    ) -> Result<Session<'a>, AgentError> {
-        crate::trajectories::check(
-            policy,
-            trajectories,
-            config.scratch_dir.as_deref(),
-            config.snapshot_bytes,
-        )?;
+        if let Some(n) = trajectories {
+            crate::trajectories::check(
+                policy,
+                n,
+                config.scratch_dir.as_deref(),
+                config.snapshot_bytes,
+            )?;
+        }
         let writer = journal.create_session()?;
         let mut created = session_created(goal, policy, model.name(), toolbox, labels);
-        created.trajectories = Some(trajectories);
+        created.trajectories = trajectories;
         Session::start_with(journal, writer, toolbox, policy, model, config, created).await
     }
 

@@ -242,33 +242,17 @@ pub async fn create(shared: &Arc<Shared>, launch: Launch) -> Result<Arc<Entry>, 
         let journal = shared.journal.clone();
         let toolbox = shared.toolbox.clone();
         let (policy, model) = (launch.policy.clone(), launch.model.clone());
-        let session = match launch.trajectories {
-            None => {
-                Session::start_labelled(
-                    &journal,
-                    &toolbox,
-                    &policy,
-                    &*model,
-                    shared.agent.clone(),
-                    &launch.goal,
-                    launch.labels(),
-                )
-                .await
-            }
-            Some(n) => {
-                Session::start_trajectories(
-                    &journal,
-                    &toolbox,
-                    &policy,
-                    &*model,
-                    shared.agent.clone(),
-                    &launch.goal,
-                    launch.labels(),
-                    n,
-                )
-                .await
-            }
-        };
+        let session = Session::start_labelled(
+            &journal,
+            &toolbox,
+            &policy,
+            &*model,
+            shared.agent.clone(),
+            &launch.goal,
+            launch.labels(),
+            launch.trajectories,
+        )
+        .await;
         let mut session = match session {
             Ok(session) => session,
             Err(e) => {
